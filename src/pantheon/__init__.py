@@ -1,0 +1,49 @@
+"""Pantheon: large-scale knowledge distillation with teachers and students in separate processes.
+
+The public API is flat::
+
+    from pantheon import Teacher, Student
+"""
+
+from __future__ import annotations
+
+from ._errors import (
+    AlignmentError,
+    AuthenticationError,
+    ClosedError,
+    ConfigError,
+    ConnectionLostError,
+    FileFormatError,
+    KnowledgeError,
+    MergeError,
+    MissingDependencyError,
+    PantheonError,
+    PantheonTimeoutError,
+    ProtocolError,
+    TeacherError,
+    TruncatedFileError,
+    WorkerError,
+)
+from ._knowledge import Ragged
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlignmentError",
+    "AuthenticationError",
+    "ClosedError",
+    "ConfigError",
+    "ConnectionLostError",
+    "FileFormatError",
+    "KnowledgeError",
+    "MergeError",
+    "MissingDependencyError",
+    "PantheonError",
+    "PantheonTimeoutError",
+    "ProtocolError",
+    "Ragged",
+    "TeacherError",
+    "TruncatedFileError",
+    "WorkerError",
+    "__version__",
+]

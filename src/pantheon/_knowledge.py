@@ -1,0 +1,380 @@
+"""The knowledge model: knowledge batches, their description, dtypes and ragged fields.
+
+A *knowledge batch* is a ``dict[str, value]`` whose values all hold the same number of
+samples (the batch size, the first dimension). A value is either
+
+* a ``numpy.ndarray`` of shape ``[batch, d1, d2, ...]`` (``lod_level`` 0), or
+* a :class:`Ragged` field (``lod_level`` 1): samples whose lengths differ along axis 1,
+  e.g. token sequences, stored without padding as concatenated ``values`` plus ``lengths``.
+
+Framework tensors (anything with ``.detach().cpu().numpy()`` or ``.numpy()``) are accepted
+at the edges and converted; a ``list``/``tuple`` of per-sample arrays becomes a Ragged field.
+
+The *description* of knowledge is exactly the seed's shape::
+
+    {name: {"shape": [-1, d1, ...], "dtype": "float32", "lod_level": 0}}
+
+where a ragged field's shape is ``[-1, -1, d2, ...]`` and its ``lod_level`` is 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, Union
+
+import ml_dtypes
+import numpy as np
+import numpy.typing as npt
+
+from ._errors import KnowledgeError
+
+__all__ = [
+    "DTYPE_NAMES",
+    "Chunk",
+    "Description",
+    "FieldDesc",
+    "Knowledge",
+    "Ragged",
+    "Value",
+    "check_batch",
+    "concat_values",
+    "describe",
+    "dtype_name",
+    "normalize_batch",
+    "num_samples",
+    "slice_value",
+    "to_dtype",
+]
+
+BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+
+_DTYPES: dict[str, np.dtype[Any]] = {
+    "bool": np.dtype(np.bool_),
+    "int8": np.dtype(np.int8),
+    "int16": np.dtype(np.int16),
+    "int32": np.dtype(np.int32),
+    "int64": np.dtype(np.int64),
+    "uint8": np.dtype(np.uint8),
+    "float16": np.dtype(np.float16),
+    "bfloat16": BFLOAT16,
+    "float32": np.dtype(np.float32),
+    "float64": np.dtype(np.float64),
+}
+DTYPE_NAMES: tuple[str, ...] = tuple(_DTYPES)
+"""The dtype names a description may carry, as the contract lists them."""
+
+FieldDesc = dict[str, Any]
+"""One entry of a description: ``{"shape": [-1, ...], "dtype": str, "lod_level": 0 | 1}``."""
+Description = dict[str, FieldDesc]
+"""A knowledge description: field name -> :data:`FieldDesc`, in order."""
+
+
+def to_dtype(name: str) -> np.dtype[Any]:
+    """The numpy dtype of a description dtype name (``"bfloat16"`` via ``ml_dtypes``)."""
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise KnowledgeError(
+            f"unsupported dtype {name!r}: expected one of {', '.join(DTYPE_NAMES)}"
+        ) from None
+
+
+def dtype_name(dtype: npt.DTypeLike) -> str:
+    """The description name of a numpy dtype; raises :class:`KnowledgeError` if unsupported."""
+    dt = np.dtype(dtype)
+    if dt == BFLOAT16:
+        return "bfloat16"
+    name = dt.name
+    if name not in _DTYPES or dt.byteorder == ">":
+        raise KnowledgeError(
+            f"unsupported dtype {dt!s}: knowledge arrays must be one of {', '.join(DTYPE_NAMES)} "
+            "(native byte order); cast the array with .astype(...) before sending it"
+        )
+    return name
+
+
+class Ragged:
+    """A variable-length field (``lod_level`` 1): sample ``i`` has shape ``[lengths[i], *inner]``.
+
+    Stored without padding: ``values`` concatenates the samples along axis 0 (shape
+    ``[sum(lengths), *inner]``) and ``lengths`` (int64, shape ``[n]``) says where each ends.
+
+    Args:
+        values: the concatenated samples.
+        lengths: the length of each sample along its first axis (axis 1 of the batch).
+    """
+
+    __slots__ = ("lengths", "values")
+
+    def __init__(self, values: np.ndarray, lengths: npt.ArrayLike) -> None:
+        values = np.asarray(values)
+        lens = np.asarray(lengths, dtype=np.int64)
+        if values.ndim < 1:
+            raise KnowledgeError("Ragged values must have at least one dimension (the tokens)")
+        if lens.ndim != 1:
+            raise KnowledgeError(f"Ragged lengths must be 1-D, got shape {list(lens.shape)}")
+        if lens.size and int(lens.min()) < 0:
+            raise KnowledgeError("Ragged lengths must be >= 0")
+        total = int(lens.sum())
+        if total != values.shape[0]:
+            raise KnowledgeError(
+                f"Ragged lengths sum to {total} but values hold {values.shape[0]} rows; "
+                "values must be the samples concatenated along their first axis"
+            )
+        self.values = values
+        self.lengths = lens
+
+    @classmethod
+    def from_list(cls, samples: Sequence[npt.ArrayLike]) -> Ragged:
+        """Build from a list of per-sample arrays of shapes ``[L_i, *inner]``."""
+        arrays = [np.asarray(s) for s in samples]
+        if not arrays:
+            raise KnowledgeError("cannot build a Ragged field from an empty list of samples")
+        inner = arrays[0].shape[1:]
+        for i, a in enumerate(arrays):
+            if a.ndim < 1 or a.shape[1:] != inner:
+                raise KnowledgeError(
+                    f"ragged sample {i} has shape {list(a.shape)}; expected [length, "
+                    f"{', '.join(map(str, inner))}] like sample 0"
+                )
+        return cls(np.concatenate(arrays, axis=0), [a.shape[0] for a in arrays])
+
+    @property
+    def dtype(self) -> np.dtype[Any]:
+        """dtype of the values."""
+        return self.values.dtype
+
+    @property
+    def inner_shape(self) -> tuple[int, ...]:
+        """Shape of one token (the dimensions after the variable one)."""
+        return tuple(self.values.shape[1:])
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """int64 offsets of shape ``[n + 1]``: sample ``i`` is ``values[offsets[i]:offsets[i+1]]``."""
+        out = np.zeros(len(self.lengths) + 1, dtype=np.int64)
+        np.cumsum(self.lengths, out=out[1:])
+        return out
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        offs = self.offsets
+        return self.values[offs[i] : offs[i + 1]]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Ragged):
+            return NotImplemented
+        return bool(
+            np.array_equal(self.lengths, other.lengths)
+            and self.values.shape == other.values.shape
+            and np.array_equal(self.values, other.values)
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            f"Ragged(samples={len(self)}, tokens={self.values.shape[0]}, "
+            f"inner_shape={list(self.inner_shape)}, dtype={self.dtype})"
+        )
+
+    def to_list(self) -> list[np.ndarray]:
+        """The samples as a list of arrays (views, no copy)."""
+        offs = self.offsets
+        return [self.values[offs[i] : offs[i + 1]] for i in range(len(self))]
+
+    def padded(self, fill: Any = 0, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A padded copy ``[n, max_len, *inner]`` and the lengths (int64 ``[n]``).
+
+        Args:
+            fill: value of the padding positions (default 0).
+            length: pad to this length instead of the longest sample.
+        """
+        n = len(self)
+        max_len = int(self.lengths.max()) if n else 0
+        width = max_len if length is None else length
+        if width < max_len:
+            raise KnowledgeError(f"cannot pad to length {width}: the longest sample has {max_len}")
+        out = np.full((n, width, *self.inner_shape), fill, dtype=self.dtype)
+        mask = np.arange(width)[None, :] < self.lengths[:, None]
+        out[mask] = self.values
+        return out, self.lengths.copy()
+
+    def slice(self, start: int, stop: int) -> Ragged:
+        """Samples ``start:stop`` (views of the values, no copy)."""
+        offs = self.offsets
+        return Ragged(self.values[offs[start] : offs[stop]], self.lengths[start:stop])
+
+    def astype(self, dtype: npt.DTypeLike) -> Ragged:
+        """The same field with values cast to ``dtype`` (no copy if already that dtype)."""
+        return Ragged(self.values.astype(dtype, copy=False), self.lengths)
+
+    @staticmethod
+    def concat(parts: Sequence[Ragged]) -> Ragged:
+        """Concatenate ragged fields sample-wise."""
+        return Ragged(
+            np.concatenate([p.values for p in parts], axis=0),
+            np.concatenate([p.lengths for p in parts]),
+        )
+
+
+Value = Union[np.ndarray, Ragged]
+"""One field of a knowledge batch."""
+Knowledge = dict[str, Value]
+"""A knowledge batch: field name -> value, all with the same number of samples."""
+
+
+def _to_numpy(value: Any) -> Any:
+    """Convert framework tensors (torch, paddle, jax) to numpy, duck-typed."""
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor
+        t = value.detach().cpu()
+        if str(getattr(t, "dtype", "")) == "torch.bfloat16":
+            return t.view(_torch_int16()).numpy().view(BFLOAT16)
+        return t.numpy()
+    if hasattr(value, "numpy") and callable(value.numpy):  # paddle / tf tensors
+        return np.asarray(value.numpy())
+    if hasattr(value, "__array__") and not isinstance(value, (list, tuple, str, bytes)):
+        return np.asarray(value)
+    return value
+
+
+def _torch_int16() -> Any:
+    import torch
+
+    return torch.int16
+
+
+def _normalize_value(key: str, value: Any, where: str) -> Value:
+    value = _to_numpy(value)
+    if isinstance(value, (list, tuple)):
+        if not value:
+            raise KnowledgeError(f"{where}: knowledge {key!r} is an empty list; expected samples")
+        value = Ragged.from_list([_to_numpy(v) for v in value])
+    if isinstance(value, Ragged):
+        dtype_name(value.dtype)
+        if not value.values.flags.c_contiguous:
+            value = Ragged(np.ascontiguousarray(value.values), value.lengths)
+        return value
+    if not isinstance(value, np.ndarray):
+        raise KnowledgeError(
+            f"{where}: knowledge {key!r} is a {type(value).__name__}; expected a numpy array "
+            "(or a torch tensor, or a list of per-sample arrays for a variable-length field)"
+        )
+    if value.ndim == 0:
+        raise KnowledgeError(
+            f"{where}: knowledge {key!r} is a 0-d array; expected shape [batch, ...] "
+            "(reshape a scalar per sample to [batch, 1])"
+        )
+    dtype_name(value.dtype)
+    if not value.flags.c_contiguous:
+        value = np.ascontiguousarray(value)
+    return value
+
+
+def num_samples(value: Value) -> int:
+    """Number of samples (first dimension) of a field."""
+    return len(value) if isinstance(value, Ragged) else int(value.shape[0])
+
+
+def normalize_batch(batch: Mapping[str, Any], *, where: str = "knowledge batch") -> tuple[Knowledge, int]:
+    """Validate a knowledge batch and convert its values; return it and its number of samples.
+
+    Raises:
+        KnowledgeError: not a dict of arrays, an unsupported dtype, a 0-d array, or fields
+            whose first dimensions differ (the message names the keys and their sizes).
+    """
+    if not isinstance(batch, Mapping):
+        raise KnowledgeError(
+            f"{where}: expected a dict of name -> array, got {type(batch).__name__}"
+        )
+    if not batch:
+        raise KnowledgeError(f"{where}: the knowledge batch is empty; expected at least one key")
+    out: Knowledge = {}
+    sizes: dict[str, int] = {}
+    for key, value in batch.items():
+        if not isinstance(key, str) or not key:
+            raise KnowledgeError(f"{where}: knowledge names must be non-empty strings, got {key!r}")
+        out[key] = _normalize_value(key, value, where)
+        sizes[key] = num_samples(out[key])
+    if len(set(sizes.values())) > 1:
+        listing = ", ".join(f"{k!r}: {n}" for k, n in sizes.items())
+        raise KnowledgeError(
+            f"{where}: all fields must share the first (batch) dimension, got {listing}"
+        )
+    return out, next(iter(sizes.values()))
+
+
+def _field_desc(value: Value) -> FieldDesc:
+    if isinstance(value, Ragged):
+        return {"shape": [-1, -1, *value.inner_shape], "dtype": dtype_name(value.dtype), "lod_level": 1}
+    return {"shape": [-1, *value.shape[1:]], "dtype": dtype_name(value.dtype), "lod_level": 0}
+
+
+def describe(batch: Mapping[str, Value]) -> Description:
+    """The description of a (normalized) knowledge batch, keys in the batch's order."""
+    return {key: _field_desc(value) for key, value in batch.items()}
+
+
+def check_batch(batch: Mapping[str, Value], desc: Description, *, where: str = "knowledge batch") -> None:
+    """Check that a normalized batch matches ``desc`` (same keys, dtypes, trailing shapes, lod).
+
+    Raises:
+        KnowledgeError: naming the key, what was expected and what came.
+    """
+    if list(batch) != list(desc):
+        missing = [k for k in desc if k not in batch]
+        extra = [k for k in batch if k not in desc]
+        detail = []
+        if missing:
+            detail.append(f"missing {missing}")
+        if extra:
+            detail.append(f"unexpected {extra}")
+        if not detail:
+            detail.append(f"keys in order {list(batch)}")
+        raise KnowledgeError(
+            f"{where}: keys differ from the first batch: expected {list(desc)}, got "
+            f"{'; '.join(detail)}. Every batch must have the same keys"
+        )
+    for key, value in batch.items():
+        got = _field_desc(value)
+        want = desc[key]
+        for attr in ("dtype", "lod_level", "shape"):
+            if got[attr] != want[attr]:
+                raise KnowledgeError(
+                    f"{where}: knowledge {key!r} has {attr} {got[attr]!r}, expected "
+                    f"{want[attr]!r} as in the first batch; every batch must keep the same "
+                    "dtype and trailing shape"
+                )
+
+
+def slice_value(value: Value, start: int, stop: int) -> Value:
+    """Samples ``start:stop`` of a field, as a view."""
+    if isinstance(value, Ragged):
+        return value.slice(start, stop)
+    return value[start:stop]
+
+
+def concat_values(parts: Iterable[Value]) -> Value:
+    """Concatenate fields sample-wise (one copy)."""
+    seq = list(parts)
+    if len(seq) == 1:
+        return seq[0]
+    if isinstance(seq[0], Ragged):
+        return Ragged.concat([p for p in seq if isinstance(p, Ragged)])
+    return np.concatenate([p for p in seq if isinstance(p, np.ndarray)], axis=0)
+
+
+class Chunk(NamedTuple):
+    """A run of consecutive samples with their ids: the unit between a teacher and re-batching.
+
+    Attributes:
+        ids: int64 array ``[n]``, the samples' positions in the reader's order within a round.
+        data: a normalized knowledge batch of ``n`` samples.
+    """
+
+    ids: np.ndarray
+    data: Knowledge
