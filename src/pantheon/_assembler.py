@@ -1,0 +1,178 @@
+"""The student's read-ahead: one background thread per round that re-batches and merges.
+
+It pulls chunks from every teacher's round stream, re-batches each teacher independently to
+the student's batch size, checks that all teachers hold the same sample ids, merges them and
+puts the finished batches on a bounded queue (``maxsize`` batches) that the generator drains.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ._errors import AlignmentError, PantheonTimeoutError
+from ._knowledge import Chunk
+from ._merge import MergePlan, merge_batches
+from ._rebatch import Rebatcher
+from ._sources import RoundStream
+
+__all__ = ["RoundAssembler"]
+
+_END = ("end", None)
+
+
+class RoundAssembler:
+    """Assemble the student's batches of one round in a background thread.
+
+    Args:
+        streams: one round stream per teacher, in registration order.
+        names: the teachers' names, for messages.
+        plan: the merge plan.
+        batch_size: samples per student batch.
+        drop_last: drop a last batch shorter than ``batch_size``.
+        maxsize: bound on finished batches waiting in the queue.
+        timeout: seconds to wait for a teacher's next chunk before failing.
+    """
+
+    def __init__(
+        self,
+        streams: Sequence[RoundStream],
+        names: Sequence[str],
+        plan: MergePlan,
+        *,
+        batch_size: int,
+        drop_last: bool,
+        maxsize: int,
+        timeout: float,
+    ) -> None:
+        self._streams = list(streams)
+        self._names = list(names)
+        self._plan = plan
+        self._batch_size = batch_size
+        self._drop_last = drop_last
+        self._timeout = timeout
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(1, maxsize))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pantheon-assembler", daemon=True)
+        self._thread.start()
+
+    def qsize(self) -> int:
+        """Finished batches waiting to be taken."""
+        return self._queue.qsize()
+
+    def get(self, timeout: float) -> Chunk | None:
+        """The next merged batch, or ``None`` at the end of the round; re-raises the thread's errors."""
+        try:
+            kind, item = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise PantheonTimeoutError(
+                f"no knowledge batch arrived within {timeout:g} s from "
+                f"{', '.join(self._names)}; raise Student(timeout=...) for slow teachers"
+            ) from None
+        if kind == "batch":
+            return item  # type: ignore[no-any-return]
+        if kind == "error":
+            self._queue.put_nowait(("error", item))  # keep failing on later calls
+            raise item
+        self._queue.put_nowait(_END)
+        return None
+
+    def stop(self) -> None:
+        """Stop the thread and abandon the round streams (idempotent)."""
+        self._stop.set()
+        while self._thread.is_alive():
+            try:  # unblock a put on a full queue
+                self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            self._thread.join(timeout=0.05)
+        for stream in self._streams:
+            stream.close()
+
+    # -- the thread -------------------------------------------------------------------------
+
+    def _put(self, item: tuple[str, Any]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            self._assemble()
+        except BaseException as exc:  # handed to the consumer, re-raised there
+            self._put(("error", exc))
+        else:
+            self._put(_END)
+
+    def _fill(self, i: int, rebatcher: Rebatcher, ended: list[bool]) -> None:
+        stream = self._streams[i]
+        while rebatcher.pending < self._batch_size and not ended[i] and not self._stop.is_set():
+            chunk = stream.next_chunk(self._timeout)
+            if chunk is None:
+                ended[i] = True
+            else:
+                rebatcher.push(chunk)
+
+    def _assemble(self) -> None:
+        n = len(self._streams)
+        rebatchers = [Rebatcher(self._batch_size) for _ in range(n)]
+        ended = [False] * n
+        done = 0  # samples assembled so far in this round
+        while not self._stop.is_set():
+            pieces: list[Chunk | None] = []
+            for i, rb in enumerate(rebatchers):
+                self._fill(i, rb, ended)
+                pieces.append(rb.pop() or (rb.flush() if ended[i] else None))
+            if self._stop.is_set():
+                return
+            if all(p is None for p in pieces):
+                return
+            self._check_aligned(pieces, done)
+            first = pieces[0]
+            assert first is not None
+            size = len(first.ids)
+            if size < self._batch_size and self._drop_last:
+                return
+            if n == 1 and not self._plan.keys_need_merge:
+                batch = first
+            else:
+                data = merge_batches(self._plan, [p.data for p in pieces if p is not None], self._names)
+                batch = Chunk(first.ids, data)
+            done += size
+            if not self._put(("batch", batch)):
+                return
+
+    def _check_aligned(self, pieces: Sequence[Chunk | None], done: int) -> None:
+        ref = pieces[0]
+        for i, piece in enumerate(pieces):
+            if piece is None or ref is None:
+                short = i if piece is None else 0
+                raise AlignmentError(
+                    f"{self._names[short]} ended its round after {done} samples while other "
+                    "teachers have more: teachers must read the same samples in the same order"
+                )
+            if i == 0:
+                continue
+            if len(piece.ids) != len(ref.ids):
+                size = min(len(piece.ids), len(ref.ids))
+                who = i if len(piece.ids) < len(ref.ids) else 0
+                raise AlignmentError(
+                    f"{self._names[who]} ended its round after {done + size} samples while other "
+                    "teachers have more: teachers must read the same samples in the same order"
+                )
+            if not np.array_equal(piece.ids, ref.ids):
+                bad = int(np.flatnonzero(piece.ids != ref.ids)[0])
+                raise AlignmentError(
+                    f"{self._names[i]} is not aligned with {self._names[0]}: at position {done + bad} "
+                    f"of the round it has sample id {int(piece.ids[bad])} where {self._names[0]} has "
+                    f"{int(ref.ids[bad])}. In same-order mode every teacher must read the same "
+                    "samples in the same order"
+                )

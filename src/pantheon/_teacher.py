@@ -1,0 +1,286 @@
+"""The Teacher: dumps knowledge to a file (offline) or serves it over TCP (online)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ._errors import ClosedError, ConfigError
+from ._knowledge import Chunk, normalize_batch
+from ._rebatch import slice_chunk
+from ._store import KnowledgeWriter
+
+__all__ = ["RoundFactory", "Teacher", "reader_round_factory"]
+
+RoundFactory = Callable[[int], Iterator[Chunk]]
+"""``make_round(start_sample)``: the chunks of one round from ``start_sample`` on, in reader order."""
+
+
+def reader_round_factory(reader: Callable[[], Iterable[Mapping[str, Any]]]) -> RoundFactory:
+    """Turn a reader of knowledge batches into a round factory.
+
+    ``reader()`` returns a fresh iterable of knowledge batches (dicts of arrays); sample ids are
+    the samples' positions in that order. Samples below ``start_sample`` are dropped (the
+    reader still produces them: the knowledge service skips them without predicting).
+    """
+    if not callable(reader):
+        raise ConfigError(
+            f"reader must be a callable returning a fresh iterable of knowledge batches (as the "
+            f"seed's readers), got {type(reader).__name__}; wrap a list as `lambda: batches`"
+        )
+
+    def make_round(start_sample: int) -> Iterator[Chunk]:
+        position = 0
+        for i, batch in enumerate(reader()):
+            data, n = normalize_batch(batch, where=f"knowledge batch {i}")
+            begin, position = position, position + n
+            if position <= start_sample:
+                continue
+            chunk = Chunk(np.arange(begin, position, dtype=np.int64), data)
+            yield slice_chunk(chunk, max(0, start_sample - begin), n)
+
+    return make_round
+
+
+class Teacher:
+    """A teacher: writes its knowledge to a file (offline) or serves it to a student (online).
+
+    Args:
+        out_path: offline mode: the knowledge file to write (a directory of shards when
+            ``max_shard_samples`` is set).
+        out_port: online mode: the TCP port to listen on (``0`` picks a free port; read it back
+            from :attr:`address`).
+        host: interface to bind online (default ``"127.0.0.1"``). Anything but loopback needs a token.
+        token: shared secret the student must prove it knows (default: ``PANTHEON_TOKEN``).
+        compression: offline: ``None`` (default), ``"lz4"`` or ``"zstd"``.
+        use_fp16: store / send float knowledge as float16; the description keeps the original
+            dtype and the student casts back.
+        codecs: per-key codecs, e.g. ``{"logits": TopK(20)}`` or ``{"feat": "bfloat16"}``.
+        max_shard_samples: offline: start a new shard file after this many samples.
+        timeout: seconds any single wait may last (default 300).
+
+    Exactly one of ``out_path`` and ``out_port`` must be given.
+    """
+
+    def __init__(
+        self,
+        out_path: str | os.PathLike[str] | None = None,
+        out_port: int | None = None,
+        *,
+        host: str = "127.0.0.1",
+        token: str | bytes | None = None,
+        compression: str | None = None,
+        use_fp16: bool = False,
+        codecs: Mapping[str, Any] | None = None,
+        max_shard_samples: int | None = None,
+        timeout: float = 300.0,
+        **online_options: Any,
+    ) -> None:
+        if (out_path is None) == (out_port is None):
+            raise ConfigError(
+                "Teacher needs exactly one of out_path (offline: a knowledge file to write) or "
+                f"out_port (online: a TCP port, 0 for any free one), got out_path={out_path!r}, "
+                f"out_port={out_port!r}"
+            )
+        if timeout <= 0:
+            raise ConfigError(f"timeout must be > 0 seconds, got {timeout!r}")
+        self.out_path = out_path
+        self.out_port = out_port
+        self._timeout = float(timeout)
+        self._use_fp16 = bool(use_fp16)
+        self._codecs = dict(codecs or {})
+        self._compression = compression
+        self._max_shard_samples = max_shard_samples
+        self._writer: KnowledgeWriter | None = None
+        self._server: Any = None
+        self._closed = False
+        if out_port is not None:
+            if isinstance(out_port, bool) or not isinstance(out_port, int) or not 0 <= out_port < 65536:
+                raise ConfigError(f"out_port must be an integer in 0..65535, got {out_port!r}")
+            if compression is not None or max_shard_samples is not None:
+                raise ConfigError("compression and max_shard_samples apply to offline teachers (out_path)")
+            from ._online_teacher import TeacherServer
+
+            self._server = TeacherServer(
+                host=host,
+                port=out_port,
+                token=token,
+                timeout=self._timeout,
+                use_fp16=self._use_fp16,
+                codecs=self._codecs,
+                **online_options,
+            )
+        elif online_options:
+            raise ConfigError(f"unexpected options for an offline teacher: {sorted(online_options)}")
+
+    # -- common ---------------------------------------------------------------------------
+
+    @property
+    def online(self) -> bool:
+        """Whether this teacher serves a student over TCP."""
+        return self._server is not None
+
+    @property
+    def address(self) -> str:
+        """Online: the ``"host:port"`` actually listened on (the real port when ``out_port=0``)."""
+        if self._server is None:
+            raise ConfigError("an offline teacher (out_path) has no address")
+        return str(self._server.address)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("this Teacher is closed; create a new one")
+
+    def start(self, timeout: float | None = None) -> None:
+        """Offline: open the output. Online: wait (at most ``timeout`` s, default the teacher's
+        ``timeout``) until a student has connected and authenticated."""
+        self._check_open()
+        if self._server is not None:
+            self._server.wait_for_student(self._timeout if timeout is None else float(timeout))
+        elif self._writer is None:
+            assert self.out_path is not None
+            self._writer = KnowledgeWriter(
+                self.out_path,
+                compression=self._compression,
+                use_fp16=self._use_fp16,
+                codecs=self._codecs,
+                max_shard_samples=self._max_shard_samples,
+            )
+
+    def _offline_writer(self, what: str) -> KnowledgeWriter:
+        self._check_open()
+        if self._server is not None:
+            raise ConfigError(
+                f"{what} is for offline teachers (out_path); an online teacher streams knowledge "
+                "with serve() or start_knowledge_service()"
+            )
+        if self._writer is None:
+            self.start()
+        assert self._writer is not None
+        return self._writer
+
+    # -- offline --------------------------------------------------------------------------
+
+    def dump(self, knowledge: Mapping[str, Any], ids: Any = None) -> None:
+        """Offline: append one knowledge batch (a dict of arrays sharing the first dimension).
+
+        The first batch fixes the description; a later batch with other keys, dtypes or
+        trailing shapes raises :class:`~pantheon.KnowledgeError` naming the key.
+        """
+        self._offline_writer("dump()").write(knowledge, ids)
+
+    # -- streaming ------------------------------------------------------------------------
+
+    def serve(
+        self,
+        reader: Callable[[], Iterable[Mapping[str, Any]]],
+        times: int = 1,
+    ) -> None:
+        """Stream knowledge from your own loop: ``reader()`` yields knowledge batches.
+
+        Online, one round per student request, ``times`` rounds, each re-running ``reader()``
+        (a round can thus be resumed where the student stands); returns once the student has
+        acknowledged the end of the last round. Offline, the one round is dumped to the file.
+        """
+        self.serve_rounds(reader_round_factory(reader), times=times)
+
+    def serve_rounds(self, make_round: RoundFactory, times: int = 1) -> None:
+        """Like :meth:`serve`, from a round factory ``make_round(start_sample) -> chunks``."""
+        self._check_open()
+        if isinstance(times, bool) or not isinstance(times, int) or times < 1:
+            raise ConfigError(f"times must be a positive integer, got {times!r}")
+        if self._server is not None:
+            self._server.serve_rounds(make_round, times)
+            return
+        writer = self._offline_writer("serve()")
+        for chunk in make_round(0):
+            writer.write(chunk.data, chunk.ids)
+
+    def start_knowledge_service(
+        self,
+        feed_list: Sequence[str],
+        schema: Mapping[str, str],
+        program: Any,
+        reader_config: Mapping[str, Any] | None,
+        exe: Any = None,
+        buf_size: int = 10,
+        use_fp16: bool | None = None,
+        times: int = 1,
+    ) -> None:
+        """Run the teacher model over a reader and serve (online) or dump (offline) its knowledge.
+
+        Args:
+            feed_list: names of the reader's input fields, in order.
+            schema: knowledge name -> source: an output of ``program`` or a feed name (passed through).
+            program: a callable ``program(**feeds)``, a ``torch.nn.Module``, or an ``.onnx`` path.
+            reader_config: ``{"sample_generator": g, "batch_size": B, "drop_last": True}``,
+                ``{"sample_list_generator": g}`` or ``{"batch_generator": g}``; ``None`` serves
+                queries only (online).
+            exe: ``None`` (CPU), a device such as ``"cuda:0"``, a list of devices, or a number of
+                CPU workers (data-parallel, knowledge still in reader order).
+            buf_size: bound on batches in flight (default 10).
+            use_fp16: store / send float knowledge as float16 (default: the constructor's setting).
+            times: rounds to serve online (offline: one round is dumped).
+        """
+        from ._service import make_query_handler, make_round_factory, validate_service_args
+
+        self._check_open()
+        if use_fp16 is not None and bool(use_fp16) != self._use_fp16:
+            self._use_fp16 = bool(use_fp16)
+            if self._server is not None:
+                self._server.set_use_fp16(self._use_fp16)
+        validate_service_args(feed_list, schema, program, reader_config, exe, buf_size)
+        if reader_config is None:
+            if self._server is None:
+                raise ConfigError("reader_config=None (query mode) needs an online teacher (out_port)")
+            self._server.serve_queries(make_query_handler(feed_list, schema, program, exe))
+            return
+        make_round = make_round_factory(feed_list, schema, program, reader_config, exe, buf_size)
+        if self._server is None:
+            self.serve_rounds(make_round, times=1)
+        else:
+            self.serve_rounds(make_round, times=times)
+
+    # -- online messages ------------------------------------------------------------------
+
+    def send(self, data: Any, timeout: float | None = None) -> None:
+        """Online: send one message (None/bool/int/float/str/bytes/list/tuple/dict/arrays) to the student."""
+        self._check_open()
+        if self._server is None:
+            raise ConfigError("send() needs an online teacher (out_port)")
+        self._server.send_user(data, self._timeout if timeout is None else float(timeout))
+
+    def recv(self, timeout: float | None = None) -> Any:
+        """Online: receive one message the student sent with ``Student.send``."""
+        self._check_open()
+        if self._server is None:
+            raise ConfigError("recv() needs an online teacher (out_port)")
+        return self._server.recv_user(self._timeout if timeout is None else float(timeout))
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: batches, samples and bytes written or sent."""
+        if self._server is not None:
+            return dict(self._server.stats())
+        w = self._writer
+        return {"batches": w.num_batches if w else 0, "samples": w.num_samples if w else 0}
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Finish the file (offline) or stop serving (online). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._writer.close()
+        if self._server is not None:
+            self._server.close()
+
+    def __enter__(self) -> Teacher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
