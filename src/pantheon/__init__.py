@@ -25,6 +25,8 @@ from ._errors import (
     WorkerError,
 )
 from ._knowledge import Ragged
+from ._student import Student
+from ._teacher import Teacher
 
 __version__ = "0.1.0"
 
@@ -42,6 +44,8 @@ __all__ = [
     "PantheonTimeoutError",
     "ProtocolError",
     "Ragged",
+    "Student",
+    "Teacher",
     "TeacherError",
     "TruncatedFileError",
     "WorkerError",

@@ -20,12 +20,84 @@ from ._merge import MergePlan, merge_batches
 from ._rebatch import Rebatcher
 from ._sources import RoundStream
 
-__all__ = ["RoundAssembler"]
+__all__ = ["QueryAssembler", "RoundAssembler"]
 
 _END = ("end", None)
 
 
-class RoundAssembler:
+class _Assembler:
+    """A background thread producing finished batches onto a bounded queue."""
+
+    _names: list[str]
+
+    def __init__(self, maxsize: int) -> None:
+        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(1, maxsize))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pantheon-assembler", daemon=True)
+
+    def _assemble(self) -> None:
+        raise NotImplementedError
+
+    def _close_inputs(self) -> None:
+        """Release the inputs after the thread stopped."""
+
+    def qsize(self) -> int:
+        """Finished batches waiting to be taken."""
+        return self._queue.qsize()
+
+    def get(self, timeout: float) -> Chunk | None:
+        """The next merged batch, or ``None`` at the end of the round; re-raises the thread's errors.
+
+        The sources enforce ``timeout`` themselves and name the teacher; this wait is a safety
+        net at twice that.
+        """
+        try:
+            kind, item = self._queue.get(timeout=2 * timeout + 1)
+        except queue.Empty:
+            raise PantheonTimeoutError(
+                f"no knowledge batch arrived within {timeout:g} s from "
+                f"{', '.join(self._names)}; raise Student(timeout=...) for slow teachers"
+            ) from None
+        if kind == "batch":
+            return item  # type: ignore[no-any-return]
+        if kind == "error":
+            self._queue.put_nowait(("error", item))  # keep failing on later calls
+            raise item
+        self._queue.put_nowait(_END)
+        return None
+
+    def stop(self) -> None:
+        """Stop the thread and abandon the round streams (idempotent)."""
+        self._stop.set()
+        while self._thread.is_alive():
+            try:  # unblock a put on a full queue
+                self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            self._thread.join(timeout=0.05)
+        self._close_inputs()
+
+    # -- the thread -------------------------------------------------------------------------
+
+    def _put(self, item: tuple[str, Any]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            self._assemble()
+        except BaseException as exc:  # handed to the consumer, re-raised there
+            self._put(("error", exc))
+        else:
+            self._put(_END)
+
+
+class RoundAssembler(_Assembler):
     """Assemble the student's batches of one round in a background thread.
 
     Args:
@@ -55,62 +127,12 @@ class RoundAssembler:
         self._batch_size = batch_size
         self._drop_last = drop_last
         self._timeout = timeout
-        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(1, maxsize))
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="pantheon-assembler", daemon=True)
+        super().__init__(maxsize)
         self._thread.start()
 
-    def qsize(self) -> int:
-        """Finished batches waiting to be taken."""
-        return self._queue.qsize()
-
-    def get(self, timeout: float) -> Chunk | None:
-        """The next merged batch, or ``None`` at the end of the round; re-raises the thread's errors."""
-        try:
-            kind, item = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            raise PantheonTimeoutError(
-                f"no knowledge batch arrived within {timeout:g} s from "
-                f"{', '.join(self._names)}; raise Student(timeout=...) for slow teachers"
-            ) from None
-        if kind == "batch":
-            return item  # type: ignore[no-any-return]
-        if kind == "error":
-            self._queue.put_nowait(("error", item))  # keep failing on later calls
-            raise item
-        self._queue.put_nowait(_END)
-        return None
-
-    def stop(self) -> None:
-        """Stop the thread and abandon the round streams (idempotent)."""
-        self._stop.set()
-        while self._thread.is_alive():
-            try:  # unblock a put on a full queue
-                self._queue.get_nowait()
-            except queue.Empty:
-                pass
-            self._thread.join(timeout=0.05)
+    def _close_inputs(self) -> None:
         for stream in self._streams:
             stream.close()
-
-    # -- the thread -------------------------------------------------------------------------
-
-    def _put(self, item: tuple[str, Any]) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self) -> None:
-        try:
-            self._assemble()
-        except BaseException as exc:  # handed to the consumer, re-raised there
-            self._put(("error", exc))
-        else:
-            self._put(_END)
 
     def _fill(self, i: int, rebatcher: Rebatcher, ended: list[bool]) -> None:
         stream = self._streams[i]
@@ -144,7 +166,9 @@ class RoundAssembler:
             if n == 1 and not self._plan.keys_need_merge:
                 batch = first
             else:
-                data = merge_batches(self._plan, [p.data for p in pieces if p is not None], self._names)
+                data = merge_batches(
+                    self._plan, [p.data for p in pieces if p is not None], self._names
+                )
                 batch = Chunk(first.ids, data)
             done += size
             if not self._put(("batch", batch)):
@@ -176,3 +200,95 @@ class RoundAssembler:
                     f"{int(ref.ids[bad])}. In same-order mode every teacher must read the same "
                     "samples in the same order"
                 )
+
+
+class QueryAssembler(_Assembler):
+    """Query mode: send the student's own batches to every teacher and yield them with the answers.
+
+    The queries are re-batched to ``batch_size`` and pipelined: up to ``window`` queries are in
+    flight at once; answers are merged and handed out in query order.
+
+    Args:
+        sources: the online teachers (``submit`` / ``answer`` / ``desc``).
+        names: their names.
+        plan_for: builds the merge plan once the teachers' descriptions are known.
+        queries: an iterable of feed batches (dicts of arrays).
+        batch_size: samples per query.
+        drop_last: drop a last query shorter than ``batch_size``.
+        window: queries in flight at most.
+        maxsize: finished batches waiting at most.
+        timeout: seconds to wait for an answer.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Any],
+        names: Sequence[str],
+        plan_for: Any,
+        queries: Any,
+        *,
+        batch_size: int,
+        drop_last: bool,
+        window: int,
+        maxsize: int,
+        timeout: float,
+    ) -> None:
+        self._sources = list(sources)
+        self._names = list(names)
+        self._plan_for = plan_for
+        self._queries = queries
+        self._batch_size = batch_size
+        self._drop_last = drop_last
+        self._window = max(1, window)
+        self._timeout = timeout
+        super().__init__(maxsize)
+        self._thread.start()
+
+    def _batches(self) -> Any:
+        from ._knowledge import normalize_batch
+
+        rb = Rebatcher(self._batch_size)
+        position = 0
+        for i, batch in enumerate(self._queries):
+            data, n = normalize_batch(batch, where=f"query batch {i}")
+            rb.push(Chunk(np.arange(position, position + n, dtype=np.int64), data))
+            position += n
+            while (out := rb.pop()) is not None:
+                yield out
+        tail = rb.flush()
+        if tail is not None and not (self._drop_last and len(tail.ids) < self._batch_size):
+            yield tail
+
+    def _assemble(self) -> None:
+        import collections
+
+        pending: collections.deque[tuple[int, Chunk]] = collections.deque()
+        batches = iter(self._batches())
+        qid = 0
+        exhausted = False
+        while not self._stop.is_set():
+            while not exhausted and len(pending) < self._window:
+                query = next(batches, None)
+                if query is None:
+                    exhausted = True
+                    break
+                for source in self._sources:
+                    source.submit(qid, query)
+                pending.append((qid, query))
+                qid += 1
+            if not pending:
+                return
+            q, query = pending.popleft()
+            answers = [s.answer(q, self._timeout) for s in self._sources]
+            plan = self._plan_for()
+            self._check(query, answers)
+            merged = merge_batches(plan, [a.data for a in answers], self._names)
+            data = dict(query.data)
+            data.update(merged)
+            if not self._put(("batch", Chunk(query.ids, data))):
+                return
+
+    def _check(self, query: Chunk, answers: Sequence[Chunk]) -> None:
+        for name, answer in zip(self._names, answers):
+            if not np.array_equal(answer.ids, query.ids):
+                raise AlignmentError(f"{name} answered a query with other sample ids than asked")

@@ -145,6 +145,11 @@ class Ragged:
         return self.values.dtype
 
     @property
+    def nbytes(self) -> int:
+        """Bytes held by the values and lengths."""
+        return int(self.values.nbytes + self.lengths.nbytes)
+
+    @property
     def inner_shape(self) -> tuple[int, ...]:
         """Shape of one token (the dimensions after the variable one)."""
         return tuple(self.values.shape[1:])
@@ -280,7 +285,9 @@ def num_samples(value: Value) -> int:
     return len(value) if isinstance(value, Ragged) else int(value.shape[0])
 
 
-def normalize_batch(batch: Mapping[str, Any], *, where: str = "knowledge batch") -> tuple[Knowledge, int]:
+def normalize_batch(
+    batch: Mapping[str, Any], *, where: str = "knowledge batch"
+) -> tuple[Knowledge, int]:
     """Validate a knowledge batch and convert its values; return it and its number of samples.
 
     Raises:
@@ -310,7 +317,11 @@ def normalize_batch(batch: Mapping[str, Any], *, where: str = "knowledge batch")
 
 def _field_desc(value: Value) -> FieldDesc:
     if isinstance(value, Ragged):
-        return {"shape": [-1, -1, *value.inner_shape], "dtype": dtype_name(value.dtype), "lod_level": 1}
+        return {
+            "shape": [-1, -1, *value.inner_shape],
+            "dtype": dtype_name(value.dtype),
+            "lod_level": 1,
+        }
     return {"shape": [-1, *value.shape[1:]], "dtype": dtype_name(value.dtype), "lod_level": 0}
 
 
@@ -319,7 +330,9 @@ def describe(batch: Mapping[str, Value]) -> Description:
     return {key: _field_desc(value) for key, value in batch.items()}
 
 
-def check_batch(batch: Mapping[str, Value], desc: Description, *, where: str = "knowledge batch") -> None:
+def check_batch(
+    batch: Mapping[str, Value], desc: Description, *, where: str = "knowledge batch"
+) -> None:
     """Check that a normalized batch matches ``desc`` (same keys, dtypes, trailing shapes, lod).
 
     Raises:

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from ._errors import ConfigError
 from ._knowledge import Chunk, Description
-from ._store import KnowledgeFile
+from ._reader import KnowledgeFile
 
 __all__ = ["FileSource", "RoundStream", "Source"]
 

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
 
-from ._assembler import RoundAssembler
+from ._assembler import QueryAssembler, RoundAssembler
 from ._errors import ClosedError, ConfigError
 from ._knowledge import Description, Knowledge, Ragged
 from ._merge import MergePlan, build_plan
@@ -174,6 +174,7 @@ class Student:
         *,
         ragged: RaggedFormat = "ragged",
         timeout: float | None = None,
+        queries: Any = None,
     ) -> Callable[[], Iterator[dict[str, Any]]]:
         """A reader creator over one round of knowledge, used as in the seed.
 
@@ -191,6 +192,10 @@ class Student:
                 :class:`~pantheon.Ragged`, default), ``"padded"`` (a pair ``(padded_array,
                 lengths)``, padding with 0) or ``"list"`` (a list of per-sample arrays).
             timeout: seconds to wait for each batch (default: the student's ``timeout``).
+            queries: query mode: an iterable of the student's own batches (dicts of arrays).
+                They are re-batched to ``batch_size``, sent to every (online) teacher with
+                several in flight, and each yielded batch holds the query's fields plus the
+                merged knowledge answering it, in order.
         """
         self._check_open()
         if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
@@ -198,6 +203,12 @@ class Student:
         if ragged not in ("ragged", "padded", "list"):
             raise ConfigError(f"ragged must be 'ragged', 'padded' or 'list', got {ragged!r}")
         wait = self._timeout if timeout is None else float(timeout)
+        if queries is not None:
+
+            def query_reader() -> Iterator[dict[str, Any]]:
+                return self._iterate_queries(queries, batch_size, bool(drop_last), ragged, wait)
+
+            return query_reader
         self._ensure_plan()
 
         def reader() -> Iterator[dict[str, Any]]:
@@ -244,9 +255,101 @@ class Student:
                     self._assembler = None
 
     def _finish_round(self) -> None:
+        for source in self._sources:
+            ack = getattr(source, "ack_round", None)
+            if ack is not None:
+                ack(self._round)
         self._round += 1
         self._position = 0
         self._stats["rounds"] += 1
+
+    def _iterate_queries(
+        self, queries: Any, batch_size: int, drop_last: bool, ragged: RaggedFormat, timeout: float
+    ) -> Iterator[dict[str, Any]]:
+        self._check_open()
+        if not self._started:
+            self.start()
+        offline = [s.name for s in self._sources if not hasattr(s, "submit")]
+        if offline:
+            raise ConfigError(
+                f"query mode needs online teachers; {', '.join(offline)} are knowledge files. "
+                "Use same-order mode (no queries=) with offline teachers"
+            )
+
+        def plan_for() -> MergePlan:
+            return self._ensure_plan(timeout)
+
+        with self._lock:
+            if self._assembler is not None:
+                self._assembler.stop()
+            assembler = QueryAssembler(
+                self._sources,
+                [s.name for s in self._sources],
+                plan_for,
+                queries,
+                batch_size=batch_size,
+                drop_last=drop_last,
+                window=self._read_ahead,
+                maxsize=self._read_ahead,
+                timeout=timeout,
+            )
+            self._assembler = assembler  # type: ignore[assignment]
+        try:
+            while True:
+                t0 = time.perf_counter()
+                chunk = assembler.get(timeout)
+                self._stats["wait_seconds"] += time.perf_counter() - t0
+                if chunk is None:
+                    return
+                self._stats["batches"] += 1
+                self._stats["samples"] += len(chunk.ids)
+                yield _format_batch(chunk.data, ragged)
+        finally:
+            assembler.stop()
+            with self._lock:
+                if self._assembler is assembler:
+                    self._assembler = None
+
+    # -- messages -------------------------------------------------------------------------
+
+    def _online(self, teacher_id: int) -> Any:
+        if not 0 <= teacher_id < len(self._sources):
+            raise ConfigError(
+                f"no teacher with id {teacher_id}: registered ids are 0..{len(self._sources) - 1}"
+            )
+        source = self._sources[teacher_id]
+        if not hasattr(source, "send_user"):
+            raise ConfigError(f"{source.name} is offline: send()/recv() need an online teacher")
+        if not self._started:
+            self.start()
+        return source
+
+    def send(
+        self, data: Any, teacher_ids: int | list[int] | None = None, timeout: float | None = None
+    ) -> None:
+        """Send one message (None/bool/int/float/str/bytes/list/tuple/dict/arrays) to teachers.
+
+        Args:
+            data: the value (never pickled).
+            teacher_ids: a teacher id or a list of them; default: every online teacher.
+            timeout: seconds to wait for a connection (default: the student's ``timeout``).
+        """
+        self._check_open()
+        if teacher_ids is None:
+            ids = [i for i, s in enumerate(self._sources) if hasattr(s, "send_user")]
+        elif isinstance(teacher_ids, int):
+            ids = [teacher_ids]
+        else:
+            ids = list(teacher_ids)
+        wait = self._timeout if timeout is None else float(timeout)
+        for i in ids:
+            self._online(i).send_user(data, wait)
+
+    def recv(self, teacher_id: int, timeout: float | None = None) -> Any:
+        """Receive one message that teacher ``teacher_id`` sent with ``Teacher.send``."""
+        self._check_open()
+        wait = self._timeout if timeout is None else float(timeout)
+        return self._online(teacher_id).recv_user(wait)
 
     # -- resume ---------------------------------------------------------------------------
 
@@ -272,7 +375,9 @@ class Student:
                 f"not a Student state_dict: expected keys version, round, position; got {state!r}"
             ) from exc
         if version != _STATE_VERSION:
-            raise ConfigError(f"state_dict version {version} is not supported (expected {_STATE_VERSION})")
+            raise ConfigError(
+                f"state_dict version {version} is not supported (expected {_STATE_VERSION})"
+            )
         if rnd < 0 or pos < 0:
             raise ConfigError(f"state_dict round and position must be >= 0, got {rnd}, {pos}")
         if self._assembler is not None:
@@ -316,5 +421,3 @@ class Student:
                 self.close()
         except Exception:  # noqa: S110 - best effort at interpreter shutdown
             pass
-
-

@@ -98,10 +98,16 @@ class Teacher:
         self._server: Any = None
         self._closed = False
         if out_port is not None:
-            if isinstance(out_port, bool) or not isinstance(out_port, int) or not 0 <= out_port < 65536:
+            if (
+                isinstance(out_port, bool)
+                or not isinstance(out_port, int)
+                or not 0 <= out_port < 65536
+            ):
                 raise ConfigError(f"out_port must be an integer in 0..65535, got {out_port!r}")
             if compression is not None or max_shard_samples is not None:
-                raise ConfigError("compression and max_shard_samples apply to offline teachers (out_path)")
+                raise ConfigError(
+                    "compression and max_shard_samples apply to offline teachers (out_path)"
+                )
             from ._online_teacher import TeacherServer
 
             self._server = TeacherServer(
@@ -114,7 +120,9 @@ class Teacher:
                 **online_options,
             )
         elif online_options:
-            raise ConfigError(f"unexpected options for an offline teacher: {sorted(online_options)}")
+            raise ConfigError(
+                f"unexpected options for an offline teacher: {sorted(online_options)}"
+            )
 
     # -- common ---------------------------------------------------------------------------
 
@@ -235,7 +243,9 @@ class Teacher:
         validate_service_args(feed_list, schema, program, reader_config, exe, buf_size)
         if reader_config is None:
             if self._server is None:
-                raise ConfigError("reader_config=None (query mode) needs an online teacher (out_port)")
+                raise ConfigError(
+                    "reader_config=None (query mode) needs an online teacher (out_port)"
+                )
             self._server.serve_queries(make_query_handler(feed_list, schema, program, exe))
             return
         make_round = make_round_factory(feed_list, schema, program, reader_config, exe, buf_size)

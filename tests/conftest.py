@@ -1,0 +1,116 @@
+"""Shared fixtures: teacher processes started on port 0 and waited for on their READY line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).parent
+ROOT = TESTS.parent
+
+
+class Proc:
+    """A child process whose stdout lines are collected by a reader thread."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.popen = subprocess.Popen(
+            [sys.executable, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.popen.stdout is not None
+        for line in self.popen.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self._cond.notify_all()
+
+    def wait_line(self, prefix: str, timeout: float = 60.0) -> str:
+        """The first stdout line starting with ``prefix``; fails if the process ends first."""
+
+        def found() -> str | None:
+            return next((ln for ln in self.lines if ln.startswith(prefix)), None)
+
+        with self._cond:
+            ok = self._cond.wait_for(
+                lambda: found() is not None or self.popen.poll() is not None, timeout=timeout
+            )
+            line = found()
+        if line is None:
+            err = (
+                self.popen.stderr.read()
+                if self.popen.poll() is not None and self.popen.stderr
+                else ""
+            )
+            raise AssertionError(
+                f"no line {prefix!r} (ok={ok}); stdout={self.lines} stderr={err[-3000:]}"
+            )
+        return line
+
+    def address(self, timeout: float = 60.0) -> str:
+        return self.wait_line("READY ", timeout).split()[1]
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+
+    def finish(self, timeout: float = 60.0) -> int:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait(10)
+            raise
+
+    def stderr(self) -> str:
+        if self.popen.poll() is None:
+            return ""
+        assert self.popen.stderr is not None
+        return self.popen.stderr.read()
+
+
+@pytest.fixture
+def spawn() -> Iterator:
+    """Start child processes; every one is killed at the end of the test."""
+    procs: list[Proc] = []
+
+    def start(args: list[str], env: dict[str, str] | None = None) -> Proc:
+        proc = Proc(args, env)
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.popen.poll() is None:
+            proc.popen.send_signal(signal.SIGCONT)
+            proc.popen.kill()
+        proc.popen.wait(10)
+        for stream in (proc.popen.stdout, proc.popen.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def teacher_proc(spawn):
+    """Start ``tests/teacher_proc.py`` with flags; returns the Proc."""
+
+    def start(*flags: str, env: dict[str, str] | None = None) -> Proc:
+        return spawn([str(TESTS / "teacher_proc.py"), *flags], env)
+
+    return start
