@@ -49,6 +49,7 @@ class _Link:
         self.session: Session | None = None
         self.outstanding: dict[int, Chunk] = {}  # query id -> query, sent on this link
         self.reconnecting = False
+        self.said_bye = False  # the teacher closed on purpose: reconnect only when needed
 
     def connect(self, deadline: float) -> Session:
         """Connect and authenticate, retrying until ``deadline`` (monotonic seconds)."""
@@ -206,6 +207,15 @@ class OnlineSource:
         if len(errors) == len(self.links):
             raise errors[0]
 
+    def _start_reconnect(self, link: _Link) -> None:
+        """Reconnect ``link`` in the background unless it already does. Holds ``cond``."""
+        if link.reconnecting or link.session is not None or self.closed:
+            return
+        link.reconnecting = True
+        link.said_bye = False
+        self.cond.notify_all()
+        threading.Thread(target=self._reconnect, args=(link,), daemon=True).start()
+
     def _reconnect(self, link: _Link) -> None:
         deadline = time.monotonic() + self.timeout
         try:
@@ -223,6 +233,13 @@ class OnlineSource:
             link.reconnecting = False
             self._stats["reconnects"] += 1
             self.cond.notify_all()
+            parked: dict[int, Chunk] = {}
+            for lk in self.links:
+                if lk.session is None:
+                    parked.update(lk.outstanding)
+                    lk.outstanding.clear()
+        for qid, query in sorted(parked.items()):
+            self._send_query(qid, query)
         self._resume(link)
 
     def on_close(self, link: _Link, session: Session, reason: BaseException | None) -> None:
@@ -234,10 +251,12 @@ class OnlineSource:
             if self.closed:
                 self.cond.notify_all()
                 return
-            link.reconnecting = True
-            self.cond.notify_all()
+            busy = bool(lost_queries) or (self.round is not None and not self.round.ended)
+            if link.said_bye and not busy:
+                self.cond.notify_all()
+                return  # the teacher finished; reconnect when a round or query needs it
+            self._start_reconnect(link)
         log.warning("%s; reconnecting", reason or f"lost {link.address}")
-        threading.Thread(target=self._reconnect, args=(link,), daemon=True).start()
         for qid, query in lost_queries.items():
             self._send_query(qid, query)
         self._resume(None)
@@ -289,6 +308,8 @@ class OnlineSource:
             self.inbox.put(decode_value(h.get("value"), msg.frames))
         elif t == MsgType.ANSWER:
             self._on_answer(link, msg)
+        elif t == MsgType.BYE:
+            link.said_bye = True
         elif t == MsgType.ERROR:
             with self.cond:
                 self.error = TeacherError(f"{self.name} reported: {h.get('message', 'an error')}")
@@ -357,6 +378,9 @@ class OnlineSource:
             link = self._connected()
             if link is not None:
                 self._subscribe(rnd, link)
+            else:
+                for lk in self.links:
+                    self._start_reconnect(lk)
         return rnd
 
     def _subscribe(self, rnd: _OnlineRound, link: _Link) -> None:
@@ -396,6 +420,8 @@ class OnlineSource:
             if not live:
                 # no replica now: keep it on the first link, re-sent when one comes back
                 self.links[0].outstanding[qid] = query
+                for lk in self.links:
+                    self._start_reconnect(lk)
                 return
             link = min(live, key=lambda lk: len(lk.outstanding))
             link.outstanding[qid] = query
