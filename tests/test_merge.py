@@ -72,7 +72,9 @@ def test_ragged_fields_merge_values_when_lengths_agree():
 
 def test_shared_key_without_strategy_names_key_and_teachers():
     d = _desc(result=([1], "int64"))
-    with pytest.raises(MergeError, match=r"'result' is produced by 2 teachers \(teacher 0, teacher 1\)"):
+    with pytest.raises(
+        MergeError, match=r"'result' is produced by 2 teachers \(teacher 0, teacher 1\)"
+    ):
         build_plan([d, d], NAMES[:2], None)
 
 

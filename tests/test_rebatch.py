@@ -1,5 +1,7 @@
 import numpy as np
 import pytest
+import itertools
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,7 +13,7 @@ from pantheon._rebatch import Rebatcher
 def _chunks(total: int, cuts: list[int], ragged: bool = False) -> list[Chunk]:
     bounds = sorted({0, total, *[c for c in cuts if 0 < c < total]})
     out = []
-    for a, b in zip(bounds, bounds[1:]):
+    for a, b in itertools.pairwise(bounds):
         ids = np.arange(a, b, dtype=np.int64)
         data = {"x": ids.reshape(-1, 1) * 10}
         if ragged:
@@ -39,10 +41,14 @@ def _run(chunks: list[Chunk], batch_size: int) -> list[Chunk]:
     batch_size=st.integers(1, 40),
     ragged=st.booleans(),
 )
-def test_any_split_of_the_same_samples_gives_the_same_student_batches(total, cuts, batch_size, ragged):
+def test_any_split_of_the_same_samples_gives_the_same_student_batches(
+    total, cuts, batch_size, ragged
+):
     out = _run(_chunks(total, cuts, ragged), batch_size)
     reference = _run(_chunks(total, [], ragged), batch_size)
-    assert [len(c.ids) for c in out] == [min(batch_size, total - i) for i in range(0, total, batch_size)]
+    assert [len(c.ids) for c in out] == [
+        min(batch_size, total - i) for i in range(0, total, batch_size)
+    ]
     for got, want in zip(out, reference, strict=True):
         assert np.array_equal(got.ids, want.ids)
         assert np.array_equal(got.data["x"], want.data["x"])

@@ -25,7 +25,12 @@ def _dump(path, n=100, batch=10, scale=1.0, **teacher_kw):
         t.start()
         for s in range(0, n, batch):
             x = np.arange(s, min(s + batch, n))
-            t.dump({"x": x.reshape(-1, 1), "logits": (np.outer(x, np.ones(4)) * scale).astype(np.float32)})
+            t.dump(
+                {
+                    "x": x.reshape(-1, 1),
+                    "logits": (np.outer(x, np.ones(4)) * scale).astype(np.float32),
+                }
+            )
     return path
 
 
@@ -72,7 +77,10 @@ def test_misaligned_teachers_name_teacher_and_first_bad_id(tmp_path):
         s.register_teacher(in_path=a)
         s.register_teacher(in_path=tmp_path / "b.arrow")
         s.start()
-        with pytest.raises(AlignmentError, match=r"teacher 1 .* position 57 .* sample id 999 where teacher 0 .* has 57"):
+        with pytest.raises(
+            AlignmentError,
+            match=r"teacher 1 .* position 57 .* sample id 999 where teacher 0 .* has 57",
+        ):
             _collect(s, 16)
 
 
@@ -143,7 +151,11 @@ def test_ragged_knowledge_in_three_formats(tmp_path):
     with Student() as st:
         st.register_teacher(in_path=tmp_path / "r.arrow")
         st.start()
-        assert st.get_knowledge_desc()["tokens"] == {"shape": [-1, -1, 3], "dtype": "float32", "lod_level": 1}
+        assert st.get_knowledge_desc()["tokens"] == {
+            "shape": [-1, -1, 3],
+            "dtype": "float32",
+            "lod_level": 1,
+        }
         rag = _collect(st, 16)[0]["tokens"]
         assert isinstance(rag, Ragged) and rag.lengths.tolist() == lengths[:16].tolist()
         padded, lens = _collect(st, 16, ragged="padded")[0]["tokens"]
@@ -176,7 +188,9 @@ def test_shared_key_without_strategy_and_unknown_strategy(tmp_path):
     with Student() as s:
         s.register_teacher(in_path=a)
         s.register_teacher(in_path=a)
-        with pytest.raises(MergeError, match=r"'x' is produced by 2 teachers \(teacher 0 .*teacher 1"):
+        with pytest.raises(
+            MergeError, match=r"'x' is produced by 2 teachers \(teacher 0 .*teacher 1"
+        ):
             s.get_knowledge_desc()
     with Student(merge_strategy={"x": "median", "logits": "sum"}) as s:
         s.register_teacher(in_path=a)

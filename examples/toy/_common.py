@@ -21,7 +21,9 @@ def str2bool(value: str) -> bool:
 
 def teacher_args(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--out_path", type=str, default=None, help="offline: knowledge file to write")
+    parser.add_argument(
+        "--out_path", type=str, default=None, help="offline: knowledge file to write"
+    )
     parser.add_argument("--out_port", type=int, default=None, help="online: TCP port (0: any free)")
     parser.add_argument(
         "--generator_type",
@@ -33,8 +35,12 @@ def teacher_args(description: str) -> argparse.Namespace:
     parser.add_argument("--serving_times", type=int, default=1, help="online: rounds to serve")
     parser.add_argument("--workers", type=int, default=1, help="CPU workers predicting in parallel")
     parser.add_argument("--test_send_recv", type=str2bool, default=False)
-    parser.add_argument("--address_file", type=str, default=None,
-                        help="online: write the real 'host:port' here once listening")
+    parser.add_argument(
+        "--address_file",
+        type=str,
+        default=None,
+        help="online: write the real 'host:port' here once listening",
+    )
     args = parser.parse_args()
     if (args.out_path is None) == (args.out_port is None):
         parser.error("give exactly one of --out_path (offline) or --out_port (online)")
@@ -74,8 +80,9 @@ def reader_config(generator_type: str, batch_size: int) -> dict[str, object]:
     return config
 
 
-def run_teacher(args: argparse.Namespace, program: Callable[..., dict[str, np.ndarray]],
-                schema: dict[str, str]) -> None:
+def run_teacher(
+    args: argparse.Namespace, program: Callable[..., dict[str, np.ndarray]], schema: dict[str, str]
+) -> None:
     from pantheon import Teacher
 
     teacher = Teacher(out_path=args.out_path, out_port=args.out_port)

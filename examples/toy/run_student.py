@@ -44,7 +44,9 @@ def main() -> int:
         for batch in gen():
             sizes.append(len(batch["x"]))
             seen.append(batch["x"].ravel())
-            assert np.array_equal(batch["result"], factor * batch["x"]), "result != merged knowledge"
+            assert np.array_equal(batch["result"], factor * batch["x"]), (
+                "result != merged knowledge"
+            )
             assert np.array_equal(batch["2x-1"], 2 * batch["x"] - 1)
             assert np.array_equal(batch["2x+1"], 2 * batch["x"] + 1)
             if args.verbose:

@@ -20,12 +20,12 @@ from ._merge import MergePlan, merge_batches
 from ._rebatch import Rebatcher
 from ._sources import RoundStream
 
-__all__ = ["QueryAssembler", "RoundAssembler"]
+__all__ = ["Assembler", "QueryAssembler", "RoundAssembler"]
 
 _END = ("end", None)
 
 
-class _Assembler:
+class Assembler:
     """A background thread producing finished batches onto a bounded queue."""
 
     _names: list[str]
@@ -97,7 +97,7 @@ class _Assembler:
             self._put(_END)
 
 
-class RoundAssembler(_Assembler):
+class RoundAssembler(Assembler):
     """Assemble the student's batches of one round in a background thread.
 
     Args:
@@ -202,7 +202,7 @@ class RoundAssembler(_Assembler):
                 )
 
 
-class QueryAssembler(_Assembler):
+class QueryAssembler(Assembler):
     """Query mode: send the student's own batches to every teacher and yield them with the answers.
 
     The queries are re-batched to ``batch_size`` and pipelined: up to ``window`` queries are in
@@ -289,6 +289,6 @@ class QueryAssembler(_Assembler):
                 return
 
     def _check(self, query: Chunk, answers: Sequence[Chunk]) -> None:
-        for name, answer in zip(self._names, answers):
+        for name, answer in zip(self._names, answers, strict=True):
             if not np.array_equal(answer.ids, query.ids):
                 raise AlignmentError(f"{name} answered a query with other sample ids than asked")

@@ -20,7 +20,7 @@ where a ragged field's shape is ``[-1, -1, d2, ...]`` and its ``lod_level`` is 1
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
 import ml_dtypes
 import numpy as np
@@ -84,7 +84,7 @@ def dtype_name(dtype: npt.DTypeLike) -> str:
     dt = np.dtype(dtype)
     if dt == BFLOAT16:
         return "bfloat16"
-    name = dt.name
+    name = str(dt.name)
     if name not in _DTYPES or dt.byteorder == ">":
         raise KnowledgeError(
             f"unsupported dtype {dt!s}: knowledge arrays must be one of {', '.join(DTYPE_NAMES)} "
@@ -225,7 +225,7 @@ class Ragged:
         )
 
 
-Value = Union[np.ndarray, Ragged]
+Value = np.ndarray | Ragged
 """One field of a knowledge batch."""
 Knowledge = dict[str, Value]
 """A knowledge batch: field name -> value, all with the same number of samples."""
@@ -253,17 +253,18 @@ def _torch_int16() -> Any:
     return torch.int16
 
 
-def _normalize_value(key: str, value: Any, where: str) -> Value:
-    value = _to_numpy(value)
+def _normalize_value(key: str, raw: Any, where: str) -> Value:
+    value: Any = _to_numpy(raw)
     if isinstance(value, (list, tuple)):
         if not value:
             raise KnowledgeError(f"{where}: knowledge {key!r} is an empty list; expected samples")
         value = Ragged.from_list([_to_numpy(v) for v in value])
     if isinstance(value, Ragged):
         dtype_name(value.dtype)
-        if not value.values.flags.c_contiguous:
-            value = Ragged(np.ascontiguousarray(value.values), value.lengths)
-        return value
+        rag: Ragged = value
+        if not rag.values.flags.c_contiguous:
+            rag = Ragged(np.ascontiguousarray(rag.values), rag.lengths)
+        return rag
     if not isinstance(value, np.ndarray):
         raise KnowledgeError(
             f"{where}: knowledge {key!r} is a {type(value).__name__}; expected a numpy array "
@@ -274,10 +275,11 @@ def _normalize_value(key: str, value: Any, where: str) -> Value:
             f"{where}: knowledge {key!r} is a 0-d array; expected shape [batch, ...] "
             "(reshape a scalar per sample to [batch, 1])"
         )
-    dtype_name(value.dtype)
-    if not value.flags.c_contiguous:
-        value = np.ascontiguousarray(value)
-    return value
+    arr: np.ndarray = value
+    dtype_name(arr.dtype)
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    return arr
 
 
 def num_samples(value: Value) -> int:

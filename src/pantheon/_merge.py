@@ -58,7 +58,7 @@ def _weighted(weights: Sequence[float]) -> Strategy:
 
     def reduce(values: list[np.ndarray]) -> np.ndarray:
         acc = values[0] * w[0]
-        for wi, v in zip(w[1:], values[1:]):
+        for wi, v in zip(w[1:], values[1:], strict=True):
             acc = acc + v * wi
         return np.asarray(acc / w.sum())
 
@@ -76,7 +76,7 @@ def _elementwise(name: str) -> Strategy:
             acc += v
         if name == "mean":
             acc /= len(values)
-        return acc
+        return np.asarray(acc)
 
     return reduce
 
@@ -190,7 +190,7 @@ def _reduce(plan: _KeyPlan, values: list[Value], names: Sequence[str]) -> Value:
     assert plan.reduce is not None
     if isinstance(values[0], Ragged):
         rag = [v for v in values if isinstance(v, Ragged)]
-        for t, r in zip(plan.teachers[1:], rag[1:]):
+        for t, r in zip(plan.teachers[1:], rag[1:], strict=True):
             if not np.array_equal(r.lengths, rag[0].lengths):
                 raise MergeError(
                     f"cannot merge variable-length key {plan.key!r}: {names[t]} has sequence lengths "

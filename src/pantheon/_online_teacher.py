@@ -240,9 +240,10 @@ class TeacherServer:
         """Serve ``times`` rounds on request; return once the student acknowledged the last."""
         self._times = times
         self._done_round = -1
-        ahead: tuple[int, Producer] | None = (0, Producer(make_round, 0, self._buf_size))
+        first_producer = Producer(make_round, 0, self._buf_size)
+        ahead: tuple[int, Producer] | None = (0, first_producer)
         if self._desc is None:
-            first = ahead[1].peek(self._timeout)
+            first = first_producer.peek(self._timeout)
             if first is not None:
                 self._learn_desc(first)
         try:

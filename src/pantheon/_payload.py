@@ -11,7 +11,7 @@ from ._codec import Codec, column_name
 from ._knowledge import Chunk, Description, Knowledge, concat_values
 from ._values import decode_chunk, encode_chunk
 
-__all__ = ["decode_data", "encode_chunks", "encode_data", "decode_payload"]
+__all__ = ["decode_data", "decode_payload", "encode_chunks", "encode_data"]
 
 
 def encode_data(data: Knowledge, codecs: Mapping[str, Codec]) -> Knowledge:

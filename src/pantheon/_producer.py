@@ -84,7 +84,7 @@ class Producer:
             raise item
         return item if kind == "chunk" else None
 
-    def take(self, max_bytes: int, timeout: float) -> list[Chunk] | None | object:
+    def take(self, max_bytes: int, timeout: float) -> list[Chunk] | object | None:
         """Chunks ready now (at least one, then more while under ``max_bytes``).
 
         Returns a list of chunks, ``None`` at the end of the round, or ``Producer.TIMEOUT``

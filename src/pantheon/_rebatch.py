@@ -22,7 +22,9 @@ def slice_chunk(chunk: Chunk, start: int, stop: int) -> Chunk:
     """Samples ``start:stop`` of a chunk, as views."""
     if start == 0 and stop == len(chunk.ids):
         return chunk
-    return Chunk(chunk.ids[start:stop], {k: slice_value(v, start, stop) for k, v in chunk.data.items()})
+    return Chunk(
+        chunk.ids[start:stop], {k: slice_value(v, start, stop) for k, v in chunk.data.items()}
+    )
 
 
 def _concat_chunks(parts: list[Chunk]) -> Chunk:

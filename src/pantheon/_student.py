@@ -8,8 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Literal
 
-
-from ._assembler import QueryAssembler, RoundAssembler
+from ._assembler import Assembler, QueryAssembler, RoundAssembler
 from ._errors import ClosedError, ConfigError
 from ._knowledge import Description, Knowledge, Ragged
 from ._merge import MergePlan, build_plan
@@ -83,7 +82,7 @@ class Student:
         self._closed = False
         self._round = 0  # rounds finished
         self._position = 0  # samples of the current round already handed to the training loop
-        self._assembler: RoundAssembler | None = None
+        self._assembler: Assembler | None = None
         self._lock = threading.Lock()
         self._stats = {"batches": 0, "samples": 0, "rounds": 0, "wait_seconds": 0.0}
 
@@ -293,7 +292,7 @@ class Student:
                 maxsize=self._read_ahead,
                 timeout=timeout,
             )
-            self._assembler = assembler  # type: ignore[assignment]
+            self._assembler = assembler
         try:
             while True:
                 t0 = time.perf_counter()

@@ -1,0 +1,187 @@
+"""The knowledge service: run a teacher program over a reader on many devices, in order.
+
+This is the prediction side of :meth:`pantheon.Teacher.start_knowledge_service`. The teacher
+turns a *round factory* into a knowledge file or a TCP stream::
+
+    make_round = make_round_factory(feed_list, schema, program, reader_config, exe, buf_size)
+    for chunk in make_round(start_sample=0):   # Chunk(ids, data), in reader order
+        ...
+
+and answers the student's query batches with :func:`make_query_handler`.
+
+* readers: :mod:`pantheon._readers` (``reader_config`` formats, batching);
+* programs and devices: :mod:`pantheon._programs` (callables, torch modules, ONNX files,
+  objects with ``for_device``; ``exe`` as ``None``, a device, a list of devices or an int);
+* ordered multi-worker prediction: :mod:`pantheon._workers`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from ._errors import ConfigError
+from ._knowledge import Knowledge, Value
+from ._programs import (
+    Worker,
+    build_workers,
+    parse_devices,
+    predict_batch,
+    validate_program,
+    validate_schema,
+)
+from ._readers import (
+    batch_size_of,
+    initial_ragged,
+    iter_raw_batches,
+    to_feed_value,
+    validate_reader_config,
+)
+from ._workers import RoundIterator, check_start_sample
+
+__all__ = [
+    "RoundIterator",
+    "make_query_handler",
+    "make_round_factory",
+    "validate_service_args",
+]
+
+
+def validate_service_args(
+    feed_list: Sequence[str],
+    schema: Mapping[str, str],
+    program: Any,
+    reader_config: Mapping[str, Any] | None,
+    exe: Any = None,
+    buf_size: int = 10,
+) -> None:
+    """Check the arguments of ``start_knowledge_service`` before anything runs.
+
+    ``reader_config`` may be ``None`` (the teacher only answers queries). Checks that need the
+    program's outputs (a schema source that is neither an output nor a feed) happen on the
+    first batch.
+
+    Raises:
+        ConfigError: naming the argument, what was expected and what came.
+    """
+    validate_schema(feed_list, schema)
+    validate_program(program, feed_list, schema)
+    if reader_config is not None:
+        validate_reader_config(feed_list, reader_config)
+    parse_devices(exe)
+    if isinstance(buf_size, bool) or not isinstance(buf_size, int) or buf_size < 1:
+        raise ConfigError(
+            f"buf_size must be an int >= 1 (the number of batches in flight), got {buf_size!r}"
+        )
+
+
+def make_round_factory(
+    feed_list: Sequence[str],
+    schema: Mapping[str, str],
+    program: Any,
+    reader_config: Mapping[str, Any],
+    exe: Any = None,
+    buf_size: int = 10,
+) -> Callable[[int], RoundIterator]:
+    """Build the teacher's round factory ``make_round(start_sample) -> iterator of Chunk``.
+
+    The program is placed on its devices once, here (one copy or session per worker), and
+    reused by every round. Each call of ``make_round`` re-runs the reader from its start and
+    returns a :class:`~pantheon._workers.RoundIterator` of ``Chunk(ids, data)`` in reader
+    order, ``ids`` being the samples' positions ``0..N-1`` in the round. Batches that end at or
+    below ``start_sample`` are read but not predicted; a batch that straddles it is predicted
+    and sliced. At most ``buf_size`` batches are in flight.
+
+    Args:
+        feed_list: names of the reader's input fields, in order.
+        schema: ``{knowledge_name: source}``, source an output name or a feed name.
+        program: the teacher (see :mod:`pantheon._programs`).
+        reader_config: the reader (see :mod:`pantheon._readers`).
+        exe: the worker devices: ``None`` (one CPU worker), ``"cuda:0"``, a list, or an int.
+        buf_size: the bound on batches in flight (read, not yet handed out); default 10.
+
+    Raises:
+        ConfigError: invalid arguments (see :func:`validate_service_args`).
+    """
+    if reader_config is None:
+        raise ConfigError(
+            "reader_config is None: a round needs a reader; use make_query_handler to answer "
+            "queries only"
+        )
+    validate_service_args(feed_list, schema, program, reader_config, exe, buf_size)
+    feeds = list(feed_list)
+    schema_d = dict(schema)
+    workers = build_workers(program, feeds, parse_devices(exe))
+    ragged = initial_ragged(reader_config)  # grows as variable-length feeds are seen
+
+    def make_round(start_sample: int = 0) -> RoundIterator:
+        start = check_start_sample(start_sample)
+        raw = iter_raw_batches(feeds, reader_config, ragged)
+        return RoundIterator(raw, workers, feeds, schema_d, buf_size, start)
+
+    return make_round
+
+
+def make_query_handler(
+    feed_list: Sequence[str],
+    schema: Mapping[str, str],
+    program: Any,
+    exe: Any = None,
+) -> Callable[[Mapping[str, Any]], Knowledge]:
+    """Build ``handle(feeds) -> knowledge`` for query mode.
+
+    ``feeds`` is the student's own input batch, ``{feed name: array}`` (a list of per-sample
+    arrays of different lengths is taken as a ragged field); keys not in ``feed_list`` are
+    ignored. The handler predicts in the calling thread; with several devices, successive
+    calls take the workers in turn, and concurrent calls run on different workers.
+
+    Raises (from the handler):
+        ConfigError: a missing feed, feeds of different batch sizes, or a schema source that
+            is neither an output nor a feed.
+        Exception: whatever the program raises, unchanged.
+    """
+    validate_service_args(feed_list, schema, program, None, exe, 1)
+    feeds_order = list(feed_list)
+    schema_d = dict(schema)
+    workers = build_workers(program, feeds_order, parse_devices(exe))
+    turn = itertools.count()
+    local = threading.local()
+
+    def handle(query: Mapping[str, Any]) -> Knowledge:
+        if not isinstance(query, Mapping):
+            raise ConfigError(
+                f"a query must be a dict of feed name -> array, got {type(query).__name__}"
+            )
+        missing = [f for f in feeds_order if f not in query]
+        if missing:
+            raise ConfigError(
+                f"query: missing feeds {missing}; expected the keys {feeds_order} (feed_list), "
+                f"got {sorted(map(str, query))}"
+            )
+        feeds: dict[str, Value] = {f: to_feed_value(f, query[f], "query") for f in feeds_order}
+        n = batch_size_of(feeds, "query")
+        worker = _pick(workers, turn)
+        _init_once(local, worker)
+        return predict_batch(worker, schema_d, feeds, n, f"query on {worker.name}")
+
+    return handle
+
+
+def _pick(workers: Sequence[Worker], turn: itertools.count[int]) -> Worker:
+    """The next worker in turn, or the first idle one if that one is busy."""
+    start = next(turn) % len(workers)
+    for k in range(len(workers)):
+        w = workers[(start + k) % len(workers)]
+        if not w.lock.locked():
+            return w
+    return workers[start]
+
+
+def _init_once(local: threading.local, worker: Worker) -> None:
+    done: set[str] = getattr(local, "done", set())
+    if worker.init_thread is not None and worker.name not in done:
+        worker.init_thread()
+        done.add(worker.name)
+        local.done = done
