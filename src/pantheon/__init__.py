@@ -25,7 +25,10 @@ from ._errors import (
     WorkerError,
 )
 from ._knowledge import Ragged
+from ._reader import KnowledgeFile
+from ._store import KnowledgeWriter
 from ._student import Student
+from ._topk import SparseTopK, TopK
 from ._teacher import Teacher
 
 __version__ = "0.1.0"
@@ -37,6 +40,8 @@ __all__ = [
     "ConfigError",
     "ConnectionLostError",
     "FileFormatError",
+    "KnowledgeFile",
+    "KnowledgeWriter",
     "KnowledgeError",
     "MergeError",
     "MissingDependencyError",
@@ -44,9 +49,11 @@ __all__ = [
     "PantheonTimeoutError",
     "ProtocolError",
     "Ragged",
+    "SparseTopK",
     "Student",
     "Teacher",
     "TeacherError",
+    "TopK",
     "TruncatedFileError",
     "WorkerError",
     "__version__",

@@ -34,6 +34,7 @@ __all__ = [
     "CodecFactory",
     "codec_from_spec",
     "column_name",
+    "decode_field",
     "register_codec",
     "registered_codecs",
     "resolve_codecs",
@@ -232,6 +233,15 @@ def _codec_from_arg(key: str, arg: object) -> Codec | None:
         f"the codec for knowledge {key!r} must be a codec object (spec/encode/decode) or a "
         f"name such as 'float16', got {arg!r}"
     )
+
+
+def decode_field(codec: Codec, parts: dict[str, Value], field: FieldDesc, *, sparse: bool) -> Value:
+    """Decode one field; with ``sparse``, codecs that have a sparse form (top-k) keep it."""
+    if sparse:
+        to_sparse = getattr(codec, "sparse", None)
+        if to_sparse is not None:
+            return to_sparse(parts, field)  # type: ignore[no-any-return]
+    return codec.decode(parts, field)
 
 
 def resolve_codecs(

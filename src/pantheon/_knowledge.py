@@ -284,7 +284,7 @@ def _normalize_value(key: str, raw: Any, where: str) -> Value:
 
 def num_samples(value: Value) -> int:
     """Number of samples (first dimension) of a field."""
-    return len(value) if isinstance(value, Ragged) else int(value.shape[0])
+    return int(value.shape[0]) if isinstance(value, np.ndarray) else len(value)
 
 
 def normalize_batch(
@@ -368,9 +368,9 @@ def check_batch(
 
 def slice_value(value: Value, start: int, stop: int) -> Value:
     """Samples ``start:stop`` of a field, as a view."""
-    if isinstance(value, Ragged):
-        return value.slice(start, stop)
-    return value[start:stop]
+    if isinstance(value, np.ndarray):
+        return value[start:stop]
+    return value.slice(start, stop)  # Ragged, or a sparse value such as SparseTopK
 
 
 def concat_values(parts: Iterable[Value]) -> Value:
@@ -378,9 +378,9 @@ def concat_values(parts: Iterable[Value]) -> Value:
     seq = list(parts)
     if len(seq) == 1:
         return seq[0]
-    if isinstance(seq[0], Ragged):
-        return Ragged.concat([p for p in seq if isinstance(p, Ragged)])
-    return np.concatenate([p for p in seq if isinstance(p, np.ndarray)], axis=0)
+    if isinstance(seq[0], np.ndarray):
+        return np.concatenate([p for p in seq if isinstance(p, np.ndarray)], axis=0)
+    return type(seq[0]).concat(seq)  # type: ignore[arg-type]
 
 
 class Chunk(NamedTuple):

@@ -188,6 +188,11 @@ def _cast_back(result: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
 
 def _reduce(plan: _KeyPlan, values: list[Value], names: Sequence[str]) -> Value:
     assert plan.reduce is not None
+    if not isinstance(values[0], (np.ndarray, Ragged)):
+        raise MergeError(
+            f"key {plan.key!r} holds {type(values[0]).__name__} values, which cannot be merged "
+            "across teachers; read it densely (Student(sparse_topk=False)) to merge it"
+        )
     if isinstance(values[0], Ragged):
         rag = [v for v in values if isinstance(v, Ragged)]
         for t, r in zip(plan.teachers[1:], rag[1:], strict=True):

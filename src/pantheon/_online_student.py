@@ -170,6 +170,7 @@ class OnlineSource:
         timeout: float,
         credits: int = 8,
         heartbeat: Heartbeat | None = None,
+        sparse_topk: bool = False,
     ) -> None:
         addresses = [address] if isinstance(address, str) else list(address)
         if not addresses:
@@ -177,6 +178,7 @@ class OnlineSource:
         for a in addresses:
             parse_address(a)
         self.index = index
+        self.sparse_topk = sparse_topk
         self.name = f"teacher {index} ({', '.join(addresses)})"
         self.token = resolve_token(token)
         self.timeout = timeout
@@ -322,7 +324,7 @@ class OnlineSource:
         if desc is None:
             raise ProtocolError(f"{self.name} sent knowledge before its description")
         self._stats["bytes"] += sum(memoryview(f).nbytes for f in msg.frames)
-        return decode_payload(msg.header, msg.frames, desc, self.codecs)
+        return decode_payload(msg.header, msg.frames, desc, self.codecs, sparse=self.sparse_topk)
 
     def _on_data(self, link: _Link, msg: Message) -> None:
         with self.cond:

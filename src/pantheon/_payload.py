@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ._codec import Codec, column_name
+from ._codec import Codec, column_name, decode_field
 from ._knowledge import Chunk, Description, Knowledge, concat_values
 from ._values import decode_chunk, encode_chunk
 
@@ -29,7 +29,9 @@ def encode_data(data: Knowledge, codecs: Mapping[str, Codec]) -> Knowledge:
     return out
 
 
-def decode_data(stored: Knowledge, desc: Description, codecs: Mapping[str, Codec]) -> Knowledge:
+def decode_data(
+    stored: Knowledge, desc: Description, codecs: Mapping[str, Codec], *, sparse: bool = False
+) -> Knowledge:
     """Rebuild the batch of ``desc`` from its stored parts (casting back, densifying...)."""
     if not codecs:
         return stored
@@ -45,7 +47,7 @@ def decode_data(stored: Knowledge, desc: Description, codecs: Mapping[str, Codec
             for name, value in stored.items()
             if name == key or name.startswith(prefix)
         }
-        out[key] = codec.decode(parts, field)
+        out[key] = decode_field(codec, parts, field, sparse=sparse)
     return out
 
 
@@ -63,8 +65,13 @@ def encode_chunks(
 
 
 def decode_payload(
-    header: Mapping[str, Any], frames: Sequence[Any], desc: Description, codecs: Mapping[str, Codec]
+    header: Mapping[str, Any],
+    frames: Sequence[Any],
+    desc: Description,
+    codecs: Mapping[str, Codec],
+    *,
+    sparse: bool = False,
 ) -> Chunk:
     """The chunk of a DATA/ANSWER message, decoded back to ``desc``'s dtypes."""
     chunk = decode_chunk(dict(header), list(frames))
-    return Chunk(chunk.ids, decode_data(chunk.data, desc, codecs))
+    return Chunk(chunk.ids, decode_data(chunk.data, desc, codecs, sparse=sparse))

@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from ._codec import Codec
+from ._codec import Codec, decode_field
 from ._errors import ClosedError, ConfigError, FileFormatError, TruncatedFileError
 from ._knowledge import Chunk, Description, FieldDesc, Knowledge, Ragged, Value, slice_value
 from ._knowledge import to_dtype as _to_dtype
@@ -297,6 +297,8 @@ class KnowledgeFile:
         allow_truncated: read a file cut short (its writer was killed) up to its last
             complete batch, set :attr:`truncated` and log a warning (default). With False,
             raise the :class:`~pantheon.TruncatedFileError` instead.
+        sparse_topk: hand top-k fields as :class:`~pantheon.SparseTopK` (values + indices)
+            instead of densifying them (default False).
 
     Attributes:
         desc: the description, with the original dtypes.
@@ -315,8 +317,15 @@ class KnowledgeFile:
             shards of different descriptions, a file cut before its first complete batch.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, allow_truncated: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        allow_truncated: bool = True,
+        sparse_topk: bool = False,
+    ) -> None:
         self.path = Path(path)
+        self.sparse_topk = sparse_topk
         self._closed = False
         self._shards: list[_Shard] = []
         try:
@@ -498,7 +507,7 @@ class KnowledgeFile:
                     value = decode(batch.column(col))
                 else:
                     parts = {part: decode(batch.column(col)) for col, part, decode in columns}
-                    value = codec.decode(parts, field)
+                    value = decode_field(codec, parts, field, sparse=self.sparse_topk)
                 if len(value) != rows:
                     raise ValueError(f"{key!r} holds {len(value)} samples, not {rows}")
                 data[key] = value

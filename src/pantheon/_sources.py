@@ -72,14 +72,17 @@ class _IterStream:
 class FileSource:
     """An offline teacher: a knowledge file (or a directory of shards), replayed every round."""
 
-    def __init__(self, index: int, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, index: int, path: str | os.PathLike[str], *, sparse_topk: bool = False
+    ) -> None:
         self.path = Path(path)
+        self._sparse_topk = sparse_topk
         self.name = f"teacher {index} ({self.path})"
         self._file: KnowledgeFile | None = None
 
     def start(self, timeout: float) -> None:
         if self._file is None:
-            self._file = KnowledgeFile(self.path)
+            self._file = KnowledgeFile(self.path, sparse_topk=self._sparse_topk)
 
     def _opened(self) -> KnowledgeFile:
         if self._file is None:

@@ -44,6 +44,10 @@ class Student:
             variable, else none).
         timeout: seconds any single wait may last (connecting, a teacher's next batch), default 300.
         read_ahead: student batches assembled ahead of the training loop (default 8).
+        sparse_topk: hand knowledge stored with the top-k codec as
+            :class:`~pantheon.SparseTopK` (values + indices, for a loss such as
+            :func:`pantheon.torch.topk_kl`) instead of densifying it (default False). Sparse
+            keys cannot be merged across teachers.
 
     Usage, as the seed::
 
@@ -63,6 +67,7 @@ class Student:
         token: str | bytes | None = None,
         timeout: float = 300.0,
         read_ahead: int = 8,
+        sparse_topk: bool = False,
     ) -> None:
         if merge_strategy is not None and not isinstance(merge_strategy, Mapping):
             raise ConfigError(
@@ -76,6 +81,7 @@ class Student:
         self._token = token
         self._timeout = float(timeout)
         self._read_ahead = int(read_ahead)
+        self._sparse_topk = bool(sparse_topk)
         self._sources: list[Source] = []
         self._plan: MergePlan | None = None
         self._started = False
@@ -116,7 +122,7 @@ class Student:
             )
         index = len(self._sources)
         if in_path is not None:
-            self._sources.append(FileSource(index, in_path))
+            self._sources.append(FileSource(index, in_path, sparse_topk=self._sparse_topk))
         else:
             self._sources.append(self._online_source(index, in_address))
         return index
@@ -124,7 +130,9 @@ class Student:
     def _online_source(self, index: int, address: Any) -> Source:
         from ._online_student import OnlineSource
 
-        return OnlineSource(index, address, token=self._token, timeout=self._timeout)
+        return OnlineSource(
+            index, address, token=self._token, timeout=self._timeout, sparse_topk=self._sparse_topk
+        )
 
     def start(self, timeout: float | None = None) -> None:
         """Open every offline teacher and connect to every online one (waits ``timeout`` s).

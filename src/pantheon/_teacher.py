@@ -95,6 +95,7 @@ class Teacher:
         self._compression = compression
         self._max_shard_samples = max_shard_samples
         self._writer: KnowledgeWriter | None = None
+        self._started = False
         self._server: Any = None
         self._closed = False
         if out_port is not None:
@@ -148,7 +149,11 @@ class Teacher:
         self._check_open()
         if self._server is not None:
             self._server.wait_for_student(self._timeout if timeout is None else float(timeout))
-        elif self._writer is None:
+        else:
+            self._started = True  # the file is created with the first batch (settings final)
+
+    def _open_writer(self) -> KnowledgeWriter:
+        if self._writer is None:
             assert self.out_path is not None
             self._writer = KnowledgeWriter(
                 self.out_path,
@@ -157,6 +162,7 @@ class Teacher:
                 codecs=self._codecs,
                 max_shard_samples=self._max_shard_samples,
             )
+        return self._writer
 
     def _offline_writer(self, what: str) -> KnowledgeWriter:
         self._check_open()
@@ -165,10 +171,7 @@ class Teacher:
                 f"{what} is for offline teachers (out_path); an online teacher streams knowledge "
                 "with serve() or start_knowledge_service()"
             )
-        if self._writer is None:
-            self.start()
-        assert self._writer is not None
-        return self._writer
+        return self._open_writer()
 
     # -- offline --------------------------------------------------------------------------
 
@@ -237,6 +240,11 @@ class Teacher:
 
         self._check_open()
         if use_fp16 is not None and bool(use_fp16) != self._use_fp16:
+            if self._writer is not None and self._writer.num_batches:
+                raise ConfigError(
+                    "use_fp16 cannot change after knowledge was dumped: pass it to Teacher(...) "
+                    "or to the first start_knowledge_service call"
+                )
             self._use_fp16 = bool(use_fp16)
             if self._server is not None:
                 self._server.set_use_fp16(self._use_fp16)

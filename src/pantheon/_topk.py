@@ -26,14 +26,14 @@ are ``fill``, by default ``-inf`` (a probability of 0 for logits and log-probabi
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from ._codec import register_codec
 from ._errors import ConfigError, KnowledgeError
-from ._knowledge import FieldDesc, Ragged, Value, to_dtype
+from ._knowledge import FieldDesc, Ragged, Value, concat_values, slice_value, to_dtype
 
 __all__ = ["SparseTopK", "TopK"]
 
@@ -175,6 +175,26 @@ class SparseTopK:
             return Ragged(out, self.values.lengths)
         assert isinstance(self.indices, np.ndarray)
         return _densify(self.values, self.indices, self.vocab_size, fill, dtype)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def slice(self, start: int, stop: int) -> SparseTopK:
+        """Samples ``start:stop`` (views, no copy)."""
+        return SparseTopK(
+            slice_value(self.values, start, stop),
+            slice_value(self.indices, start, stop),
+            self.vocab_size,
+        )
+
+    @staticmethod
+    def concat(parts: Sequence[SparseTopK]) -> SparseTopK:
+        """Concatenate sample-wise."""
+        return SparseTopK(
+            concat_values([p.values for p in parts]),
+            concat_values([p.indices for p in parts]),
+            parts[0].vocab_size,
+        )
 
     def __repr__(self) -> str:
         return f"SparseTopK(k={self.k}, vocab_size={self.vocab_size}, values={self.values!r})"
