@@ -219,5 +219,13 @@ def inspect(path: Path, as_json: bool, no_stats: bool) -> None:
         click.echo(format_report(report))
 
 
+def _register_commands() -> None:
+    from . import _cli_serve
+
+    _cli_serve.register(main)
+
+
+_register_commands()
+
 if __name__ == "__main__":
     main()

@@ -13,7 +13,7 @@ from ._knowledge import Chunk, normalize_batch
 from ._rebatch import slice_chunk
 from ._store import KnowledgeWriter
 
-__all__ = ["RoundFactory", "Teacher", "reader_round_factory"]
+__all__ = ["RoundFactory", "Teacher", "reader_round_factory", "with_progress"]
 
 RoundFactory = Callable[[int], Iterator[Chunk]]
 """``make_round(start_sample)``: the chunks of one round from ``start_sample`` on, in reader order."""
@@ -43,6 +43,23 @@ def reader_round_factory(reader: Callable[[], Iterable[Mapping[str, Any]]]) -> R
             yield slice_chunk(chunk, max(0, start_sample - begin), n)
 
     return make_round
+
+
+def with_progress(make_round: RoundFactory, label: str, enabled: bool | None) -> RoundFactory:
+    """Wrap a round factory with a tqdm progress bar of samples (``None``: only on a terminal)."""
+    if enabled is False:
+        return make_round
+
+    def wrapped(start_sample: int) -> Iterator[Chunk]:
+        from tqdm.auto import tqdm
+
+        disable = None if enabled is None else False  # tqdm: None = off unless a terminal
+        with tqdm(desc=label, unit=" samples", initial=start_sample, disable=disable) as bar:
+            for chunk in make_round(start_sample):
+                yield chunk
+                bar.update(len(chunk.ids))
+
+    return wrapped
 
 
 class Teacher:
@@ -220,6 +237,8 @@ class Teacher:
         buf_size: int = 10,
         use_fp16: bool | None = None,
         times: int = 1,
+        *,
+        progress: bool | None = None,
     ) -> None:
         """Run the teacher model over a reader and serve (online) or dump (offline) its knowledge.
 
@@ -235,6 +254,7 @@ class Teacher:
             buf_size: bound on batches in flight (default 10).
             use_fp16: store / send float knowledge as float16 (default: the constructor's setting).
             times: rounds to serve online (offline: one round is dumped).
+            progress: show a progress bar of samples (default: only when stderr is a terminal).
         """
         from ._service import make_query_handler, make_round_factory, validate_service_args
 
@@ -257,6 +277,8 @@ class Teacher:
             self._server.serve_queries(make_query_handler(feed_list, schema, program, exe))
             return
         make_round = make_round_factory(feed_list, schema, program, reader_config, exe, buf_size)
+        label = "dumping knowledge" if self._server is None else "serving knowledge"
+        make_round = with_progress(make_round, label, progress)
         if self._server is None:
             self.serve_rounds(make_round, times=1)
         else:
