@@ -21,6 +21,7 @@ from typing import Any
 from ._auth import client_handshake, resolve_token
 from ._codec import Codec, codec_from_spec
 from ._errors import (
+    AuthenticationError,
     ConfigError,
     ConnectionLostError,
     PantheonError,
@@ -32,6 +33,7 @@ from ._knowledge import Chunk, Description
 from ._payload import decode_payload, encode_chunks
 from ._session import Heartbeat, Session
 from ._values import decode_value, encode_value
+from ._transport import BufferPool
 from ._wire import Message, MsgType, connect, parse_address
 
 __all__ = ["OnlineSource"]
@@ -73,7 +75,7 @@ class _Link:
                 )
             except (OSError, PantheonError) as exc:
                 conn.close()
-                if isinstance(exc, PantheonError) and "token" in str(exc).lower():
+                if isinstance(exc, AuthenticationError):
                     raise
                 last = exc
                 continue
@@ -83,6 +85,7 @@ class _Link:
                 on_message=lambda s, m: src.on_message(self, s, m),
                 on_close=lambda s, r: src.on_close(self, s, r),
                 heartbeat=src.heartbeat,
+                alloc=BufferPool(max_buffers=2 * src.credits + 4),
             )
             self.session = session
             session.start()

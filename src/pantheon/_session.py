@@ -54,6 +54,8 @@ class Session:
         on_close: called once, in the thread that noticed, with the reason (``None`` = closed
             on purpose by this side).
         heartbeat: liveness settings.
+        alloc: receive-buffer provider (e.g. a :class:`~pantheon._transport.BufferPool`
+            recycling buffers), default: a new buffer per message.
     """
 
     def __init__(
@@ -64,8 +66,10 @@ class Session:
         on_message: Callable[[Session, Message], None],
         on_close: Callable[[Session, BaseException | None], None],
         heartbeat: Heartbeat,
+        alloc: Any = None,
     ) -> None:
         self.conn = conn
+        self._alloc = alloc
         self.name = name
         self._on_message = on_message
         self._on_close = on_close
@@ -127,7 +131,7 @@ class Session:
     def _read_loop(self) -> None:
         while not self._closed.is_set():
             try:
-                msg = self.conn.recv(timeout=self._heartbeat.timeout)
+                msg = self.conn.recv(timeout=self._heartbeat.timeout, alloc=self._alloc)
             except PantheonTimeoutError:
                 self.close(
                     ConnectionLostError(

@@ -1,0 +1,269 @@
+"""Online transport throughput: raw TCP, the seed's BaseManager queue, and Pantheon's wire.
+
+A sender in a child process (spawned) streams float32 batches for ``--seconds`` to the
+receiver in this process; the receiver times the stream from its first batch to the end
+marker. Methods:
+
+``raw``      the reference: an 8-byte length prefix and the bytes over a plain TCP socket,
+             received with ``recv_into`` into one preallocated buffer.
+``manager``  the seed's transport: a ``multiprocessing.managers.BaseManager`` serving a
+             ``queue.Queue`` (maxsize 100) in its own server process, as the seed's teacher
+             started it; the sender puts dicts of numpy arrays through a proxy and the
+             receiver gets them through another (both pickled by the manager).
+``wire``     ``pantheon._wire``: a handshake, then each batch as a chunk (``encode_chunk``:
+             sample ids + the array as raw frames) in one DATA message, decoded on arrival
+             with ``decode_chunk``; receive buffers freshly allocated per message.
+``wire-pool`` the same, receiving into buffers recycled by ``pantheon._wire.BufferPool``.
+
+Methods run interleaved (raw, manager, wire, wire-pool, raw, ...) after a warm-up, ``--repeats`` times;
+the table shows medians and each method's ratio to raw TCP. Throughput counts the batch
+arrays' bytes only (MB = 10**6 bytes). To add a method, write a receiver
+``run_<name>(shape, seconds) -> Result`` and its sender, and add it to ``METHODS``.
+
+    python benchmarks/online.py --repeats 3 --seconds 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection as Pipe
+from multiprocessing.managers import BaseManager
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _util import Result, finish, median, spawn, table
+
+SIZES: dict[str, tuple[int, int]] = {"1 MiB": (256, 1000), "small": (64, 10)}
+"""Batch shapes (float32): ~1 MiB batches and small 64x10 batches."""
+_LEN = struct.Struct("<Q")
+_AUTHKEY = b"pantheon-benchmark"
+
+
+def _batch(shape: tuple[int, int]) -> np.ndarray:
+    return np.random.default_rng(0).random(shape, dtype=np.float32)
+
+
+# -- (a) raw TCP ---------------------------------------------------------------------------
+
+
+def _raw_sender(port: int, shape: tuple[int, int], seconds: float) -> None:
+    arr = _batch(shape)
+    head = _LEN.pack(arr.nbytes)
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            view = [memoryview(head), arr.data.cast("B")]
+            while view:  # sendmsg may send part: loop like a real sender
+                n = sock.sendmsg(view)
+                while view and n >= view[0].nbytes:
+                    n -= view[0].nbytes
+                    view.pop(0)
+                if n:
+                    view[0] = view[0][n:]
+        sock.sendall(_LEN.pack(0))
+
+
+def _recv_exact(sock: socket.socket, view: memoryview) -> None:
+    got = 0
+    while got < len(view):
+        n = sock.recv_into(view[got:])
+        if not n:
+            raise ConnectionError("sender closed early")
+        got += n
+
+
+def run_raw(shape: tuple[int, int], seconds: float) -> Result:
+    nbytes = shape[0] * shape[1] * 4
+    buf = memoryview(bytearray(nbytes))
+    head = memoryview(bytearray(8))
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        proc = spawn(_raw_sender, server.getsockname()[1], shape, seconds)
+        sock, _ = server.accept()
+    with sock:
+        total = batches = 0
+        start = 0.0
+        while True:
+            _recv_exact(sock, head)
+            (n,) = _LEN.unpack(head)
+            if n == 0:
+                break
+            _recv_exact(sock, buf[:n])
+            if not batches:
+                start = time.perf_counter()
+            else:
+                total += n
+            batches += 1
+        elapsed = time.perf_counter() - start
+    finish(proc)
+    return Result(total, batches - 1, elapsed)
+
+
+# -- (b) the seed's BaseManager queue ------------------------------------------------------
+
+_QUEUE: queue.Queue[object] = queue.Queue(maxsize=100)
+
+
+def _get_queue() -> queue.Queue[object]:
+    return _QUEUE
+
+
+class _QueueManager(BaseManager):
+    pass
+
+
+_QueueManager.register("get_queue", callable=_get_queue)
+
+
+def _manager_sender(pipe: Pipe, shape: tuple[int, int], seconds: float) -> None:
+    manager = _QueueManager(address=("127.0.0.1", 0), authkey=_AUTHKEY)
+    manager.start()  # the server process holding the queue, as the seed's teacher did
+    try:
+        q = manager.get_queue()  # type: ignore[attr-defined]
+        pipe.send(manager.address)
+        pipe.recv()  # the receiver is connected
+        arr = _batch(shape)
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            q.put({"x": arr})
+        q.put(None)
+        pipe.recv()  # the receiver got everything
+    finally:
+        manager.shutdown()
+
+
+def run_manager(shape: tuple[int, int], seconds: float) -> Result:
+    import multiprocessing as mp
+
+    parent, child = mp.get_context("spawn").Pipe()
+    proc = spawn(_manager_sender, child, shape, seconds)
+    address = parent.recv()
+    manager = _QueueManager(address=address, authkey=_AUTHKEY)
+    manager.connect()
+    q = manager.get_queue()  # type: ignore[attr-defined]
+    parent.send("ready")
+    total = batches = 0
+    start = 0.0
+    while (item := q.get()) is not None:
+        if not batches:
+            start = time.perf_counter()
+        else:
+            total += item["x"].nbytes
+        batches += 1
+    elapsed = time.perf_counter() - start
+    parent.send("done")
+    finish(proc)
+    return Result(total, batches - 1, elapsed)
+
+
+# -- (c) pantheon's wire -------------------------------------------------------------------
+
+
+def _wire_sender(address: str, shape: tuple[int, int], seconds: float) -> None:
+    from pantheon._auth import client_handshake
+    from pantheon._knowledge import Chunk
+    from pantheon._values import encode_chunk
+    from pantheon._wire import MsgType, connect
+
+    arr = _batch(shape)
+    with connect(address, timeout=30) as conn:
+        client_handshake(conn, None, timeout=30)
+        start_id = 0
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            ids = np.arange(start_id, start_id + shape[0], dtype=np.int64)
+            start_id += shape[0]
+            header, frames = encode_chunk(Chunk(ids, {"x": arr}))
+            conn.send(MsgType.DATA, header, frames)
+        conn.send(MsgType.END_ROUND)
+        conn.recv(timeout=60)  # BYE: the receiver got everything
+
+
+def run_wire(shape: tuple[int, int], seconds: float, *, pool: bool = False) -> Result:
+    from pantheon._auth import server_handshake
+    from pantheon._values import decode_chunk
+    from pantheon._wire import BufferPool, MsgType, listen
+
+    alloc = BufferPool() if pool else None
+
+    with listen() as listener:
+        proc = spawn(_wire_sender, listener.address, shape, seconds)
+        conn = listener.accept(timeout=60)
+    with conn:
+        server_handshake(conn, None, timeout=30)
+        total = batches = 0
+        start = 0.0
+        while (msg := conn.recv(timeout=60, alloc=alloc)).type == MsgType.DATA:
+            chunk = decode_chunk(msg.header, msg.frames)
+            if not batches:
+                start = time.perf_counter()
+            else:
+                total += chunk.data["x"].nbytes
+            batches += 1
+        elapsed = time.perf_counter() - start
+        conn.send(MsgType.BYE)
+    finish(proc)
+    return Result(total, batches - 1, elapsed)
+
+
+def run_wire_pool(shape: tuple[int, int], seconds: float) -> Result:
+    return run_wire(shape, seconds, pool=True)
+
+
+METHODS: dict[str, Callable[[tuple[int, int], float], Result]] = {
+    "raw": run_raw,
+    "manager": run_manager,
+    "wire": run_wire,
+    "wire-pool": run_wire_pool,
+}
+"""Receivers by method name; ``raw`` is the reference the ratios are computed against."""
+
+
+def run_method(name: str, shape: tuple[int, int], seconds: float) -> Result:
+    """One timed run of method ``name`` with batches of ``shape`` for about ``seconds``."""
+    return METHODS[name](shape, seconds)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method (default 3)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="seconds per run (default 2)")
+    parser.add_argument("--warmup", type=float, default=0.5, help="warm-up seconds per method")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
+    parser.add_argument("--sizes", default=",".join(SIZES), help="comma-separated batch sizes")
+    args = parser.parse_args(argv)
+    methods = args.methods.split(",")
+    sizes = args.sizes.split(",")
+    rows = []
+    for size in sizes:
+        shape = SIZES[size]
+        for name in methods:
+            run_method(name, shape, args.warmup)
+        results: dict[str, list[Result]] = {name: [] for name in methods}
+        for _ in range(args.repeats):
+            for name in methods:
+                results[name].append(run_method(name, shape, args.seconds))
+        base = median([r.mb_s for r in results["raw"]]) if "raw" in results else None
+        for name in methods:
+            mb_s = median([r.mb_s for r in results[name]])
+            per_s = median([r.batches_s for r in results[name]])
+            ratio = f"{mb_s / base:.2f}" if base else "-"
+            label = f"{size} ({shape[0]}x{shape[1]} float32)"
+            rows.append([label, name, f"{mb_s:,.0f}", f"{per_s:,.0f}", ratio])
+    print(
+        f"online transport, {args.repeats} runs of {args.seconds:g} s each, medians "
+        f"(sender in a child process, receiver here; {os.cpu_count()} CPUs)"
+    )
+    print(table(["batch", "method", "MB/s", "batches/s", "x raw TCP"], rows))
+
+
+if __name__ == "__main__":
+    main()
