@@ -14,6 +14,8 @@ marker. Methods:
              sample ids + the array as raw frames) in one DATA message, decoded on arrival
              with ``decode_chunk``; receive buffers freshly allocated per message.
 ``wire-pool`` the same, receiving into buffers recycled by ``pantheon._wire.BufferPool``.
+``pantheon`` the public API end to end: ``Teacher.serve`` in the child, the student's
+             ``get_knowledge_generator(batch_size=...)`` here (credits, re-batching, read-ahead).
 
 Methods run interleaved (raw, manager, wire, wire-pool, raw, ...) after a warm-up, ``--repeats`` times;
 the table shows medians and each method's ratio to raw TCP. Throughput counts the batch
@@ -218,11 +220,54 @@ def run_wire_pool(shape: tuple[int, int], seconds: float) -> Result:
     return run_wire(shape, seconds, pool=True)
 
 
+# -- (d) Pantheon's public API --------------------------------------------------------------
+
+
+def _pantheon_sender(port: int, shape: tuple[int, int], seconds: float) -> None:
+    from pantheon import Teacher
+
+    arr = _batch(shape)
+
+    def reader():  # one round: the same batch for `seconds`
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            yield {"x": arr}
+
+    with Teacher(out_port=port, timeout=60) as teacher:
+        teacher.start(timeout=60)
+        teacher.serve(reader, times=1)
+
+
+def run_pantheon(shape: tuple[int, int], seconds: float) -> Result:
+    """Teacher.serve in the child, Student.get_knowledge_generator here (the whole stack)."""
+    from pantheon import Student
+
+    with socket.socket() as probe:  # a free port for the child to listen on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = spawn(_pantheon_sender, port, shape, seconds)
+    total = batches = 0
+    start = 0.0
+    with Student(timeout=60) as student:
+        student.register_teacher(in_address=f"127.0.0.1:{port}")
+        student.start()
+        for batch in student.get_knowledge_generator(batch_size=shape[0])():
+            if not batches:
+                start = time.perf_counter()
+            else:
+                total += batch["x"].nbytes
+            batches += 1
+        elapsed = time.perf_counter() - start
+    finish(proc)
+    return Result(total, batches - 1, elapsed)
+
+
 METHODS: dict[str, Callable[[tuple[int, int], float], Result]] = {
     "raw": run_raw,
     "manager": run_manager,
     "wire": run_wire,
     "wire-pool": run_wire_pool,
+    "pantheon": run_pantheon,
 }
 """Receivers by method name; ``raw`` is the reference the ratios are computed against."""
 
