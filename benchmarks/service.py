@@ -128,10 +128,33 @@ def run_service(setup: Setup) -> int:
     return n
 
 
+def run_teacher(setup: Setup) -> int:
+    """The public API end to end: ``Teacher(out_path=..., use_fp16=True)`` and
+    ``start_knowledge_service`` writing a knowledge file (float16 on disk)."""
+    import tempfile
+
+    from pantheon import Teacher
+
+    program = TorchProgram(setup.model, ["x"], num_threads=setup.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        with Teacher(out_path=f"{tmp}/k.arrow", use_fp16=True) as teacher:
+            teacher.start_knowledge_service(
+                feed_list=["x"],
+                schema={"logits": "output"},
+                program=program,
+                reader_config={"batch_generator": setup.reader},
+                exe=setup.exe,
+                buf_size=setup.buf_size,
+                progress=False,
+            )
+            return int(teacher.stats()["samples"])
+
+
 PATHS: dict[str, Callable[[Setup], int]] = {
     "bare": run_bare,
     "bare_thread": run_bare_thread,
     "service": run_service,
+    "teacher": run_teacher,
 }
 
 
