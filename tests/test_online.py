@@ -182,12 +182,8 @@ def test_frozen_teacher_is_detected_and_named(teacher_proc):
     proc = teacher_proc(
         "--samples", "100000", "--batch", "10", "--delay", "0.001", "--heartbeat", "2"
     )
-    student = Student(timeout=4)
-    student._sources  # noqa: B018
+    student = Student(timeout=4, heartbeat_interval=0.4, heartbeat_timeout=2.0)
     student.register_teacher(in_address=proc.address())
-    student._sources[0].heartbeat = __import__(
-        "pantheon._session", fromlist=["Heartbeat"]
-    ).Heartbeat(0.4, 2.0)
     student.start()
     gen = student.get_knowledge_generator(batch_size=10)
     with pytest.raises(TeacherError, match=r"teacher 0 .* gone"):

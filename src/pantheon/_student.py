@@ -12,6 +12,7 @@ from ._assembler import Assembler, QueryAssembler, RoundAssembler
 from ._errors import ClosedError, ConfigError
 from ._knowledge import Description, Knowledge, Ragged
 from ._merge import MergePlan, build_plan
+from ._session import Heartbeat
 from ._sources import FileSource, Source
 
 __all__ = ["Student"]
@@ -21,8 +22,14 @@ _STATE_VERSION = 1
 
 
 def _format_batch(data: Knowledge, ragged: RaggedFormat) -> dict[str, Any]:
+    """The batch handed to the training loop.
+
+    Every batch's dict is built afresh for it by the assembler (a decoded, sliced or merged
+    chunk that nothing else holds), so it is handed out as it is unless ragged fields are
+    converted.
+    """
     if ragged == "ragged":
-        return dict(data)
+        return data
     out: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, Ragged):
@@ -48,6 +55,9 @@ class Student:
             :class:`~pantheon.SparseTopK` (values + indices, for a loss such as
             :func:`pantheon.torch.topk_kl`) instead of densifying it (default False). Sparse
             keys cannot be merged across teachers.
+        heartbeat_interval: online: seconds of silence after which a PING is sent (default 1).
+        heartbeat_timeout: online: seconds without any message after which a teacher is
+            declared dead or frozen and reconnected to (default 10).
 
     Usage, as the seed::
 
@@ -68,6 +78,8 @@ class Student:
         timeout: float = 300.0,
         read_ahead: int = 8,
         sparse_topk: bool = False,
+        heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float = 10.0,
     ) -> None:
         if merge_strategy is not None and not isinstance(merge_strategy, Mapping):
             raise ConfigError(
@@ -82,6 +94,7 @@ class Student:
         self._timeout = float(timeout)
         self._read_ahead = int(read_ahead)
         self._sparse_topk = bool(sparse_topk)
+        self._heartbeat = Heartbeat(heartbeat_interval, heartbeat_timeout)
         self._sources: list[Source] = []
         self._plan: MergePlan | None = None
         self._started = False
@@ -131,7 +144,12 @@ class Student:
         from ._online_student import OnlineSource
 
         return OnlineSource(
-            index, address, token=self._token, timeout=self._timeout, sparse_topk=self._sparse_topk
+            index,
+            address,
+            token=self._token,
+            timeout=self._timeout,
+            sparse_topk=self._sparse_topk,
+            heartbeat=self._heartbeat,
         )
 
     def start(self, timeout: float | None = None) -> None:
