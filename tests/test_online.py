@@ -241,3 +241,31 @@ def test_query_mode_spreads_over_replicas_and_fails_over(teacher_proc):
 def test_errors_are_pantheon_errors():
     assert issubclass(TeacherError, PantheonError)
     logging.getLogger("pantheon").debug("ok")
+
+
+def test_slow_student_slows_the_teacher_memory_stays_bounded():
+    produced = [0]
+    block = np.ones((256, 1000), np.float32)  # 1 MiB per batch
+
+    def reader():
+        for i in range(200):
+            produced[0] += 1
+            yield {"x": np.full((256, 1), i, np.int64), "logits": block}
+
+    teacher = Teacher(out_port=0, timeout=60, buf_size=4)
+    thread = threading.Thread(target=lambda: (teacher.start(timeout=60), teacher.serve(reader)))
+    thread.start()
+    lead = []
+    with Student(timeout=60, read_ahead=4) as student:
+        student.register_teacher(in_address=teacher.address)
+        student.start()
+        for consumed, batch in enumerate(student.get_knowledge_generator(256)(), start=1):
+            assert batch["x"][0, 0] == consumed - 1
+            if consumed % 20 == 0:
+                threading.Event().wait(0.2)  # a slow training step: the teacher catches up
+                lead.append(produced[0] - consumed)
+    thread.join(30)
+    teacher.close()
+    # in flight at most: producer queue 4 + credits 8 + read-ahead 4 + a few being handed over
+    assert max(lead) <= 4 + 8 + 4 + 4, lead
+    assert teacher.stats()["credit_wait_seconds"] > 0
