@@ -136,18 +136,20 @@ def run_teacher(setup: Setup) -> int:
     from pantheon import Teacher
 
     program = TorchProgram(setup.model, ["x"], num_threads=setup.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        with Teacher(out_path=f"{tmp}/k.arrow", use_fp16=True) as teacher:
-            teacher.start_knowledge_service(
-                feed_list=["x"],
-                schema={"logits": "output"},
-                program=program,
-                reader_config={"batch_generator": setup.reader},
-                exe=setup.exe,
-                buf_size=setup.buf_size,
-                progress=False,
-            )
-            return int(teacher.stats()["samples"])
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Teacher(out_path=f"{tmp}/k.arrow", use_fp16=True) as teacher,
+    ):
+        teacher.start_knowledge_service(
+            feed_list=["x"],
+            schema={"logits": "output"},
+            program=program,
+            reader_config={"batch_generator": setup.reader},
+            exe=setup.exe,
+            buf_size=setup.buf_size,
+            progress=False,
+        )
+        return int(teacher.stats()["samples"])
 
 
 PATHS: dict[str, Callable[[Setup], int]] = {

@@ -1,7 +1,7 @@
-import numpy as np
-import pytest
 import itertools
 
+import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

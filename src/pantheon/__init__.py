@@ -28,8 +28,8 @@ from ._knowledge import Ragged
 from ._reader import KnowledgeFile
 from ._store import KnowledgeWriter
 from ._student import Student
-from ._topk import SparseTopK, TopK
 from ._teacher import Teacher
+from ._topk import SparseTopK, TopK
 
 __version__ = "0.1.0"
 
@@ -40,9 +40,9 @@ __all__ = [
     "ConfigError",
     "ConnectionLostError",
     "FileFormatError",
+    "KnowledgeError",
     "KnowledgeFile",
     "KnowledgeWriter",
-    "KnowledgeError",
     "MergeError",
     "MissingDependencyError",
     "PantheonError",

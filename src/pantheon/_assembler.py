@@ -2,13 +2,14 @@
 
 It pulls chunks from every teacher's round stream, re-batches each teacher independently to
 the student's batch size, checks that all teachers hold the same sample ids, merges them and
-puts the finished batches on a bounded queue (``maxsize`` batches) that the generator drains.
+puts the finished batches on a bounded hand-off (``maxsize`` batches) that the generator drains.
 """
 
 from __future__ import annotations
 
-import queue
+import collections
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,16 +23,100 @@ from ._sources import RoundStream
 
 __all__ = ["Assembler", "QueryAssembler", "RoundAssembler"]
 
-_END = ("end", None)
+_Item = tuple[str, Any]
+_END: _Item = ("end", None)
+_POLL = 0.1  # seconds between checks of the stop flag while the producer waits for room
+
+
+class _Handoff:
+    """A bounded hand-off of finished batches from one producer thread to one consumer.
+
+    Leaner than :class:`queue.Queue` for this one-to-one case: items move through a deque
+    (whose appends and pops are atomic) and the lock is taken only when a side has to wait or
+    to wake the other. A full hand-off lets its producer sleep until the consumer has taken it
+    down to half (``maxsize // 2``), so the two threads wake each other about once per
+    ``maxsize / 2`` batches instead of once per batch.
+
+    A side about to wait publishes its flag *before* it re-checks the deque under the lock,
+    and the other side reads the flag *after* changing the deque, so no wake-up is lost.
+
+    Args:
+        maxsize: items held at most (>= 1).
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self._items: collections.deque[_Item] = collections.deque()
+        self._maxsize = max(1, maxsize)
+        self._low = self._maxsize // 2
+        self._cond = threading.Condition(threading.Lock())
+        self._consumer_waiting = False
+        self._producer_waiting = False
+
+    def qsize(self) -> int:
+        """Items waiting."""
+        return len(self._items)
+
+    def put(self, item: _Item, stop: threading.Event) -> bool:
+        """Append ``item``, waiting for room; False (not appended) once ``stop`` is set."""
+        items = self._items
+        if stop.is_set():
+            return False
+        if len(items) >= self._maxsize:
+            with self._cond:
+                self._producer_waiting = True
+                try:
+                    while len(items) >= self._maxsize:
+                        if stop.is_set():
+                            return False
+                        self._cond.wait(_POLL)
+                finally:
+                    self._producer_waiting = False
+        items.append(item)
+        if self._consumer_waiting:
+            with self._cond:
+                self._cond.notify_all()
+        return True
+
+    def put_back(self, item: _Item) -> None:
+        """Return a final item (end or error) to the front, so that later gets see it again."""
+        self._items.appendleft(item)
+
+    def get(self, timeout: float) -> _Item | None:
+        """The next item, or None if none came within ``timeout`` seconds."""
+        items = self._items
+        try:
+            item = items.popleft()
+        except IndexError:
+            deadline = time.monotonic() + timeout
+            with self._cond:
+                self._consumer_waiting = True
+                try:
+                    while not items:
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            return None
+                        self._cond.wait(remaining)
+                finally:
+                    self._consumer_waiting = False
+                item = items.popleft()
+        if self._producer_waiting and len(items) <= self._low:
+            with self._cond:
+                self._cond.notify_all()
+        return item
+
+    def wake(self) -> None:
+        """Wake a waiting producer (after its stop flag was set)."""
+        with self._cond:
+            self._cond.notify_all()
 
 
 class Assembler:
-    """A background thread producing finished batches onto a bounded queue."""
+    """A background thread producing finished batches onto a bounded hand-off."""
 
     _names: list[str]
 
     def __init__(self, maxsize: int) -> None:
-        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(1, maxsize))
+        self._queue = _Handoff(maxsize)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pantheon-assembler", daemon=True)
 
@@ -51,42 +136,32 @@ class Assembler:
         The sources enforce ``timeout`` themselves and name the teacher; this wait is a safety
         net at twice that.
         """
-        try:
-            kind, item = self._queue.get(timeout=2 * timeout + 1)
-        except queue.Empty:
+        got = self._queue.get(2 * timeout + 1)
+        if got is None:
             raise PantheonTimeoutError(
                 f"no knowledge batch arrived within {timeout:g} s from "
                 f"{', '.join(self._names)}; raise Student(timeout=...) for slow teachers"
-            ) from None
+            )
+        kind, item = got
         if kind == "batch":
             return item  # type: ignore[no-any-return]
+        self._queue.put_back(got)  # the end or the error again on later calls
         if kind == "error":
-            self._queue.put_nowait(("error", item))  # keep failing on later calls
             raise item
-        self._queue.put_nowait(_END)
         return None
 
     def stop(self) -> None:
         """Stop the thread and abandon the round streams (idempotent)."""
         self._stop.set()
         while self._thread.is_alive():
-            try:  # unblock a put on a full queue
-                self._queue.get_nowait()
-            except queue.Empty:
-                pass
+            self._queue.wake()  # a producer waiting for room sees the stop flag
             self._thread.join(timeout=0.05)
         self._close_inputs()
 
     # -- the thread -------------------------------------------------------------------------
 
-    def _put(self, item: tuple[str, Any]) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def _put(self, item: _Item) -> bool:
+        return self._queue.put(item, self._stop)
 
     def _run(self) -> None:
         try:
@@ -144,6 +219,9 @@ class RoundAssembler(Assembler):
                 rebatcher.push(chunk)
 
     def _assemble(self) -> None:
+        if len(self._streams) == 1 and not self._plan.keys_need_merge:
+            self._pass_through()
+            return
         n = len(self._streams)
         rebatchers = [Rebatcher(self._batch_size) for _ in range(n)]
         ended = [False] * n
@@ -173,6 +251,30 @@ class RoundAssembler(Assembler):
             done += size
             if not self._put(("batch", batch)):
                 return
+
+    def _pass_through(self) -> None:
+        """One teacher and nothing to merge: re-batch its chunks and hand them on.
+
+        A stored chunk of exactly ``batch_size`` samples arriving on a batch boundary is handed
+        on as it is (no slicing, no copy, no new dict).
+        """
+        stream, size, stop = self._streams[0], self._batch_size, self._stop
+        rebatcher = Rebatcher(size)
+        while not stop.is_set():
+            chunk = stream.next_chunk(self._timeout)
+            if chunk is None:
+                tail = rebatcher.flush()
+                if tail is not None and not self._drop_last:
+                    self._put(("batch", tail))
+                return
+            if not rebatcher.pending and len(chunk.ids) == size:
+                if not self._put(("batch", chunk)):
+                    return
+                continue
+            rebatcher.push(chunk)
+            while (batch := rebatcher.pop()) is not None:
+                if not self._put(("batch", batch)):
+                    return
 
     def _check_aligned(self, pieces: Sequence[Chunk | None], done: int) -> None:
         ref = pieces[0]

@@ -32,8 +32,8 @@ from ._errors import (
 from ._knowledge import Chunk, Description
 from ._payload import decode_payload, encode_chunks
 from ._session import Heartbeat, Session
-from ._values import decode_value, encode_value
 from ._transport import BufferPool
+from ._values import decode_value, encode_value
 from ._wire import Message, MsgType, connect, parse_address
 
 __all__ = ["OnlineSource"]

@@ -5,7 +5,9 @@ A knowledge file is an Arrow IPC *file* (see ``docs/format.md``): the 8-byte mag
 dumped batch) and a footer. Pantheon reads the message stream itself, memory-mapped, and
 only checks the footer: a file whose footer is missing (its writer was killed) is read up to
 its last complete batch. Dense fields whose stored dtype is the description's dtype come
-back as read-only numpy *views* of the mapped file (no copy).
+back as read-only numpy *views* of the mapped file (no copy). Plain batches (uncompressed,
+dense, without nulls) are decoded straight from their message's flatbuffer, without building
+pyarrow arrays; any other batch goes through ``pa.ipc.read_record_batch``.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = ["KnowledgeFile", "batch_info"]
 logger = logging.getLogger("pantheon")
 
 FILE_MAGIC = b"ARROW1\x00\x00"
+_LOCATED_KEPT = 64  # distinct batch metadata remembered (one per batch size, usually 1 or 2)
 _COMPRESSION_CODECS = {0: "lz4", 1: "zstd"}
 
 
@@ -148,17 +151,22 @@ def _field_pos(b: bytes, table: int, index: int) -> int | None:
     return table + offset if offset else None
 
 
+def _batch_header(metadata: bytes) -> int:
+    """Position of the RecordBatch table (``Message.header``) in a message's flatbuffer."""
+    root = int(struct.unpack_from("<I", metadata, 0)[0])
+    header_at = _field_pos(metadata, root, 2)
+    if header_at is None:
+        raise ValueError("a record batch message without a header")
+    return header_at + int(struct.unpack_from("<I", metadata, header_at)[0])
+
+
 def batch_info(metadata: bytes) -> tuple[int, str | None]:
     """Rows and compression (``"lz4"``, ``"zstd"`` or None) of a RecordBatch message.
 
     Parses the message's flatbuffer (``Message.header`` -> ``RecordBatch.length`` and
     ``RecordBatch.compression.codec``) without decoding the body.
     """
-    root = int(struct.unpack_from("<I", metadata, 0)[0])
-    header_at = _field_pos(metadata, root, 2)
-    if header_at is None:
-        raise ValueError("a record batch message without a header")
-    header = header_at + int(struct.unpack_from("<I", metadata, header_at)[0])
+    header = _batch_header(metadata)
     length_at = _field_pos(metadata, header, 0)
     rows = int(struct.unpack_from("<q", metadata, length_at)[0]) if length_at else 0
     if rows < 0:
@@ -173,6 +181,80 @@ def batch_info(metadata: bytes) -> tuple[int, str | None]:
 
 
 _READ_ERRORS = (pa.ArrowException, OSError, ValueError, EOFError, OverflowError, struct.error)
+
+
+# --------------------------------------------------------------------------- direct reads
+
+
+class _Direct(NamedTuple):
+    """Where one dense column of a plain record batch keeps its values."""
+
+    node: int  # index of the column's first field node
+    nodes: int  # 1 (a primitive column) or 2 (a fixed-size list and its values)
+    buffer: int  # index of the values buffer
+    dtype: np.dtype[Any]
+    width: int  # values per sample
+    inner: tuple[int, ...]
+
+
+_Located = list[tuple[np.dtype[Any], int, int, tuple[int, ...]]]  # (dtype, count, offset, shape)
+
+
+def _direct_plan(layout: Layout) -> list[_Direct] | None:
+    """The sample ids then every stored column, in schema order; None with a ragged column."""
+    plan = [_Direct(0, 1, 1, np.dtype(np.int64), 1, ())]
+    node, buffer = 1, 2  # the ids column holds one node and two buffers (validity, values)
+    for _, col in layout.columns:
+        if col.lod_level:
+            return None
+        nodes = 2 if col.inner else 1
+        plan.append(
+            _Direct(node, nodes, buffer + nodes, _to_dtype(col.dtype), col.width, col.inner)
+        )
+        node, buffer = node + nodes, buffer + nodes + 1
+    return plan
+
+
+def _structs(b: bytes, table: int, index: int) -> tuple[int, ...]:
+    """Vector field ``index`` of 16-byte structs of two int64 (FieldNode, Buffer), flattened."""
+    at = _field_pos(b, table, index)
+    if at is None:
+        return ()
+    vector = at + int(struct.unpack_from("<I", b, at)[0])
+    count = int(struct.unpack_from("<I", b, vector)[0])
+    if vector + 4 + 16 * count > len(b):
+        raise ValueError("a field node or buffer vector past the end of the metadata")
+    return struct.unpack_from(f"<{2 * count}q", b, vector + 4)
+
+
+def _locate(metadata: bytes, body_size: int, plan: list[_Direct]) -> _Located | None:
+    """Where each planned column of a batch lies in its body; None unless it is plain.
+
+    A plain batch is uncompressed, holds exactly the planned columns, no nulls, at least one
+    value per column, and every values buffer lies inside the body. Other batches are left
+    to pyarrow (which also reports what is wrong with a corrupt one).
+    """
+    header = _batch_header(metadata)
+    if _field_pos(metadata, header, 3) is not None:  # compressed
+        return None
+    length_at = _field_pos(metadata, header, 0)
+    rows = int(struct.unpack_from("<q", metadata, length_at)[0]) if length_at else 0
+    nodes, buffers = _structs(metadata, header, 1), _structs(metadata, header, 2)
+    last = plan[-1]
+    if len(nodes) != 2 * (last.node + last.nodes) or len(buffers) != 2 * (last.buffer + 1):
+        return None
+    located: _Located = []
+    for d in plan:
+        count = rows * d.width
+        lengths = nodes[2 * d.node : 2 * (d.node + d.nodes)]
+        if not count or lengths != ((rows, 0, count, 0) if d.nodes == 2 else (rows, 0)):
+            return None
+        at, size = buffers[2 * d.buffer], buffers[2 * d.buffer + 1]
+        nbytes = count * d.dtype.itemsize
+        if at < 0 or size < nbytes or at + nbytes > body_size:
+            return None
+        located.append((d.dtype, count, at, (rows, *d.inner)))
+    return located
 
 
 class _CutShort(FileFormatError):
@@ -248,12 +330,19 @@ class _Shard:
         self.messages: list[pa.ipc.Message] = []
         self.sizes: list[int] = []
         self.compression: str | None = None
+        infos: dict[bytes, tuple[int, str | None]] = {}  # batches of one size share metadata
         while True:
             try:
                 msg = messages.read_next_message()
                 if msg.type != "record batch":
                     return f"an unexpected {msg.type} message"
-                rows, self.compression = batch_info(msg.metadata.to_pybytes())
+                metadata = msg.metadata.to_pybytes()
+                info = infos.get(metadata)
+                if info is None:
+                    if len(infos) >= _LOCATED_KEPT:
+                        infos.clear()
+                    info = infos[metadata] = batch_info(metadata)
+                rows, self.compression = info
             except StopIteration:
                 return None
             except _READ_ERRORS as exc:
@@ -373,6 +462,9 @@ class KnowledgeFile:
                 )
         self._layout = first.layout
         self._plans = _plans(first.layout)
+        self._decoders = [_decoder(col) for _, col in first.layout.columns]
+        self._direct = _direct_plan(first.layout)
+        self._located: dict[tuple[bytes, int], _Located | None] = {}
         self._index: list[tuple[_Shard, int]] = [
             (s, i) for s in self._shards for i in range(len(s.messages))
         ]
@@ -498,15 +590,19 @@ class KnowledgeFile:
         shard, local = self._index[index]
         rows = self._sizes[index]
         try:
-            batch = shard.read(local)
-            ids = _decode_ids(batch.column(0))
+            direct = self._read_direct(shard, local)
+            if direct is None:
+                batch = shard.read(local)
+                ids = _decode_ids(batch.column(0))
+                values = [ids, *(d(batch.column(i)) for i, d in enumerate(self._decoders, 1))]
+            else:
+                ids, values = direct
             data: Knowledge = {}
             for key, field, codec, columns in self._plans:
                 if codec is None:
-                    col, _, decode = columns[0]
-                    value = decode(batch.column(col))
+                    value = values[columns[0][0]]
                 else:
-                    parts = {part: decode(batch.column(col)) for col, part, decode in columns}
+                    parts = {part: values[col] for col, part, _ in columns}
                     value = decode_field(codec, parts, field, sparse=self.sparse_topk)
                 if len(value) != rows:
                     raise ValueError(f"{key!r} holds {len(value)} samples, not {rows}")
@@ -519,6 +615,35 @@ class KnowledgeFile:
                 "dump the knowledge again"
             ) from None
         return Chunk(ids, data)
+
+    def _read_direct(self, shard: _Shard, local: int) -> tuple[np.ndarray, list[Value]] | None:
+        """A plain batch's ids and columns as views of its mapped body, or None (not plain).
+
+        Where the columns lie is worked out once per distinct message metadata (a file's
+        batches of one size share it) and kept.
+        """
+        if self._direct is None:
+            return None
+        msg = shard.messages[local]
+        body = msg.body
+        key = (msg.metadata.to_pybytes(), body.size)
+        try:
+            located = self._located[key]
+        except KeyError:
+            try:
+                located = _locate(key[0], key[1], self._direct)
+            except (ValueError, IndexError, struct.error):
+                located = None
+            if len(self._located) >= _LOCATED_KEPT:
+                self._located.clear()
+            self._located[key] = located
+        if located is None:
+            return None
+        arrays = [
+            np.frombuffer(body, dtype, count, at).reshape(shape)
+            for dtype, count, at, shape in located
+        ]
+        return arrays[0], [*arrays]
 
     # ----------------------------------------------------------------- lifetime
 

@@ -276,9 +276,12 @@ class Teacher:
                 )
             self._server.serve_queries(make_query_handler(feed_list, schema, program, exe))
             return
-        make_round = make_round_factory(feed_list, schema, program, reader_config, exe, buf_size)
         label = "dumping knowledge" if self._server is None else "serving knowledge"
-        make_round = with_progress(make_round, label, progress)
+        make_round = with_progress(
+            make_round_factory(feed_list, schema, program, reader_config, exe, buf_size),
+            label,
+            progress,
+        )
         if self._server is None:
             self.serve_rounds(make_round, times=1)
         else:
