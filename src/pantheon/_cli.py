@@ -220,9 +220,10 @@ def inspect(path: Path, as_json: bool, no_stats: bool) -> None:
 
 
 def _register_commands() -> None:
-    from . import _cli_serve
+    from . import _cli_bench, _cli_serve
 
     _cli_serve.register(main)
+    _cli_bench.register(main)
 
 
 _register_commands()
