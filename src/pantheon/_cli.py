@@ -220,8 +220,9 @@ def inspect(path: Path, as_json: bool, no_stats: bool) -> None:
 
 
 def _register_commands() -> None:
-    from . import _cli_bench, _cli_serve
+    from . import _cli_bench, _cli_demo, _cli_serve
 
+    _cli_demo.register(main)
     _cli_serve.register(main)
     _cli_bench.register(main)
 

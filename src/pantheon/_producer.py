@@ -2,13 +2,16 @@
 
 The teacher's prediction (or the user's reader) runs in this thread while the serving thread
 encodes and sends earlier chunks, so the model never waits for the network and the network
-never waits for the model, up to ``maxsize`` chunks in flight.
+never waits for the model. Chunks that come fast (small batches of a cheap reader) are handed
+over in groups, up to ``max_bytes``: one thread hand-off and one message for many batches. A
+chunk that took a while to produce (a real model) is handed over at once.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,6 +20,12 @@ from ._knowledge import Chunk
 __all__ = ["Producer"]
 
 _TIMEOUT = object()
+_SLOW = 0.0005  # seconds: a chunk that took longer than this to produce is handed over at once
+_MAX_GROUP = 1024  # chunks handed over together at most
+
+
+def _nbytes(chunk: Chunk) -> int:
+    return sum(int(getattr(v, "nbytes", 0)) for v in chunk.data.values())
 
 
 class Producer:
@@ -25,14 +34,22 @@ class Producer:
     Args:
         make_round: the round factory.
         start_sample: first sample of the round to produce.
-        maxsize: chunks produced ahead at most (the service's ``buf_size``).
+        maxsize: hand-offs (groups of chunks) queued ahead at most (the teacher's ``buf_size``).
+        max_bytes: bytes of fast chunks grouped into one hand-off at most (default 256 KiB).
     """
 
+    TIMEOUT = _TIMEOUT
+
     def __init__(
-        self, make_round: Callable[[int], Iterator[Chunk]], start_sample: int, maxsize: int
+        self,
+        make_round: Callable[[int], Iterator[Chunk]],
+        start_sample: int,
+        maxsize: int,
+        max_bytes: int = 256 * 1024,
     ) -> None:
         self.start_sample = start_sample
         self._make_round = make_round
+        self._max_bytes = max_bytes
         self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(1, maxsize))
         self._stop = threading.Event()
         self._head: tuple[str, Any] | None = None
@@ -51,12 +68,25 @@ class Producer:
 
     def _run(self) -> None:
         it = self._make_round(self.start_sample)
+        group: list[Chunk] = []
+        size = 0
         try:
+            before = time.perf_counter()
             for chunk in it:
-                if not self._put(("chunk", chunk)):
-                    return
+                slow = time.perf_counter() - before > _SLOW
+                group.append(chunk)
+                size += _nbytes(chunk)
+                if slow or size >= self._max_bytes or len(group) >= _MAX_GROUP:
+                    if not self._put(("chunks", group)):
+                        return
+                    group, size = [], 0
+                before = time.perf_counter()
+            if group and not self._put(("chunks", group)):
+                return
             self._put(("end", None))
         except BaseException as exc:
+            if group:
+                self._put(("chunks", group))
             self._put(("error", exc))
         finally:
             close = getattr(it, "close", None)
@@ -82,10 +112,10 @@ class Producer:
         kind, item = self._head
         if kind == "error":
             raise item
-        return item if kind == "chunk" else None
+        return item[0] if kind == "chunks" else None
 
-    def take(self, max_bytes: int, timeout: float) -> list[Chunk] | object | None:
-        """Chunks ready now (at least one, then more while under ``max_bytes``).
+    def take(self, max_bytes: int, timeout: float) -> list[Chunk] | None | object:
+        """Chunks ready now (at least one group, then more while under ``max_bytes``).
 
         Returns a list of chunks, ``None`` at the end of the round, or ``Producer.TIMEOUT``
         when nothing came within ``timeout`` s. Re-raises the producer's error.
@@ -97,15 +127,15 @@ class Producer:
         size = 0
         while True:
             kind, value = item
-            if kind == "error":
-                raise value
-            if kind == "end":
-                if chunks:
+            if kind != "chunks":
+                if chunks:  # hand out what came before the end / the error first
                     self._head = item
                     break
+                if kind == "error":
+                    raise value
                 return None
-            chunks.append(value)
-            size += sum(getattr(v, "nbytes", 0) for v in value.data.values())
+            chunks.extend(value)
+            size += sum(_nbytes(c) for c in value)
             if size >= max_bytes:
                 break
             try:
@@ -114,8 +144,6 @@ class Producer:
                 break
         self.touched = True
         return chunks
-
-    TIMEOUT = _TIMEOUT
 
     def stop(self) -> None:
         """Stop producing (the thread ends at its next hand-off)."""
