@@ -114,7 +114,7 @@ class Producer:
             raise item
         return item[0] if kind == "chunks" else None
 
-    def take(self, max_bytes: int, timeout: float) -> list[Chunk] | None | object:
+    def take(self, max_bytes: int, timeout: float) -> list[Chunk] | object | None:
         """Chunks ready now (at least one group, then more while under ``max_bytes``).
 
         Returns a list of chunks, ``None`` at the end of the round, or ``Producer.TIMEOUT``
