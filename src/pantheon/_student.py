@@ -246,11 +246,10 @@ class Student:
     ) -> Iterator[dict[str, Any]]:
         self._check_open()
         plan = self._ensure_plan()
-        with self._lock:
-            if self._assembler is not None:  # an earlier generator left mid-round
-                self._assembler.stop()
+
+        def make() -> Assembler:
             streams = [s.open_round(self._round, self._position) for s in self._sources]
-            assembler = RoundAssembler(
+            return RoundAssembler(
                 streams,
                 [s.name for s in self._sources],
                 plan,
@@ -259,17 +258,33 @@ class Student:
                 maxsize=self._read_ahead,
                 timeout=timeout,
             )
-            self._assembler = assembler
+
+        return self._drain(self._replace_assembler(make), ragged, timeout, in_round=True)
+
+    def _replace_assembler(self, make: Callable[[], Assembler]) -> Assembler:
+        """Stop the running read-ahead (a generator left mid-way) and start ``make()``'s."""
+        with self._lock:
+            if self._assembler is not None:
+                self._assembler.stop()
+            self._assembler = make()
+            return self._assembler
+
+    def _drain(
+        self, assembler: Assembler, ragged: RaggedFormat, timeout: float, *, in_round: bool
+    ) -> Iterator[dict[str, Any]]:
+        """Hand the assembler's batches to the training loop, counting; stop it at the end."""
         try:
             while True:
                 t0 = time.perf_counter()
                 chunk = assembler.get(timeout)
                 self._stats["wait_seconds"] += time.perf_counter() - t0
                 if chunk is None:
-                    self._finish_round()
+                    if in_round:
+                        self._finish_round()
                     return
                 n = len(chunk.ids)
-                self._position += n
+                if in_round:
+                    self._position += n
                 self._stats["batches"] += 1
                 self._stats["samples"] += n
                 yield _format_batch(chunk.data, ragged)
@@ -304,10 +319,8 @@ class Student:
         def plan_for() -> MergePlan:
             return self._ensure_plan(timeout)
 
-        with self._lock:
-            if self._assembler is not None:
-                self._assembler.stop()
-            assembler = QueryAssembler(
+        def make() -> Assembler:
+            return QueryAssembler(
                 self._sources,
                 [s.name for s in self._sources],
                 plan_for,
@@ -318,22 +331,8 @@ class Student:
                 maxsize=self._read_ahead,
                 timeout=timeout,
             )
-            self._assembler = assembler
-        try:
-            while True:
-                t0 = time.perf_counter()
-                chunk = assembler.get(timeout)
-                self._stats["wait_seconds"] += time.perf_counter() - t0
-                if chunk is None:
-                    return
-                self._stats["batches"] += 1
-                self._stats["samples"] += len(chunk.ids)
-                yield _format_batch(chunk.data, ragged)
-        finally:
-            assembler.stop()
-            with self._lock:
-                if self._assembler is assembler:
-                    self._assembler = None
+
+        return self._drain(self._replace_assembler(make), ragged, timeout, in_round=False)
 
     # -- messages -------------------------------------------------------------------------
 
