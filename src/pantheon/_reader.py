@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from ._codec import Codec, decode_field
 from ._errors import ClosedError, ConfigError, FileFormatError, TruncatedFileError
+from ._ipc import Located, batch_info, direct_plan, locate
 from ._knowledge import Chunk, Description, FieldDesc, Knowledge, Ragged, Value, slice_value
 from ._knowledge import to_dtype as _to_dtype
 from ._store import ColumnSpec, Layout, bad_metadata, parse_layout, shard_paths
@@ -36,7 +37,6 @@ logger = logging.getLogger("pantheon")
 
 FILE_MAGIC = b"ARROW1\x00\x00"
 _LOCATED_KEPT = 64  # distinct batch metadata remembered (one per batch size, usually 1 or 2)
-_COMPRESSION_CODECS = {0: "lz4", 1: "zstd"}
 
 
 # --------------------------------------------------------------------------- decoding
@@ -137,124 +137,7 @@ def _plans(layout: Layout) -> list[_Plan]:
 # --------------------------------------------------------------------------- scanning
 
 
-def _u16(b: bytes, at: int) -> int:
-    return int(struct.unpack_from("<H", b, at)[0])
-
-
-def _field_pos(b: bytes, table: int, index: int) -> int | None:
-    """Absolute position of field ``index`` of the flatbuffer table at ``table`` (None: absent)."""
-    vtable = table - int(struct.unpack_from("<i", b, table)[0])
-    slot = 4 + 2 * index
-    if slot >= _u16(b, vtable):
-        return None
-    offset = _u16(b, vtable + slot)
-    return table + offset if offset else None
-
-
-def _batch_header(metadata: bytes) -> int:
-    """Position of the RecordBatch table (``Message.header``) in a message's flatbuffer."""
-    root = int(struct.unpack_from("<I", metadata, 0)[0])
-    header_at = _field_pos(metadata, root, 2)
-    if header_at is None:
-        raise ValueError("a record batch message without a header")
-    return header_at + int(struct.unpack_from("<I", metadata, header_at)[0])
-
-
-def batch_info(metadata: bytes) -> tuple[int, str | None]:
-    """Rows and compression (``"lz4"``, ``"zstd"`` or None) of a RecordBatch message.
-
-    Parses the message's flatbuffer (``Message.header`` -> ``RecordBatch.length`` and
-    ``RecordBatch.compression.codec``) without decoding the body.
-    """
-    header = _batch_header(metadata)
-    length_at = _field_pos(metadata, header, 0)
-    rows = int(struct.unpack_from("<q", metadata, length_at)[0]) if length_at else 0
-    if rows < 0:
-        raise ValueError(f"a record batch of {rows} rows")
-    comp_at = _field_pos(metadata, header, 3)
-    if comp_at is None:
-        return rows, None
-    comp = comp_at + int(struct.unpack_from("<I", metadata, comp_at)[0])
-    codec_at = _field_pos(metadata, comp, 0)
-    codec = metadata[codec_at] if codec_at is not None else 0
-    return rows, _COMPRESSION_CODECS.get(codec, f"codec {codec}")
-
-
 _READ_ERRORS = (pa.ArrowException, OSError, ValueError, EOFError, OverflowError, struct.error)
-
-
-# --------------------------------------------------------------------------- direct reads
-
-
-class _Direct(NamedTuple):
-    """Where one dense column of a plain record batch keeps its values."""
-
-    node: int  # index of the column's first field node
-    nodes: int  # 1 (a primitive column) or 2 (a fixed-size list and its values)
-    buffer: int  # index of the values buffer
-    dtype: np.dtype[Any]
-    width: int  # values per sample
-    inner: tuple[int, ...]
-
-
-_Located = list[tuple[np.dtype[Any], int, int, tuple[int, ...]]]  # (dtype, count, offset, shape)
-
-
-def _direct_plan(layout: Layout) -> list[_Direct] | None:
-    """The sample ids then every stored column, in schema order; None with a ragged column."""
-    plan = [_Direct(0, 1, 1, np.dtype(np.int64), 1, ())]
-    node, buffer = 1, 2  # the ids column holds one node and two buffers (validity, values)
-    for _, col in layout.columns:
-        if col.lod_level:
-            return None
-        nodes = 2 if col.inner else 1
-        plan.append(
-            _Direct(node, nodes, buffer + nodes, _to_dtype(col.dtype), col.width, col.inner)
-        )
-        node, buffer = node + nodes, buffer + nodes + 1
-    return plan
-
-
-def _structs(b: bytes, table: int, index: int) -> tuple[int, ...]:
-    """Vector field ``index`` of 16-byte structs of two int64 (FieldNode, Buffer), flattened."""
-    at = _field_pos(b, table, index)
-    if at is None:
-        return ()
-    vector = at + int(struct.unpack_from("<I", b, at)[0])
-    count = int(struct.unpack_from("<I", b, vector)[0])
-    if vector + 4 + 16 * count > len(b):
-        raise ValueError("a field node or buffer vector past the end of the metadata")
-    return struct.unpack_from(f"<{2 * count}q", b, vector + 4)
-
-
-def _locate(metadata: bytes, body_size: int, plan: list[_Direct]) -> _Located | None:
-    """Where each planned column of a batch lies in its body; None unless it is plain.
-
-    A plain batch is uncompressed, holds exactly the planned columns, no nulls, at least one
-    value per column, and every values buffer lies inside the body. Other batches are left
-    to pyarrow (which also reports what is wrong with a corrupt one).
-    """
-    header = _batch_header(metadata)
-    if _field_pos(metadata, header, 3) is not None:  # compressed
-        return None
-    length_at = _field_pos(metadata, header, 0)
-    rows = int(struct.unpack_from("<q", metadata, length_at)[0]) if length_at else 0
-    nodes, buffers = _structs(metadata, header, 1), _structs(metadata, header, 2)
-    last = plan[-1]
-    if len(nodes) != 2 * (last.node + last.nodes) or len(buffers) != 2 * (last.buffer + 1):
-        return None
-    located: _Located = []
-    for d in plan:
-        count = rows * d.width
-        lengths = nodes[2 * d.node : 2 * (d.node + d.nodes)]
-        if not count or lengths != ((rows, 0, count, 0) if d.nodes == 2 else (rows, 0)):
-            return None
-        at, size = buffers[2 * d.buffer], buffers[2 * d.buffer + 1]
-        nbytes = count * d.dtype.itemsize
-        if at < 0 or size < nbytes or at + nbytes > body_size:
-            return None
-        located.append((d.dtype, count, at, (rows, *d.inner)))
-    return located
 
 
 class _CutShort(FileFormatError):
@@ -463,8 +346,8 @@ class KnowledgeFile:
         self._layout = first.layout
         self._plans = _plans(first.layout)
         self._decoders = [_decoder(col) for _, col in first.layout.columns]
-        self._direct = _direct_plan(first.layout)
-        self._located: dict[tuple[bytes, int], _Located | None] = {}
+        self._direct = direct_plan(first.layout)
+        self._located: dict[tuple[bytes, int], Located | None] = {}
         self._index: list[tuple[_Shard, int]] = [
             (s, i) for s in self._shards for i in range(len(s.messages))
         ]
@@ -631,7 +514,7 @@ class KnowledgeFile:
             located = self._located[key]
         except KeyError:
             try:
-                located = _locate(key[0], key[1], self._direct)
+                located = locate(key[0], key[1], self._direct)
             except (ValueError, IndexError, struct.error):
                 located = None
             if len(self._located) >= _LOCATED_KEPT:
