@@ -269,3 +269,41 @@ def test_slow_student_slows_the_teacher_memory_stays_bounded():
     # in flight at most: producer queue 4 + credits 8 + read-ahead 4 + a few being handed over
     assert max(lead) <= 4 + 8 + 4 + 4, lead
     assert teacher.stats()["credit_wait_seconds"] > 0
+
+
+def _big_batch(start: int) -> dict[str, np.ndarray]:
+    """10 samples and 1 MB: a student cannot hold a whole round of these in its buffers."""
+    return {
+        "x": np.arange(start, start + 10).reshape(-1, 1),
+        "pad": np.zeros((10, 25000), np.float32),
+    }
+
+
+def test_a_new_student_replaces_the_previous_one():
+    teacher = Teacher(out_port=0, timeout=60)
+    thread = threading.Thread(
+        target=lambda: (
+            teacher.start(timeout=60),
+            teacher.serve(
+                lambda: ({"x": np.arange(i, i + 10).reshape(-1, 1)} for i in range(0, 3000, 10))
+            ),
+        )
+    )
+    thread.start()
+    first = Student(timeout=30)
+    first.register_teacher(in_address=teacher.address)
+    first.start()
+    it = first.get_knowledge_generator(batch_size=10)()
+    next(it)
+    with Student(timeout=30) as second:
+        second.register_teacher(in_address=teacher.address)
+        second.start()
+        with pytest.raises(TeacherError, match="replaced by a newer student"):
+            for _ in it:
+                pass
+        xs = np.concatenate([b["x"].ravel() for b in second.get_knowledge_generator(100)()])
+        assert np.array_equal(xs, np.arange(3000))
+    first.close()
+    thread.join(30)
+    assert not thread.is_alive()
+    teacher.close()

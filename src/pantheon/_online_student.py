@@ -253,7 +253,7 @@ class OnlineSource:
                 link.session = None
             lost_queries = dict(link.outstanding)
             link.outstanding.clear()
-            if self.closed:
+            if self.closed or self.error is not None:  # closed, or the teacher refused us
                 self.cond.notify_all()
                 return
             busy = bool(lost_queries) or (self.round is not None and not self.round.ended)

@@ -143,6 +143,10 @@ class TeacherServer:
         session.start()
         if old is not None:
             log.info("a new student (%s) replaces %s", conn.peer, old.name)
+            self._send_error(
+                old,
+                f"replaced by a newer student ({conn.peer}): a teacher serves one student at a time",
+            )
             old.close()
         if self._desc is not None:
             self._send_desc(session)
