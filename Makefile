@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(BIN)/pantheon bench
 
 docs: $(STAMP)
-	$(BIN)/python -m pdoc -o build/api pantheon
+	$(BIN)/python -m pdoc --docformat google -o build/api pantheon pantheon.torch pantheon.onnx pantheon.hf
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

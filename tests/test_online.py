@@ -284,9 +284,7 @@ def test_a_new_student_replaces_the_previous_one():
     thread = threading.Thread(
         target=lambda: (
             teacher.start(timeout=60),
-            teacher.serve(
-                lambda: ({"x": np.arange(i, i + 10).reshape(-1, 1)} for i in range(0, 3000, 10))
-            ),
+            teacher.serve(lambda: (_big_batch(i) for i in range(0, 3000, 10))),
         )
     )
     thread.start()

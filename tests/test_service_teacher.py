@@ -19,7 +19,9 @@ class Net(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.body = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, VOCAB))
+        self.body = torch.nn.Sequential(
+            torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, VOCAB)
+        )
 
     def forward(self, x):
         return {"logits": self.body(x) * 3, "hidden": torch.tanh(x)}

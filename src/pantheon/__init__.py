@@ -32,6 +32,7 @@ from ._teacher import Teacher
 from ._topk import SparseTopK, TopK
 
 __version__ = "0.1.0"
+__docformat__ = "google"
 
 __all__ = [
     "AlignmentError",

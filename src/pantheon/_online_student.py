@@ -15,6 +15,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -71,7 +72,10 @@ class _Link:
                 continue
             try:
                 client_handshake(
-                    conn, src.token, timeout=min(max(remaining, 0.1), src.heartbeat.timeout)
+                    conn,
+                    src.token,
+                    timeout=min(max(remaining, 0.1), src.heartbeat.timeout),
+                    hello={"client": src.client_id},
                 )
             except (OSError, PantheonError) as exc:
                 conn.close()
@@ -174,6 +178,7 @@ class OnlineSource:
         credits: int = 8,
         heartbeat: Heartbeat | None = None,
         sparse_topk: bool = False,
+        client_id: str | None = None,
     ) -> None:
         addresses = [address] if isinstance(address, str) else list(address)
         if not addresses:
@@ -181,6 +186,7 @@ class OnlineSource:
         for a in addresses:
             parse_address(a)
         self.index = index
+        self.client_id = client_id or uuid.uuid4().hex
         self.sparse_topk = sparse_topk
         self.name = f"teacher {index} ({', '.join(addresses)})"
         self.token = resolve_token(token)

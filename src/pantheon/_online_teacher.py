@@ -38,6 +38,7 @@ __all__ = ["TeacherServer"]
 log = logging.getLogger("pantheon")
 
 _USER_INBOX = 1024  # unread user messages before the student is cut off
+_REPLACED = "replaced by a newer student: a teacher serves one student at a time"
 
 
 class TeacherServer:
@@ -82,6 +83,8 @@ class TeacherServer:
         self._desc: Description | None = None
         self._cond = threading.Condition()
         self._session: Session | None = None
+        self._client = ""  # the current student's id (from its hello)
+        self._replaced: set[str] = set()  # students replaced by a newer one: refused
         self._requests: collections.deque[tuple[Session, Message]] = collections.deque()
         self._credits = 0
         self._sub = -1
@@ -119,9 +122,17 @@ class TeacherServer:
 
     def _handshake(self, conn: Connection) -> None:
         try:
-            server_handshake(conn, self._token, timeout=self._heartbeat.timeout)
+            hello = server_handshake(conn, self._token, timeout=self._heartbeat.timeout)
         except (OSError, PantheonError) as exc:
             log.warning("refused a connection from %s: %s", conn.peer, exc)
+            conn.close()
+            return
+        client = str(hello.get("client", ""))
+        if client and client in self._replaced:  # a replaced student trying to come back
+            try:
+                conn.send(MsgType.ERROR, {"message": _REPLACED}, timeout=self._heartbeat.timeout)
+            except (OSError, PantheonError):
+                pass
             conn.close()
             return
         session = Session(
@@ -136,6 +147,9 @@ class TeacherServer:
                 conn.close()
                 return
             old, self._session = self._session, session
+            if old is not None and self._client:
+                self._replaced.add(self._client)
+            self._client = client
             self._requests.clear()
             self._credits = 0
             self._sub = -1
@@ -143,10 +157,7 @@ class TeacherServer:
         session.start()
         if old is not None:
             log.info("a new student (%s) replaces %s", conn.peer, old.name)
-            self._send_error(
-                old,
-                f"replaced by a newer student ({conn.peer}): a teacher serves one student at a time",
-            )
+            self._send_error(old, _REPLACED)
             old.close()
         if self._desc is not None:
             self._send_desc(session)
