@@ -94,3 +94,58 @@ def test_bad_arguments_exit_2_with_a_message(tmp_path, args):
     out = run(*args, cwd=tmp_path)
     assert out.returncode == 2, (out.stdout, out.stderr)
     assert "Error" in out.stderr or "Usage" in out.stderr
+
+
+def test_ctrl_c_stops_a_dump_cleanly_and_leaves_a_readable_file(tmp_path):
+    import signal
+    import time
+
+    from pantheon import KnowledgeFile
+
+    (tmp_path / "slowmodel.py").write_text(
+        "import threading\nimport numpy as np\n"
+        "def teacher(x):\n    return {'y': x * 2.0}\n"
+        "def batches():\n"
+        "    for s in range(0, 10**7, 10):\n"
+        "        threading.Event().wait(0.005)  # a slow reader\n"
+        "        yield (np.arange(s, s + 10, dtype=np.float32).reshape(-1, 1),)\n"
+    )
+    proc = subprocess.Popen(
+        [
+            PANTHEON,
+            "dump",
+            "slowmodel:teacher",
+            "--reader",
+            "slowmodel:batches",
+            "--feed",
+            "x",
+            "--schema",
+            "y",
+            "--out",
+            "k.arrow",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while (
+            (tmp_path / "k.arrow").stat().st_size < 20_000
+            if (tmp_path / "k.arrow").exists()
+            else True
+        ):
+            assert proc.poll() is None and time.monotonic() < deadline, "dump never started writing"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130
+    assert "interrupted" in out
+    with KnowledgeFile(tmp_path / "k.arrow") as kf:
+        assert kf.truncated is None
+        assert kf.num_samples > 0

@@ -229,7 +229,8 @@ def _options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _run(echo: Callable[[str], None], **kwargs: Any) -> None:
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or kill: close cleanly
+        signal.signal(sig, signal.default_int_handler)
     try:
         stats = run_teacher(echo=echo, **kwargs)
     except KeyboardInterrupt:
