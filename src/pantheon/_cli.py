@@ -52,7 +52,8 @@ class _Stats:
         self.high = -math.inf
         self.nan = False
 
-    def add(self, value: np.ndarray | Ragged) -> None:
+    def add(self, value: Any) -> None:
+        value = _kept(value)
         arr = value.values if isinstance(value, Ragged) else value
         if arr.size == 0:
             return
@@ -80,6 +81,19 @@ class _Stats:
         }
 
 
+def _kept(value: Any) -> Any:
+    """The kept entries of a sparse top-k value; any other value as it is."""
+    from ._topk import SparseTopK
+
+    return value.values if isinstance(value, SparseTopK) else value
+
+
+def _tokens(value: Any) -> int:
+    """Tokens (positions along the variable axis) of a ragged field, or of a sparse top-k one."""
+    value = _kept(value)
+    return int(value.lengths.sum()) if isinstance(value, Ragged) else 0
+
+
 def inspect_report(path: str | Path, *, stats: bool = True) -> dict[str, Any]:
     """Everything ``pantheon inspect`` shows about a knowledge file, as a JSON-able dict.
 
@@ -92,8 +106,9 @@ def inspect_report(path: str | Path, *, stats: bool = True) -> dict[str, Any]:
     """
     from ._store import FORMAT_VERSION, KnowledgeFile
 
-    with KnowledgeFile(path) as kf:
+    with KnowledgeFile(path, sparse_topk=True) as kf:  # top-k stays sparse: stats of kept entries
         sizes = kf.batch_sizes()
+        ragged = [key for key, field in kf.desc.items() if field["lod_level"]]
         storage = kf.storage
         keys: dict[str, Any] = {}
         for key, field in kf.desc.items():
@@ -105,13 +120,18 @@ def inspect_report(path: str | Path, *, stats: bool = True) -> dict[str, Any]:
                     for c in storage[key]["columns"]
                 ],
             }
-        if stats:
+        tokens = 0
+        if stats or ragged:
             running = {key: _Stats() for key in keys}
             for chunk in kf.iter_chunks():
-                for key, value in chunk.data.items():
-                    running[key].add(value)
-            for key, st in running.items():
-                keys[key].update(st.report())
+                if ragged:
+                    tokens += _tokens(chunk.data[ragged[0]])
+                if stats:
+                    for key, value in chunk.data.items():
+                        running[key].add(value)
+            if stats:
+                for key, st in running.items():
+                    keys[key].update(st.report())
         cut = kf.truncated
         return {
             "path": str(kf.path),
@@ -124,6 +144,8 @@ def inspect_report(path: str | Path, *, stats: bool = True) -> dict[str, Any]:
             "batch_size_max": max(sizes) if sizes else None,
             "bytes": kf.nbytes,
             "bytes_per_sample": kf.nbytes / kf.num_samples if kf.num_samples else None,
+            "tokens": tokens if ragged else None,
+            "bytes_per_token": kf.nbytes / tokens if tokens else None,
             "compression": kf.compression,
             "codecs": kf.codecs,
             "metadata": kf.metadata,
@@ -168,6 +190,16 @@ def format_report(report: dict[str, Any]) -> str:
                 f"..{_num(report['batch_size_max'])})",
             ],
             ["bytes on disk", f"{report['bytes']:,} ({_num(per)} per sample)"],
+            *(
+                [
+                    [
+                        "tokens",
+                        f"{report['tokens']:,} ({_num(report['bytes_per_token'])} bytes per token)",
+                    ]
+                ]
+                if report.get("tokens")
+                else []
+            ),
             ["compression", report["compression"] or "none"],
             [
                 "cut short",

@@ -304,11 +304,20 @@ class Teacher:
         return self._server.recv_user(self._timeout if timeout is None else float(timeout))
 
     def stats(self) -> dict[str, Any]:
-        """Counters: batches, samples and bytes written or sent."""
+        """Counters: batches and samples written or sent, bytes sent (online) or on disk
+        (offline, so far), and ``bytes_per_sample``."""
         if self._server is not None:
-            return dict(self._server.stats())
-        w = self._writer
-        return {"batches": w.num_batches if w else 0, "samples": w.num_samples if w else 0}
+            out = dict(self._server.stats())
+        else:
+            w = self._writer
+            shards = w.shards if w is not None else []
+            out = {
+                "batches": w.num_batches if w else 0,
+                "samples": w.num_samples if w else 0,
+                "bytes": sum(p.stat().st_size for p in shards if p.exists()),
+            }
+        out["bytes_per_sample"] = out["bytes"] / out["samples"] if out["samples"] else 0.0
+        return out
 
     # -- lifetime -------------------------------------------------------------------------
 
