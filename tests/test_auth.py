@@ -7,11 +7,12 @@ import logging
 import secrets
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from conftest import Runner
 from pantheon import (
     AuthenticationError,
     ConfigError,
@@ -36,30 +37,6 @@ from pantheon._wire import (
     listen,
     parse_address,
 )
-
-
-class Runner:
-    """Run a function in a thread; keep its result or exception for the test to check."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self._fn = fn
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.result = self._fn()
-        except BaseException as exc:
-            self.error = exc
-
-    def join(self, timeout: float = 30) -> Any:
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the thread did not finish"
-        if self.error is not None:
-            raise self.error
-        return self.result
 
 
 class Tap:

@@ -32,7 +32,7 @@ from ._errors import (
 )
 from ._knowledge import Chunk, Description
 from ._payload import decode_payload, encode_chunks
-from ._session import Heartbeat, Session
+from ._session import Heartbeat, Session, take_message
 from ._transport import BufferPool
 from ._values import decode_value, encode_value
 from ._wire import Message, MsgType, connect, parse_address
@@ -491,12 +491,7 @@ class OnlineSource:
                 continue
 
     def recv_user(self, timeout: float) -> Any:
-        try:
-            return self.inbox.get(timeout=timeout)
-        except queue.Empty:
-            raise PantheonTimeoutError(
-                f"{self.name} sent no message within {timeout:g} s (Student.recv)"
-            ) from None
+        return take_message(self.inbox, timeout, f"{self.name} (Student.recv)")
 
     def stats(self) -> Mapping[str, Any]:
         return dict(self._stats)

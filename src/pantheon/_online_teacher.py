@@ -29,7 +29,7 @@ from ._errors import (
 from ._knowledge import Chunk, Description, describe, normalize_batch
 from ._payload import encode_chunks
 from ._producer import Producer
-from ._session import Heartbeat, Session
+from ._session import Heartbeat, Session, take_message
 from ._values import decode_chunk, decode_value, encode_value
 from ._wire import Connection, Message, MsgType, listen
 
@@ -425,12 +425,7 @@ class TeacherServer:
 
     def recv_user(self, timeout: float) -> Any:
         """The next user message from the student."""
-        try:
-            return self._inbox.get(timeout=timeout)
-        except queue.Empty:
-            raise PantheonTimeoutError(
-                f"the student sent no message within {timeout:g} s (Teacher.recv)"
-            ) from None
+        return take_message(self._inbox, timeout, "the student (Teacher.recv)")
 
     def stats(self) -> dict[str, Any]:
         """Counters: batches, samples, messages and bytes sent, seconds waiting for credits."""

@@ -10,6 +10,7 @@ closes and ``on_close`` receives a :class:`~pantheon.ConnectionLostError`.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -19,7 +20,7 @@ from typing import Any
 from ._errors import ConnectionLostError, PantheonError, PantheonTimeoutError, ProtocolError
 from ._wire import Connection, Message, MsgType
 
-__all__ = ["Heartbeat", "Session"]
+__all__ = ["Heartbeat", "Session", "take_message"]
 
 log = logging.getLogger("pantheon")
 
@@ -172,3 +173,12 @@ class Session:
                     self.send(MsgType.PING)
                 except ConnectionLostError:
                     return
+
+
+def take_message(inbox: queue.Queue[Any], timeout: float, what: str) -> Any:
+    """The next user message of ``inbox``; :class:`PantheonTimeoutError` naming ``what`` after
+    ``timeout`` seconds."""
+    try:
+        return inbox.get(timeout=timeout)
+    except queue.Empty:
+        raise PantheonTimeoutError(f"{what} sent no message within {timeout:g} s") from None
