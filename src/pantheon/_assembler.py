@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import AlignmentError, PantheonTimeoutError
-from ._knowledge import Chunk
+from ._knowledge import Chunk, normalize_batch
 from ._merge import MergePlan, merge_batches
 from ._rebatch import Rebatcher
 from ._sources import RoundStream
@@ -347,8 +347,6 @@ class QueryAssembler(Assembler):
         self._thread.start()
 
     def _batches(self) -> Any:
-        from ._knowledge import normalize_batch
-
         rb = Rebatcher(self._batch_size)
         position = 0
         for i, batch in enumerate(self._queries):
@@ -362,8 +360,6 @@ class QueryAssembler(Assembler):
             yield tail
 
     def _assemble(self) -> None:
-        import collections
-
         pending: collections.deque[tuple[int, Chunk]] = collections.deque()
         batches = iter(self._batches())
         qid = 0

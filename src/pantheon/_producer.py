@@ -77,16 +77,16 @@ class Producer:
                 group.append(chunk)
                 size += _nbytes(chunk)
                 if slow or size >= self._max_bytes or len(group) >= _MAX_GROUP:
-                    if not self._put(("chunks", group)):
+                    if not self._put(("chunks", (group, size))):
                         return
                     group, size = [], 0
                 before = time.perf_counter()
-            if group and not self._put(("chunks", group)):
+            if group and not self._put(("chunks", (group, size))):
                 return
             self._put(("end", None))
         except BaseException as exc:
             if group:
-                self._put(("chunks", group))
+                self._put(("chunks", (group, size)))
             self._put(("error", exc))
         finally:
             close = getattr(it, "close", None)
@@ -112,7 +112,7 @@ class Producer:
         kind, item = self._head
         if kind == "error":
             raise item
-        return item[0] if kind == "chunks" else None
+        return item[0][0] if kind == "chunks" else None
 
     def take(self, max_bytes: int, timeout: float) -> list[Chunk] | object | None:
         """Chunks ready now (at least one group, then more while under ``max_bytes``).
@@ -134,8 +134,9 @@ class Producer:
                 if kind == "error":
                     raise value
                 return None
-            chunks.extend(value)
-            size += sum(_nbytes(c) for c in value)
+            group, group_size = value
+            chunks.extend(group)
+            size += group_size
             if size >= max_bytes:
                 break
             try:

@@ -121,12 +121,6 @@ class Session:
         finally:
             self._on_close(self, reason)
 
-    def join(self, timeout: float) -> None:
-        """Wait for the threads to finish (after close)."""
-        for t in (self._reader, self._beater):
-            if t.is_alive() and t is not threading.current_thread():
-                t.join(timeout)
-
     # -- threads --------------------------------------------------------------------------
 
     def _read_loop(self) -> None:

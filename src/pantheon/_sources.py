@@ -92,11 +92,6 @@ class FileSource:
     def desc(self, timeout: float) -> Description:
         return self._opened().desc
 
-    @property
-    def num_samples(self) -> int:
-        """Samples in the file (a cut-short file: its complete batches)."""
-        return self._opened().num_samples
-
     def open_round(self, round_index: int, start_sample: int) -> RoundStream:
         return _IterStream(self._opened().iter_chunks(start_sample))
 

@@ -112,7 +112,6 @@ class Teacher:
         self._compression = compression
         self._max_shard_samples = max_shard_samples
         self._writer: KnowledgeWriter | None = None
-        self._started = False
         self._server: Any = None
         self._closed = False
         if out_port is not None:
@@ -161,13 +160,12 @@ class Teacher:
             raise ClosedError("this Teacher is closed; create a new one")
 
     def start(self, timeout: float | None = None) -> None:
-        """Offline: open the output. Online: wait (at most ``timeout`` s, default the teacher's
-        ``timeout``) until a student has connected and authenticated."""
+        """Online: wait (at most ``timeout`` s, default the teacher's ``timeout``) until a student
+        has connected and authenticated. Offline: nothing to wait for; the file is created with
+        the first batch (optional, kept for the seed's programs)."""
         self._check_open()
         if self._server is not None:
             self._server.wait_for_student(self._timeout if timeout is None else float(timeout))
-        else:
-            self._started = True  # the file is created with the first batch (settings final)
 
     def _open_writer(self) -> KnowledgeWriter:
         if self._writer is None:
