@@ -61,7 +61,7 @@ def write_data(directory: Path, gib: float) -> tuple[Path, Path, int]:
     Returns:
         (knowledge file path, pickle file path, number of batches).
     """
-    from pantheon._store import KnowledgeWriter
+    from pantheon._files import KnowledgeWriter
 
     batches = max(1, round(gib * 2**30 / (ROWS * COLS * 4)))
     arrow_path, pickle_path = directory / "knowledge.arrow", directory / "knowledge.pkl"

@@ -170,7 +170,7 @@ def run_manager(shape: tuple[int, int], seconds: float) -> Result:
 
 
 def _wire_sender(address: str, shape: tuple[int, int], seconds: float) -> None:
-    from pantheon._auth import client_handshake
+    from pantheon._wire import client_handshake
     from pantheon._knowledge import Chunk
     from pantheon._values import encode_chunk
     from pantheon._wire import MsgType, connect
@@ -190,7 +190,7 @@ def _wire_sender(address: str, shape: tuple[int, int], seconds: float) -> None:
 
 
 def run_wire(shape: tuple[int, int], seconds: float, *, pool: bool = False) -> Result:
-    from pantheon._auth import server_handshake
+    from pantheon._wire import server_handshake
     from pantheon._values import decode_chunk
     from pantheon._wire import BufferPool, MsgType, listen
 

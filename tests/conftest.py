@@ -2,112 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
-import threading
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 
-TESTS = Path(__file__).parent
-ROOT = TESTS.parent
-
-
-class Runner:
-    """Run a function in a thread; keep its result or exception for the test to check."""
-
-    def __init__(self, fn: Callable[[], Any]) -> None:
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self._fn = fn
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.result = self._fn()
-        except BaseException as exc:
-            self.error = exc
-
-    def join(self, timeout: float = 30) -> Any:
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "the thread did not finish"
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
-class Proc:
-    """A child process whose stdout lines are collected by a reader thread."""
-
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.popen = subprocess.Popen(
-            [sys.executable, *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.popen.stdout is not None
-        for line in self.popen.stdout:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def wait_line(self, prefix: str, timeout: float = 60.0) -> str:
-        """The first stdout line starting with ``prefix``; fails if the process ends first."""
-
-        def found() -> str | None:
-            return next((ln for ln in self.lines if ln.startswith(prefix)), None)
-
-        with self._cond:
-            ok = self._cond.wait_for(
-                lambda: found() is not None or self.popen.poll() is not None, timeout=timeout
-            )
-            line = found()
-        if line is None:
-            err = (
-                self.popen.stderr.read()
-                if self.popen.poll() is not None and self.popen.stderr
-                else ""
-            )
-            raise AssertionError(
-                f"no line {prefix!r} (ok={ok}); stdout={self.lines} stderr={err[-3000:]}"
-            )
-        return line
-
-    def address(self, timeout: float = 60.0) -> str:
-        return self.wait_line("READY ", timeout).split()[1]
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-
-    def finish(self, timeout: float = 60.0) -> int:
-        try:
-            return self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait(10)
-            raise
-
-    def stderr(self) -> str:
-        if self.popen.poll() is None:
-            return ""
-        assert self.popen.stderr is not None
-        return self.popen.stderr.read()
+from tests.helpers import TESTS, Proc
 
 
 @pytest.fixture

@@ -3,10 +3,14 @@
 The public API is flat::
 
     from pantheon import Teacher, Student
+
+Extending Pantheon: a codec (how a knowledge field is stored and sent) implements
+:class:`Codec` and is made known to readers and peers with :func:`register_codec`.
 """
 
 from __future__ import annotations
 
+from ._codecs import Codec, SparseTopK, TopK, register_codec, registered_codecs
 from ._errors import (
     AlignmentError,
     AuthenticationError,
@@ -24,20 +28,20 @@ from ._errors import (
     TruncatedFileError,
     WorkerError,
 )
-from ._knowledge import Ragged
-from ._reader import KnowledgeFile
-from ._store import KnowledgeWriter
+from ._files import KnowledgeFile, KnowledgeWriter
+from ._knowledge import Chunk, Ragged
 from ._student import Student
 from ._teacher import Teacher
-from ._topk import SparseTopK, TopK
+from ._version import __version__
 
-__version__ = "0.1.0"
 __docformat__ = "google"
 
 __all__ = [
     "AlignmentError",
     "AuthenticationError",
+    "Chunk",
     "ClosedError",
+    "Codec",
     "ConfigError",
     "ConnectionLostError",
     "FileFormatError",
@@ -58,4 +62,6 @@ __all__ = [
     "TruncatedFileError",
     "WorkerError",
     "__version__",
+    "register_codec",
+    "registered_codecs",
 ]

@@ -37,13 +37,17 @@ __all__ = [
     "Ragged",
     "Value",
     "check_batch",
+    "common_batch_size",
+    "concat_chunks",
     "concat_values",
     "describe",
     "dtype_name",
     "normalize_batch",
     "num_samples",
+    "slice_chunk",
     "slice_value",
     "to_dtype",
+    "to_numpy",
 ]
 
 BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
@@ -231,8 +235,15 @@ Knowledge = dict[str, Value]
 """A knowledge batch: field name -> value, all with the same number of samples."""
 
 
-def _to_numpy(value: Any) -> Any:
-    """Convert framework tensors (torch, paddle, jax) to numpy, duck-typed."""
+def to_numpy(value: Any) -> Any:
+    """Convert a framework tensor (torch, paddle, jax, ...) to numpy; other values unchanged.
+
+    The one conversion of the package, used for knowledge, messages and service feeds alike:
+    a torch tensor is detached and moved to the CPU (a torch ``bfloat16`` tensor becomes a
+    numpy ``bfloat16`` array through its bits, which numpy cannot read directly); objects with
+    a ``numpy()`` method (paddle, tensorflow) or ``__array__`` go through it. Lists, tuples,
+    strings and bytes are returned as they are.
+    """
     if isinstance(value, np.ndarray):
         return value
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor
@@ -254,11 +265,11 @@ def _torch_int16() -> Any:
 
 
 def _normalize_value(key: str, raw: Any, where: str) -> Value:
-    value: Any = _to_numpy(raw)
+    value: Any = to_numpy(raw)
     if isinstance(value, (list, tuple)):
         if not value:
             raise KnowledgeError(f"{where}: knowledge {key!r} is an empty list; expected samples")
-        value = Ragged.from_list([_to_numpy(v) for v in value])
+        value = Ragged.from_list([to_numpy(v) for v in value])
     if isinstance(value, Ragged):
         dtype_name(value.dtype)
         rag: Ragged = value
@@ -309,12 +320,25 @@ def normalize_batch(
             raise KnowledgeError(f"{where}: knowledge names must be non-empty strings, got {key!r}")
         out[key] = _normalize_value(key, value, where)
         sizes[key] = num_samples(out[key])
-    if len(set(sizes.values())) > 1:
-        listing = ", ".join(f"{k!r}: {n}" for k, n in sizes.items())
-        raise KnowledgeError(
-            f"{where}: all fields must share the first (batch) dimension, got {listing}"
-        )
-    return out, next(iter(sizes.values()))
+    return out, common_batch_size(sizes, where)
+
+
+def common_batch_size(
+    sizes: Mapping[str, int], where: str, error: type[Exception] = KnowledgeError
+) -> int:
+    """The one batch size that every field of a batch shares (``sizes``: field -> samples).
+
+    Raises:
+        error (default :class:`KnowledgeError`): fields whose first dimensions differ, naming
+            every field and its size; or no fields at all.
+    """
+    values = set(sizes.values())
+    if len(values) == 1:
+        return next(iter(values))
+    if not values:
+        raise error(f"{where}: the batch has no fields; expected at least one")
+    listing = ", ".join(f"{k!r}: {n}" for k, n in sizes.items())
+    raise error(f"{where}: all fields must share the first (batch) dimension, got {listing}")
 
 
 def _field_desc(value: Value) -> FieldDesc:
@@ -393,3 +417,21 @@ class Chunk(NamedTuple):
 
     ids: np.ndarray
     data: Knowledge
+
+
+def slice_chunk(chunk: Chunk, start: int, stop: int) -> Chunk:
+    """Samples ``start:stop`` of a chunk, as views (the chunk itself for the whole range)."""
+    if start == 0 and stop == len(chunk.ids):
+        return chunk
+    return Chunk(
+        chunk.ids[start:stop], {k: slice_value(v, start, stop) for k, v in chunk.data.items()}
+    )
+
+
+def concat_chunks(parts: Sequence[Chunk]) -> Chunk:
+    """Consecutive chunks as one (one copy; the chunk itself when there is only one)."""
+    if len(parts) == 1:
+        return parts[0]
+    ids = np.concatenate([p.ids for p in parts])
+    data: Knowledge = {key: concat_values([p.data[key] for p in parts]) for key in parts[0].data}
+    return Chunk(ids, data)

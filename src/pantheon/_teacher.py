@@ -3,63 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from typing import Any
-
-import numpy as np
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from ._errors import ClosedError, ConfigError
-from ._knowledge import Chunk, normalize_batch
-from ._rebatch import slice_chunk
-from ._store import KnowledgeWriter
+from ._files import KnowledgeWriter
+from ._service import RoundFactory, ServiceSpec, reader_round_factory, with_progress
+from ._util import check_int, check_seconds
 
-__all__ = ["RoundFactory", "Teacher", "reader_round_factory", "with_progress"]
+if TYPE_CHECKING:
+    from ._online import TeacherServer
 
-RoundFactory = Callable[[int], Iterator[Chunk]]
-"""``make_round(start_sample)``: the chunks of one round from ``start_sample`` on, in reader order."""
-
-
-def reader_round_factory(reader: Callable[[], Iterable[Mapping[str, Any]]]) -> RoundFactory:
-    """Turn a reader of knowledge batches into a round factory.
-
-    ``reader()`` returns a fresh iterable of knowledge batches (dicts of arrays); sample ids are
-    the samples' positions in that order. Samples below ``start_sample`` are dropped (the
-    reader still produces them: the knowledge service skips them without predicting).
-    """
-    if not callable(reader):
-        raise ConfigError(
-            f"reader must be a callable returning a fresh iterable of knowledge batches (as the "
-            f"seed's readers), got {type(reader).__name__}; wrap a list as `lambda: batches`"
-        )
-
-    def make_round(start_sample: int) -> Iterator[Chunk]:
-        position = 0
-        for i, batch in enumerate(reader()):
-            data, n = normalize_batch(batch, where=f"knowledge batch {i}")
-            begin, position = position, position + n
-            if position <= start_sample:
-                continue
-            chunk = Chunk(np.arange(begin, position, dtype=np.int64), data)
-            yield slice_chunk(chunk, max(0, start_sample - begin), n)
-
-    return make_round
-
-
-def with_progress(make_round: RoundFactory, label: str, enabled: bool | None) -> RoundFactory:
-    """Wrap a round factory with a tqdm progress bar of samples (``None``: only on a terminal)."""
-    if enabled is False:
-        return make_round
-
-    def wrapped(start_sample: int) -> Iterator[Chunk]:
-        from tqdm.auto import tqdm
-
-        disable = None if enabled is None else False  # tqdm: None = off unless a terminal
-        with tqdm(desc=label, unit=" samples", initial=start_sample, disable=disable) as bar:
-            for chunk in make_round(start_sample):
-                yield chunk
-                bar.update(len(chunk.ids))
-
-    return wrapped
+__all__ = ["Teacher"]
 
 
 class Teacher:
@@ -78,6 +33,14 @@ class Teacher:
         codecs: per-key codecs, e.g. ``{"logits": TopK(20)}`` or ``{"feat": "bfloat16"}``.
         max_shard_samples: offline: start a new shard file after this many samples.
         timeout: seconds any single wait may last (default 300).
+        heartbeat_interval: online: seconds of silence after which a PING is sent (default 1).
+        heartbeat_timeout: online: seconds without any message after which a student is
+            declared dead or frozen and its connection closed (default 10).
+        coalesce_bytes: online: small knowledge batches that are ready together are sent as
+            one message of up to this many bytes (default 256 KiB).
+        prefetch_batches: online: knowledge batches (or groups of small ones) produced ahead
+            of sending, at most (default 10). The knowledge service's own bound is its
+            ``buf_size``.
 
     Exactly one of ``out_path`` and ``out_port`` must be given.
     """
@@ -94,7 +57,10 @@ class Teacher:
         codecs: Mapping[str, Any] | None = None,
         max_shard_samples: int | None = None,
         timeout: float = 300.0,
-        **online_options: Any,
+        heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float = 10.0,
+        coalesce_bytes: int = 256 * 1024,
+        prefetch_batches: int = 10,
     ) -> None:
         if (out_path is None) == (out_port is None):
             raise ConfigError(
@@ -102,17 +68,17 @@ class Teacher:
                 f"out_port (online: a TCP port, 0 for any free one), got out_path={out_path!r}, "
                 f"out_port={out_port!r}"
             )
-        if timeout <= 0:
-            raise ConfigError(f"timeout must be > 0 seconds, got {timeout!r}")
+        seconds = check_seconds("timeout", timeout)
+        assert seconds is not None
         self.out_path = out_path
         self.out_port = out_port
-        self._timeout = float(timeout)
+        self._timeout = seconds
         self._use_fp16 = bool(use_fp16)
         self._codecs = dict(codecs or {})
         self._compression = compression
         self._max_shard_samples = max_shard_samples
         self._writer: KnowledgeWriter | None = None
-        self._server: Any = None
+        self._server: TeacherServer | None = None
         self._closed = False
         if out_port is not None:
             if (
@@ -125,7 +91,7 @@ class Teacher:
                 raise ConfigError(
                     "compression and max_shard_samples apply to offline teachers (out_path)"
                 )
-            from ._online_teacher import TeacherServer
+            from ._online import TeacherServer
 
             self._server = TeacherServer(
                 host=host,
@@ -134,11 +100,10 @@ class Teacher:
                 timeout=self._timeout,
                 use_fp16=self._use_fp16,
                 codecs=self._codecs,
-                **online_options,
-            )
-        elif online_options:
-            raise ConfigError(
-                f"unexpected options for an offline teacher: {sorted(online_options)}"
+                prefetch_batches=check_int("prefetch_batches", prefetch_batches, unit="batches"),
+                heartbeat_interval=heartbeat_interval,
+                heartbeat_timeout=heartbeat_timeout,
+                coalesce_bytes=check_int("coalesce_bytes", coalesce_bytes, unit="bytes"),
             )
 
     # -- common ---------------------------------------------------------------------------
@@ -216,8 +181,7 @@ class Teacher:
     def serve_rounds(self, make_round: RoundFactory, times: int = 1) -> None:
         """Like :meth:`serve`, from a round factory ``make_round(start_sample) -> chunks``."""
         self._check_open()
-        if isinstance(times, bool) or not isinstance(times, int) or times < 1:
-            raise ConfigError(f"times must be a positive integer, got {times!r}")
+        times = check_int("times", times, unit="rounds")
         if self._server is not None:
             self._server.serve_rounds(make_round, times)
             return
@@ -249,14 +213,16 @@ class Teacher:
                 queries only (online).
             exe: ``None`` (CPU), a device such as ``"cuda:0"``, a list of devices, or a number of
                 CPU workers (data-parallel, knowledge still in reader order).
-            buf_size: bound on batches in flight (default 10).
+            buf_size: bound on reader batches in the prediction pipeline (read and not yet
+                handed out), default 10: the backpressure of the service.
             use_fp16: store / send float knowledge as float16 (default: the constructor's setting).
             times: rounds to serve online (offline: one round is dumped).
             progress: show a progress bar of samples (default: only when stderr is a terminal).
         """
-        from ._service import make_query_handler, make_round_factory, validate_service_args
+        from ._service import make_query_handler, make_round_factory
 
         self._check_open()
+        spec = ServiceSpec(tuple(feed_list), schema, program, reader_config, exe, buf_size)
         if use_fp16 is not None and bool(use_fp16) != self._use_fp16:
             if self._writer is not None and self._writer.num_batches:
                 raise ConfigError(
@@ -266,24 +232,16 @@ class Teacher:
             self._use_fp16 = bool(use_fp16)
             if self._server is not None:
                 self._server.set_use_fp16(self._use_fp16)
-        validate_service_args(feed_list, schema, program, reader_config, exe, buf_size)
-        if reader_config is None:
+        if spec.reader_config is None:
             if self._server is None:
                 raise ConfigError(
                     "reader_config=None (query mode) needs an online teacher (out_port)"
                 )
-            self._server.serve_queries(make_query_handler(feed_list, schema, program, exe))
+            self._server.serve_queries(make_query_handler(spec))
             return
         label = "dumping knowledge" if self._server is None else "serving knowledge"
-        make_round = with_progress(
-            make_round_factory(feed_list, schema, program, reader_config, exe, buf_size),
-            label,
-            progress,
-        )
-        if self._server is None:
-            self.serve_rounds(make_round, times=1)
-        else:
-            self.serve_rounds(make_round, times=times)
+        make_round = with_progress(make_round_factory(spec), label, progress)
+        self.serve_rounds(make_round, times=1 if self._server is None else times)
 
     # -- online messages ------------------------------------------------------------------
 

@@ -61,7 +61,7 @@ class CausalLMTopK:
         pad_token_id: int = 0,
     ) -> None:
         torch = _torch()
-        from .torch import TorchProgram
+        from ._service.torch_program import TorchProgram
 
         if not isinstance(model, torch.nn.Module):
             raise ConfigError(

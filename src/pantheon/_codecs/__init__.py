@@ -1,0 +1,52 @@
+"""Codecs: how each knowledge field is stored on disk and sent on the wire.
+
+The seam of the codec layer. Files (:mod:`pantheon._files`) and the wire
+(:mod:`pantheon._online`) both go through :func:`resolve_codecs`, :func:`encode_batch` and
+:func:`decode_batch`; codecs are rebuilt from specs only through the registry
+(:func:`codec_from_spec`). Built in: :class:`Cast` (``"cast"``) and :class:`TopK`
+(``"topk"``, with :class:`SparseTopK`, its sparse form).
+"""
+
+from __future__ import annotations
+
+from .base import (
+    FLOAT_DTYPES,
+    Codec,
+    CodecFactory,
+    codec_from_spec,
+    register_codec,
+    registered_codecs,
+)
+from .batch import (
+    PartKey,
+    StoredParts,
+    column_name,
+    decode_batch,
+    decode_field,
+    encode_batch,
+    resolve_codecs,
+)
+from .cast import CAST_ALIASES, Cast
+from .topk import SparseTopK, TopK, index_dtype, unpack_indices
+
+__all__ = [
+    "CAST_ALIASES",
+    "FLOAT_DTYPES",
+    "Cast",
+    "Codec",
+    "CodecFactory",
+    "PartKey",
+    "SparseTopK",
+    "StoredParts",
+    "TopK",
+    "codec_from_spec",
+    "column_name",
+    "decode_batch",
+    "decode_field",
+    "encode_batch",
+    "index_dtype",
+    "register_codec",
+    "registered_codecs",
+    "resolve_codecs",
+    "unpack_indices",
+]

@@ -1,0 +1,23 @@
+"""Online knowledge: the teacher's server and the student's source for one online teacher.
+
+The seam of the online layer, built on the wire (:mod:`pantheon._wire`) and the codecs:
+:class:`TeacherServer` accepts and authenticates students and streams rounds with credits or
+answers queries; :class:`OnlineSource` is one online teacher (one address or replicas) as the
+student sees it, reconnecting and resuming from the first sample it does not hold.
+"""
+
+from __future__ import annotations
+
+from .payload import decode_payload, decode_plain, encode_chunks
+from .producer import Producer
+from .server import TeacherServer
+from .source import OnlineSource
+
+__all__ = [
+    "OnlineSource",
+    "Producer",
+    "TeacherServer",
+    "decode_payload",
+    "decode_plain",
+    "encode_chunks",
+]

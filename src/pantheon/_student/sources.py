@@ -1,0 +1,136 @@
+"""Where a student's knowledge comes from: one :class:`Source` per registered teacher.
+
+A source opens *rounds*: ``open_round(round_index, start_sample)`` returns a
+:class:`RoundStream` whose ``next_chunk`` yields the round's chunks from ``start_sample`` on,
+then ``None`` once the round has explicitly ended. Offline sources replay their file every
+round; online sources ask their teacher for the round (see ``_online_student.py``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from .._errors import ConfigError
+from .._files import KnowledgeFile
+from .._knowledge import Chunk, Description
+
+__all__ = ["FileSource", "OnlineCapable", "RoundStream", "Source"]
+
+
+@runtime_checkable
+class RoundStream(Protocol):
+    """The chunks of one round of one teacher."""
+
+    def next_chunk(self, timeout: float) -> Chunk | None:
+        """The next chunk, or ``None`` when the round has ended. Waits at most ``timeout`` s."""
+        ...
+
+    def close(self) -> None:
+        """Abandon the rest of the round."""
+        ...
+
+
+@runtime_checkable
+class Source(Protocol):
+    """One registered teacher, as the student sees it."""
+
+    name: str
+
+    def start(self, timeout: float) -> None:
+        """Open or connect, waiting at most ``timeout`` seconds."""
+        ...
+
+    def desc(self, timeout: float) -> Description:
+        """The teacher's knowledge description (original dtypes)."""
+        ...
+
+    def open_round(self, round_index: int, start_sample: int) -> RoundStream:
+        """Start streaming round ``round_index`` from sample ``start_sample``."""
+        ...
+
+    def stats(self) -> Mapping[str, Any]:
+        """Counters of this teacher (bytes received, reconnects, ...)."""
+        ...
+
+    def close(self) -> None:
+        """Release everything."""
+        ...
+
+
+@runtime_checkable
+class OnlineCapable(Source, Protocol):
+    """A source that is a live teacher: it answers queries, exchanges user messages and is told
+    when the training loop has consumed a round."""
+
+    def submit(self, qid: int, query: Chunk) -> None:
+        """Send query ``qid`` (the student's own feed batch)."""
+        ...
+
+    def answer(self, qid: int, timeout: float) -> Chunk:
+        """The knowledge answering query ``qid`` (waits at most ``timeout`` s)."""
+        ...
+
+    def ack_round(self, round_index: int) -> None:
+        """Tell the teacher that the training loop holds every sample of ``round_index``."""
+        ...
+
+    def send_user(self, data: Any, timeout: float) -> None:
+        """Send one user message to the teacher."""
+        ...
+
+    def recv_user(self, timeout: float) -> Any:
+        """The next user message from the teacher."""
+        ...
+
+
+class _IterStream:
+    """A round stream over an iterator of chunks (offline files: the reading happens in the caller)."""
+
+    def __init__(self, chunks: Iterator[Chunk]) -> None:
+        self._chunks = chunks
+
+    def next_chunk(self, timeout: float) -> Chunk | None:
+        return next(self._chunks, None)
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+
+class FileSource:
+    """An offline teacher: a knowledge file (or a directory of shards), replayed every round."""
+
+    def __init__(
+        self, index: int, path: str | os.PathLike[str], *, sparse_topk: bool = False
+    ) -> None:
+        self.path = Path(path)
+        self._sparse_topk = sparse_topk
+        self.name = f"teacher {index} ({self.path})"
+        self._file: KnowledgeFile | None = None
+
+    def start(self, timeout: float) -> None:
+        if self._file is None:
+            self._file = KnowledgeFile(self.path, sparse_topk=self._sparse_topk)
+
+    def _opened(self) -> KnowledgeFile:
+        if self._file is None:
+            raise ConfigError(f"{self.name} is not open: call Student.start() first")
+        return self._file
+
+    def desc(self, timeout: float) -> Description:
+        return self._opened().desc
+
+    def open_round(self, round_index: int, start_sample: int) -> RoundStream:
+        return _IterStream(self._opened().iter_chunks(start_sample))
+
+    def stats(self) -> Mapping[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None

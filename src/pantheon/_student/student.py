@@ -1,0 +1,447 @@
+"""The Student: registers teachers, merges and re-batches their knowledge for a training loop."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Literal
+
+from .._errors import ClosedError, ConfigError
+from .._knowledge import Description, Knowledge, Ragged
+from .._wire import Heartbeat
+from .assembler import Assembler, QueryAssembler, RoundAssembler
+from .merge import MergePlan, build_plan
+from .sources import FileSource, Source
+
+__all__ = ["Student"]
+
+RaggedFormat = Literal["ragged", "padded", "list"]
+_STATE_VERSION = 1
+
+
+def _format_batch(data: Knowledge, ragged: RaggedFormat) -> dict[str, Any]:
+    """The batch handed to the training loop.
+
+    Every batch's dict is built afresh for it by the assembler (a decoded, sliced or merged
+    chunk that nothing else holds), so it is handed out as it is unless ragged fields are
+    converted.
+    """
+    if ragged == "ragged":
+        return data
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Ragged):
+            out[key] = value.padded() if ragged == "padded" else value.to_list()
+        else:
+            out[key] = value
+    return out
+
+
+class Student:
+    """The student: receives, merges and re-batches the knowledge of its teachers.
+
+    Args:
+        merge_strategy: key -> how to merge a key that several teachers produce: ``"sum"``,
+            ``"mean"``, ``"max"``, ``"min"``, ``("mean", [w0, w1, ...])`` (weighted mean, one weight
+            per teacher holding the key, in registration order) or a callable
+            ``f(list_of_arrays) -> array``. A key shared without a strategy is an error.
+        token: shared secret for online teachers (default: the ``PANTHEON_TOKEN`` environment
+            variable, else none).
+        timeout: seconds any single wait may last (connecting, a teacher's next batch), default 300.
+        read_ahead: student batches assembled ahead of the training loop (default 8).
+        sparse_topk: hand knowledge stored with the top-k codec as
+            :class:`~pantheon.SparseTopK` (values + indices, for a loss such as
+            :func:`pantheon.torch.topk_kl`) instead of densifying it (default False). Sparse
+            keys cannot be merged across teachers.
+        heartbeat_interval: online: seconds of silence after which a PING is sent (default 1).
+        heartbeat_timeout: online: seconds without any message after which a teacher is
+            declared dead or frozen and reconnected to (default 10).
+
+    Usage, as the seed::
+
+        student = Student(merge_strategy={"result": "sum"})
+        student.register_teacher(in_path="teacher1.arrow")
+        student.register_teacher(in_path="teacher2.arrow")
+        student.start()
+        gen = student.get_knowledge_generator(batch_size=32)
+        for batch in gen():
+            ...
+    """
+
+    def __init__(
+        self,
+        merge_strategy: Mapping[str, Any] | None = None,
+        *,
+        token: str | bytes | None = None,
+        timeout: float = 300.0,
+        read_ahead: int = 8,
+        sparse_topk: bool = False,
+        heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float = 10.0,
+    ) -> None:
+        if merge_strategy is not None and not isinstance(merge_strategy, Mapping):
+            raise ConfigError(
+                f"merge_strategy must be a dict of key -> strategy, got {type(merge_strategy).__name__}"
+            )
+        if timeout <= 0:
+            raise ConfigError(f"timeout must be > 0 seconds, got {timeout!r}")
+        if read_ahead < 1:
+            raise ConfigError(f"read_ahead must be >= 1 batch, got {read_ahead!r}")
+        self._merge_strategy = dict(merge_strategy or {})
+        self._token = token
+        self._timeout = float(timeout)
+        self._read_ahead = int(read_ahead)
+        self._sparse_topk = bool(sparse_topk)
+        self._heartbeat = Heartbeat(heartbeat_interval, heartbeat_timeout)
+        self._sources: list[Source] = []
+        self._plan: MergePlan | None = None
+        self._started = False
+        self._closed = False
+        self._round = 0  # rounds finished
+        self._position = 0  # samples of the current round already handed to the training loop
+        self._assembler: Assembler | None = None
+        self._lock = threading.Lock()
+        self._stats = {"batches": 0, "samples": 0, "rounds": 0, "wait_seconds": 0.0}
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("this Student is closed; create a new one")
+
+    def register_teacher(
+        self,
+        in_path: str | os.PathLike[str] | None = None,
+        in_address: str | list[str] | None = None,
+    ) -> int:
+        """Register a teacher and return its id (0, 1, ... in registration order).
+
+        Args:
+            in_path: an offline teacher's knowledge file (or directory of shards).
+            in_address: an online teacher's ``"host:port"``.
+
+        Exactly one of the two must be given.
+        """
+        self._check_open()
+        if self._started:
+            raise ConfigError("register_teacher() must be called before start()")
+        if (in_path is None) == (in_address is None):
+            raise ConfigError(
+                "register_teacher() needs exactly one of in_path (offline knowledge file) or "
+                f"in_address (online teacher 'host:port'), got in_path={in_path!r}, "
+                f"in_address={in_address!r}"
+            )
+        index = len(self._sources)
+        if in_path is not None:
+            self._sources.append(FileSource(index, in_path, sparse_topk=self._sparse_topk))
+        else:
+            self._sources.append(self._online_source(index, in_address))
+        return index
+
+    def _online_source(self, index: int, address: Any) -> Source:
+        from .._online import OnlineSource
+
+        return OnlineSource(
+            index,
+            address,
+            token=self._token,
+            timeout=self._timeout,
+            sparse_topk=self._sparse_topk,
+            heartbeat=self._heartbeat,
+        )
+
+    def start(self, timeout: float | None = None) -> None:
+        """Open every offline teacher and connect to every online one (waits ``timeout`` s).
+
+        Teachers may start before or after the student: connecting retries until ``timeout``
+        (default: the student's ``timeout``).
+        """
+        self._check_open()
+        if self._started:
+            return
+        if not self._sources:
+            raise ConfigError("no teacher registered: call register_teacher() before start()")
+        wait = self._timeout if timeout is None else float(timeout)
+        for source in self._sources:
+            source.start(wait)
+        self._started = True
+
+    def _ensure_plan(self, timeout: float | None = None) -> MergePlan:
+        if not self._started:
+            self.start()
+        if self._plan is None:
+            wait = self._timeout if timeout is None else float(timeout)
+            descs = [s.desc(wait) for s in self._sources]
+            self._plan = build_plan(descs, [s.name for s in self._sources], self._merge_strategy)
+        return self._plan
+
+    def get_knowledge_desc(self, timeout: float | None = None) -> Description:
+        """The merged description: ``{name: {"shape", "dtype", "lod_level"}}`` in order.
+
+        Online teachers are waited for (at most ``timeout`` s) until they know their description.
+        """
+        self._check_open()
+        return {k: dict(v) for k, v in self._ensure_plan(timeout).desc.items()}
+
+    def get_knowledge_qsize(self) -> int:
+        """Merged batches ready and waiting in the read-ahead queue."""
+        assembler = self._assembler
+        return assembler.qsize() if assembler is not None else 0
+
+    # -- knowledge ------------------------------------------------------------------------
+
+    def get_knowledge_generator(
+        self,
+        batch_size: int,
+        drop_last: bool = False,
+        *,
+        ragged: RaggedFormat = "ragged",
+        timeout: float | None = None,
+        queries: Any = None,
+    ) -> Callable[[], Iterator[dict[str, Any]]]:
+        """A reader creator over one round of knowledge, used as in the seed.
+
+        ``gen = student.get_knowledge_generator(batch_size=32)`` then ``for batch in gen():``.
+        Each batch is a dict of arrays with ``batch_size`` samples (the last may be shorter
+        unless ``drop_last``). Calling ``gen()`` iterates the student's current round from where
+        it stands: a round left unfinished (the loop broke out) is continued by the next call,
+        and a finished round is followed by the next one (online teachers serve ``times`` rounds;
+        offline files are replayed).
+
+        Args:
+            batch_size: samples per batch (> 0).
+            drop_last: drop the last batch of a round if shorter than ``batch_size``.
+            ragged: how variable-length fields are handed out: ``"ragged"`` (a
+                :class:`~pantheon.Ragged`, default), ``"padded"`` (a pair ``(padded_array,
+                lengths)``, padding with 0) or ``"list"`` (a list of per-sample arrays).
+            timeout: seconds to wait for each batch (default: the student's ``timeout``).
+            queries: query mode: an iterable of the student's own batches (dicts of arrays).
+                They are re-batched to ``batch_size``, sent to every (online) teacher with
+                several in flight, and each yielded batch holds the query's fields plus the
+                merged knowledge answering it, in order.
+        """
+        self._check_open()
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if ragged not in ("ragged", "padded", "list"):
+            raise ConfigError(f"ragged must be 'ragged', 'padded' or 'list', got {ragged!r}")
+        wait = self._timeout if timeout is None else float(timeout)
+        if queries is not None:
+
+            def query_reader() -> Iterator[dict[str, Any]]:
+                return self._iterate_queries(queries, batch_size, bool(drop_last), ragged, wait)
+
+            return query_reader
+        self._ensure_plan()
+
+        def reader() -> Iterator[dict[str, Any]]:
+            return self._iterate_round(batch_size, bool(drop_last), ragged, wait)
+
+        return reader
+
+    def _iterate_round(
+        self, batch_size: int, drop_last: bool, ragged: RaggedFormat, timeout: float
+    ) -> Iterator[dict[str, Any]]:
+        self._check_open()
+        plan = self._ensure_plan()
+
+        def make() -> Assembler:
+            streams = [s.open_round(self._round, self._position) for s in self._sources]
+            return RoundAssembler(
+                streams,
+                [s.name for s in self._sources],
+                plan,
+                batch_size=batch_size,
+                drop_last=drop_last,
+                maxsize=self._read_ahead,
+                timeout=timeout,
+            )
+
+        return self._drain(self._replace_assembler(make), ragged, timeout, in_round=True)
+
+    def _replace_assembler(self, make: Callable[[], Assembler]) -> Assembler:
+        """Stop the running read-ahead (a generator left mid-way) and start ``make()``'s."""
+        with self._lock:
+            if self._assembler is not None:
+                self._assembler.stop()
+            self._assembler = make()
+            return self._assembler
+
+    def _drain(
+        self, assembler: Assembler, ragged: RaggedFormat, timeout: float, *, in_round: bool
+    ) -> Iterator[dict[str, Any]]:
+        """Hand the assembler's batches to the training loop, counting; stop it at the end."""
+        try:
+            while True:
+                t0 = time.perf_counter()
+                chunk = assembler.get(timeout)
+                self._stats["wait_seconds"] += time.perf_counter() - t0
+                if chunk is None:
+                    if in_round:
+                        self._finish_round()
+                    return
+                n = len(chunk.ids)
+                if in_round:
+                    self._position += n
+                self._stats["batches"] += 1
+                self._stats["samples"] += n
+                yield _format_batch(chunk.data, ragged)
+        finally:
+            assembler.stop()
+            with self._lock:
+                if self._assembler is assembler:
+                    self._assembler = None
+
+    def _finish_round(self) -> None:
+        for source in self._sources:
+            ack = getattr(source, "ack_round", None)
+            if ack is not None:
+                ack(self._round)
+        self._round += 1
+        self._position = 0
+        self._stats["rounds"] += 1
+
+    def _iterate_queries(
+        self, queries: Any, batch_size: int, drop_last: bool, ragged: RaggedFormat, timeout: float
+    ) -> Iterator[dict[str, Any]]:
+        self._check_open()
+        if not self._started:
+            self.start()
+        offline = [s.name for s in self._sources if not hasattr(s, "submit")]
+        if offline:
+            raise ConfigError(
+                f"query mode needs online teachers; {', '.join(offline)} are knowledge files. "
+                "Use same-order mode (no queries=) with offline teachers"
+            )
+
+        def plan_for() -> MergePlan:
+            return self._ensure_plan(timeout)
+
+        def make() -> Assembler:
+            return QueryAssembler(
+                self._sources,
+                [s.name for s in self._sources],
+                plan_for,
+                queries,
+                batch_size=batch_size,
+                drop_last=drop_last,
+                window=self._read_ahead,
+                maxsize=self._read_ahead,
+                timeout=timeout,
+            )
+
+        return self._drain(self._replace_assembler(make), ragged, timeout, in_round=False)
+
+    # -- messages -------------------------------------------------------------------------
+
+    def _online(self, teacher_id: int) -> Any:
+        if not 0 <= teacher_id < len(self._sources):
+            raise ConfigError(
+                f"no teacher with id {teacher_id}: registered ids are 0..{len(self._sources) - 1}"
+            )
+        source = self._sources[teacher_id]
+        if not hasattr(source, "send_user"):
+            raise ConfigError(f"{source.name} is offline: send()/recv() need an online teacher")
+        if not self._started:
+            self.start()
+        return source
+
+    def send(
+        self, data: Any, teacher_ids: int | list[int] | None = None, timeout: float | None = None
+    ) -> None:
+        """Send one message (None/bool/int/float/str/bytes/list/tuple/dict/arrays) to teachers.
+
+        Args:
+            data: the value (never pickled).
+            teacher_ids: a teacher id or a list of them; default: every online teacher.
+            timeout: seconds to wait for a connection (default: the student's ``timeout``).
+        """
+        self._check_open()
+        if teacher_ids is None:
+            ids = [i for i, s in enumerate(self._sources) if hasattr(s, "send_user")]
+        elif isinstance(teacher_ids, int):
+            ids = [teacher_ids]
+        else:
+            ids = list(teacher_ids)
+        wait = self._timeout if timeout is None else float(timeout)
+        for i in ids:
+            self._online(i).send_user(data, wait)
+
+    def recv(self, teacher_id: int, timeout: float | None = None) -> Any:
+        """Receive one message that teacher ``teacher_id`` sent with ``Teacher.send``."""
+        self._check_open()
+        wait = self._timeout if timeout is None else float(timeout)
+        return self._online(teacher_id).recv_user(wait)
+
+    # -- resume ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The student's position: round and samples of that round already handed out.
+
+        Save it with your checkpoint; ``load_state_dict`` on a new Student resumes exactly there.
+        """
+        return {
+            "version": _STATE_VERSION,
+            "round": self._round,
+            "position": self._position,
+            "teachers": [s.name for s in self._sources],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from a :meth:`state_dict`: the next generator starts at that round and sample."""
+        self._check_open()
+        try:
+            version, rnd, pos = int(state["version"]), int(state["round"]), int(state["position"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"not a Student state_dict: expected keys version, round, position; got {state!r}"
+            ) from exc
+        if version != _STATE_VERSION:
+            raise ConfigError(
+                f"state_dict version {version} is not supported (expected {_STATE_VERSION})"
+            )
+        if rnd < 0 or pos < 0:
+            raise ConfigError(f"state_dict round and position must be >= 0, got {rnd}, {pos}")
+        if self._assembler is not None:
+            self._assembler.stop()
+            self._assembler = None
+        self._round, self._position = rnd, pos
+
+    def stats(self) -> dict[str, Any]:
+        """Counters: batches, samples and rounds handed out, seconds the training loop waited."""
+        out: dict[str, Any] = dict(self._stats)
+        out["qsize"] = self.get_knowledge_qsize()
+        for source in self._sources:
+            extra = getattr(source, "stats", None)
+            if callable(extra):
+                for key, value in extra().items():
+                    out[key] = out.get(key, 0) + value if isinstance(value, (int, float)) else value
+        return out
+
+    # -- lifetime -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop reading and disconnect from every teacher (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._assembler is not None:
+            self._assembler.stop()
+            self._assembler = None
+        for source in self._sources:
+            source.close()
+
+    def __enter__(self) -> Student:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            if not self._closed:
+                self.close()
+        except Exception:  # noqa: S110 - best effort at interpreter shutdown
+            pass

@@ -1,0 +1,138 @@
+"""Helpers of the bottom layer: argument checks, deadlines, waits and retry back-off.
+
+Everything here is used by several layers; nothing here imports another Pantheon module but
+the exception tree.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ._errors import ConfigError
+
+__all__ = ["Backoff", "Deadline", "check_int", "check_seconds", "wait_until"]
+
+
+def check_int(name: str, value: Any, *, minimum: int = 1, unit: str = "") -> int:
+    """``value`` as an ``int`` if it is an integer (``int`` or a numpy integer, not a bool) of at
+    least ``minimum``.
+
+    Args:
+        name: the argument's name, for the message.
+        value: what the caller gave.
+        minimum: the smallest accepted value (default 1: a positive integer).
+        unit: what the number counts (``"samples"``, ``"batches"``), for the message.
+
+    Raises:
+        ConfigError: naming the argument, what was expected and what came.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(
+            f"{name} must be an integer >= {minimum}{' ' + unit if unit else ''}, "
+            f"got {type(value).__name__} {value!r}"
+        )
+    if value < minimum:
+        raise ConfigError(
+            f"{name} must be an integer >= {minimum}{' ' + unit if unit else ''}, got {value!r}"
+        )
+    return int(value)
+
+
+def check_seconds(name: str, value: Any, *, allow_none: bool = False) -> float | None:
+    """``value`` as a float number of seconds > 0 (``None`` accepted when ``allow_none``).
+
+    Raises:
+        ConfigError: not a finite number > 0.
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise ConfigError(f"{name} must be a number of seconds > 0, got {value!r}")
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{name} must be a number of seconds > 0, got {value!r}")
+    return seconds
+
+
+class Deadline:
+    """A point in ``time.monotonic()`` time, from a timeout in seconds (``None``: no limit).
+
+    Args:
+        timeout: seconds from now, or ``None`` for a deadline that never passes.
+    """
+
+    __slots__ = ("at", "timeout")
+
+    def __init__(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.at = None if timeout is None else time.monotonic() + max(0.0, float(timeout))
+
+    def left(self) -> float:
+        """Seconds left (``math.inf`` without a limit, never negative)."""
+        if self.at is None:
+            return math.inf
+        return max(0.0, self.at - time.monotonic())
+
+    @property
+    def expired(self) -> bool:
+        """Whether the deadline has passed."""
+        return self.at is not None and time.monotonic() >= self.at
+
+    def cap(self, seconds: float) -> float:
+        """The seconds to wait now: what is left, at most ``seconds``."""
+        return min(self.left(), seconds)
+
+
+def wait_until(
+    cond: threading.Condition,
+    ready: Callable[[], bool],
+    deadline: Deadline,
+    *,
+    poll: float = 0.5,
+) -> bool:
+    """With ``cond`` held, wait until ``ready()`` is true or ``deadline`` passes.
+
+    ``ready`` is re-checked on every notification and at least every ``poll`` seconds (so a
+    state change that nobody notified is still seen); it may raise to end the wait with an
+    error (a peer that failed, a closed object). Returns whether ``ready()`` became true; the
+    caller raises its own timeout error, which names what it waited for.
+    """
+    while not ready():
+        left = deadline.left()
+        if left <= 0:
+            return False
+        cond.wait(min(left, poll))
+    return True
+
+
+class Backoff:
+    """Delays between retries: ``first`` seconds, doubling up to ``cap`` (0.05 s to 0.5 s).
+
+    Args:
+        first: the first delay, seconds (default 0.05).
+        cap: the longest delay, seconds (default 0.5).
+    """
+
+    __slots__ = ("_cap", "_next")
+
+    def __init__(self, first: float = 0.05, cap: float = 0.5) -> None:
+        self._next = first
+        self._cap = cap
+
+    def sleep(self, deadline: Deadline, stop: threading.Event | None = None) -> bool:
+        """Sleep for the next delay (never past ``deadline``); False if no time is left or
+        ``stop`` was set meanwhile."""
+        delay = deadline.cap(self._next)
+        self._next = min(self._next * 2, self._cap)
+        if delay <= 0:
+            return False
+        if stop is not None:
+            return not stop.wait(delay)
+        time.sleep(delay)
+        return True

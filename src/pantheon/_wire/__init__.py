@@ -1,0 +1,105 @@
+"""The wire: framing, transports, values, authentication and sessions.
+
+The seam of the wire layer, in the way ``distributed.comm`` is built: :mod:`.core` defines the
+interfaces (:class:`Connection`, :class:`ByteStream`, :class:`MsgType`, :class:`Message`) and
+never imports a transport; :mod:`.framing` puts the message framing on any byte stream;
+:mod:`.tcp` and :mod:`.inproc` are the transports; this module wires them together. Above
+them: no-pickle values (:mod:`.values`), knowledge chunks (:mod:`.chunks`), the token
+handshake (:mod:`.auth`) and live sessions with heartbeats (:mod:`.session`).
+``docs/protocol.md`` gives every byte.
+"""
+
+from __future__ import annotations
+
+from .auth import (
+    HANDSHAKE_MAX_BYTES,
+    NONCE_BYTES,
+    TOKEN_ENV,
+    check_bind,
+    client_handshake,
+    mac_input,
+    resolve_token,
+    server_handshake,
+)
+from .buffers import BufferPool
+from .chunks import decode_parts, encode_parts
+from .core import (
+    DEFAULT_MAX_FRAMES,
+    DEFAULT_MAX_HEADER_BYTES,
+    DEFAULT_MAX_MESSAGE_BYTES,
+    FRAME_ALIGN,
+    FRAME_FORMAT,
+    MAGIC,
+    PREFIX_SIZE,
+    PROTOCOL_VERSION,
+    Alloc,
+    Buffer,
+    ByteStream,
+    Connection,
+    Message,
+    MsgType,
+    SendTimeout,
+)
+from .framing import StreamConnection
+from .inproc import InprocConnection, PipeStream, inproc_pair, pipe_pair
+from .session import Heartbeat, Session, take_message
+from .tcp import (
+    Listener,
+    SocketStream,
+    TcpConnection,
+    connect,
+    connect_socket,
+    format_address,
+    listen,
+    listen_socket,
+    parse_address,
+)
+from .values import decode_value, encode_value
+
+__all__ = [
+    "DEFAULT_MAX_FRAMES",
+    "DEFAULT_MAX_HEADER_BYTES",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "FRAME_ALIGN",
+    "FRAME_FORMAT",
+    "HANDSHAKE_MAX_BYTES",
+    "MAGIC",
+    "NONCE_BYTES",
+    "PREFIX_SIZE",
+    "PROTOCOL_VERSION",
+    "TOKEN_ENV",
+    "Alloc",
+    "Buffer",
+    "BufferPool",
+    "ByteStream",
+    "Connection",
+    "Heartbeat",
+    "InprocConnection",
+    "Listener",
+    "Message",
+    "MsgType",
+    "PipeStream",
+    "SendTimeout",
+    "Session",
+    "SocketStream",
+    "StreamConnection",
+    "TcpConnection",
+    "check_bind",
+    "client_handshake",
+    "connect",
+    "connect_socket",
+    "decode_parts",
+    "decode_value",
+    "encode_parts",
+    "encode_value",
+    "format_address",
+    "inproc_pair",
+    "listen",
+    "listen_socket",
+    "mac_input",
+    "parse_address",
+    "pipe_pair",
+    "resolve_token",
+    "server_handshake",
+    "take_message",
+]

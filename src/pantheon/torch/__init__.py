@@ -1,0 +1,32 @@
+"""PyTorch adapter: torch teachers for the knowledge service, student-side datasets, KD losses.
+
+Importing this module imports ``torch`` (``pip install 'pantheon-kd[torch]'``); the rest of
+Pantheon never does unless a torch program is used.
+
+* :class:`TorchProgram` runs a ``torch.nn.Module`` (or a TorchScript file) as a knowledge
+  service program; ``Teacher.start_knowledge_service`` wraps a module in it automatically.
+* :class:`KnowledgeDataset` wraps a student's knowledge generator as an ``IterableDataset``.
+* Losses: :func:`soft_target_kl`, :func:`topk_kl`, :func:`feature_mse`.
+"""
+
+from __future__ import annotations
+
+from .._errors import missing_extra
+
+try:
+    import torch  # noqa: F401 - the extra's dependency, imported first for a clear error
+except ImportError as _exc:  # pragma: no cover - exercised only without torch
+    raise missing_extra("torch", "torch", feature="pantheon.torch") from _exc
+
+from .._service.torch_program import TorchProgram, to_tensor
+from ._data import KnowledgeDataset
+from ._losses import feature_mse, soft_target_kl, topk_kl
+
+__all__ = [
+    "KnowledgeDataset",
+    "TorchProgram",
+    "feature_mse",
+    "soft_target_kl",
+    "to_tensor",
+    "topk_kl",
+]

@@ -1,0 +1,81 @@
+"""Smoke tests of ``benchmarks/offline.py``: it runs and reports its table (never its timings)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "offline.py"
+READERS = ["student", "pyarrow", "pickle"]
+
+
+def _number(cell: str) -> float:
+    value = float(cell.replace(",", ""))
+    assert math.isfinite(value)
+    return value
+
+
+def test_quick_run_prints_the_table_and_verdicts(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("offline read, 64 MiB of 256x1000 float32 logits")
+    assert "medians of 3 interleaved runs" in lines[0]
+    assert lines[1].split() == ["reader", "MB/s", "batches/s", "x", "pyarrow", "x", "pickle"]
+    assert set(lines[2]) == {"-", " "}
+    rows = [line.split() for line in lines[3:6]]
+    assert [r[0] for r in rows] == READERS
+    for row in rows:
+        assert len(row) == 5
+        for cell in row[1:]:
+            _number(cell)
+    by_name = {r[0]: r for r in rows}
+    assert by_name["pyarrow"][3] == "1.00"
+    assert by_name["pickle"][4] == "1.00"
+    verdicts = lines[6:]
+    assert len(verdicts) == 2
+    assert verdicts[0].split()[0] in ("PASS", "FAIL")
+    assert "bare pyarrow" in verdicts[0]
+    assert verdicts[1].split()[0] in ("PASS", "FAIL")
+    assert "pickle format" in verdicts[1]
+    assert list(tmp_path.iterdir()) == []  # the data was removed
+
+
+def _load() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_offline", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # (it puts benchmarks/ on sys.path for its helpers)
+    return module
+
+
+def test_measure_returns_one_row_per_reader(tmp_path):
+    bench = _load()
+    rows = bench.measure(4 / 1024, 1, str(tmp_path))  # 4 MiB: 4 batches, one timed run
+    assert [r["reader"] for r in rows] == READERS
+    for row in rows:
+        assert set(row) == {
+            "reader",
+            "mb_s",
+            "batches_s",
+            "x_pyarrow",
+            "x_pickle",
+            "nbytes",
+            "batches",
+        }
+        assert row["batches"] == 4
+        assert row["nbytes"] == 4 * 256 * 1000 * 4
+    verdicts = bench.verdicts(rows)
+    assert len(verdicts) == 2
+    assert all(isinstance(text, str) and isinstance(met, bool) for text, met in verdicts)
+    assert list(tmp_path.iterdir()) == []

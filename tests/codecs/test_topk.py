@@ -1,0 +1,200 @@
+"""The top-k codec: sparse values + indices of large-vocabulary logits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pantheon import ConfigError, KnowledgeError, Ragged
+from pantheon._codecs import SparseTopK, TopK, codec_from_spec, registered_codecs, resolve_codecs
+from pantheon._knowledge import BFLOAT16, describe
+
+
+def logits(*shape: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def reference_topk(x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    order = np.argsort(-x, axis=-1, kind="stable")[..., :k]
+    return np.take_along_axis(x, order, axis=-1), order
+
+
+@pytest.mark.parametrize("shape", [(5, 50), (3, 4, 50)])
+def test_dense_round_trip(shape: tuple[int, ...]) -> None:
+    x = logits(*shape)
+    codec = TopK(7)
+    parts = codec.encode(x)
+    assert set(parts) == {"values", "indices"}
+    vals, idx = parts["values"], parts["indices"]
+    assert isinstance(vals, np.ndarray)
+    assert isinstance(idx, np.ndarray)
+    assert vals.shape == idx.shape == (*shape[:-1], 7)
+    assert vals.dtype == np.float16
+    assert idx.dtype == np.int16  # uint16 bits for a vocabulary <= 65536
+    ref_vals, ref_idx = reference_topk(x, 7)
+    np.testing.assert_array_equal(idx.view(np.uint16), ref_idx)
+    np.testing.assert_array_equal(vals, ref_vals.astype(np.float16))
+    field = describe({"x": x})["x"]
+    dense = codec.decode(parts, field)
+    assert isinstance(dense, np.ndarray)
+    assert dense.shape == x.shape
+    assert dense.dtype == np.float32
+    kept = np.isfinite(dense)
+    assert (kept.sum(axis=-1) == 7).all()
+    np.testing.assert_allclose(dense[kept], x[kept], rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(np.take_along_axis(kept, ref_idx, axis=-1), True)
+
+
+def test_ragged_round_trip_per_token() -> None:
+    field_value = Ragged.from_list([logits(3, 40, seed=1), logits(0, 40), logits(2, 40, seed=2)])
+    codec = TopK(5, values_dtype="float32")
+    parts = codec.encode(field_value)
+    vals, idx = parts["values"], parts["indices"]
+    assert isinstance(vals, Ragged)
+    assert isinstance(idx, Ragged)
+    assert vals.lengths.tolist() == idx.lengths.tolist() == [3, 0, 2]
+    assert vals.inner_shape == (5,)
+    ref_vals, ref_idx = reference_topk(field_value.values, 5)
+    np.testing.assert_array_equal(vals.values, ref_vals)
+    np.testing.assert_array_equal(idx.values.view(np.uint16), ref_idx)
+    field = describe({"l": field_value})["l"]
+    assert field == {"shape": [-1, -1, 40], "dtype": "float32", "lod_level": 1}
+    dense = codec.decode(parts, field)
+    assert isinstance(dense, Ragged)
+    assert dense.lengths.tolist() == [3, 0, 2]
+    expected = np.full_like(field_value.values, -np.inf)
+    np.put_along_axis(expected, ref_idx, ref_vals, axis=-1)
+    np.testing.assert_array_equal(dense.values, expected)
+
+
+def test_large_vocabulary_uses_int32_indices() -> None:
+    x = logits(2, 70_000)
+    parts = TopK(3).encode(x)
+    idx = parts["indices"]
+    assert isinstance(idx, np.ndarray)
+    assert idx.dtype == np.int32
+    np.testing.assert_array_equal(idx, reference_topk(x, 3)[1])
+    sparse = TopK(3).sparse(parts, describe({"x": x})["x"])
+    assert sparse.vocab_size == 70_000
+    assert sparse.indices.dtype == np.int32
+
+
+def test_log_softmax_values_and_custom_fill() -> None:
+    x = logits(4, 30)
+    codec = TopK(4, log_softmax=True, values_dtype="float32", fill=-1e4)
+    parts = codec.encode(x)
+    logp = x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    np.testing.assert_allclose(parts["values"], reference_topk(logp, 4)[0], rtol=1e-5, atol=1e-6)
+    dense = codec.decode(parts, describe({"x": x})["x"])
+    assert isinstance(dense, np.ndarray)
+    assert (dense == -1e4).sum() == 4 * 26
+
+
+def test_bfloat16_input_and_values() -> None:
+    x = logits(3, 20).astype(BFLOAT16)
+    codec = TopK(2, values_dtype="bfloat16")
+    parts = codec.encode(x)
+    assert parts["values"].dtype == BFLOAT16
+    dense = codec.decode(parts, describe({"x": x})["x"])
+    assert isinstance(dense, np.ndarray)
+    assert dense.dtype == BFLOAT16
+
+
+def test_sparse_topk_dense_and_codec_sparse() -> None:
+    x = logits(2, 3, 10)
+    codec = TopK(3)
+    sparse = codec.sparse(codec.encode(x), describe({"x": x})["x"])
+    assert isinstance(sparse, SparseTopK)
+    assert sparse.k == 3
+    assert sparse.indices.dtype == np.int32
+    probs = sparse.dense(fill=0.0, dtype=np.float32)
+    assert isinstance(probs, np.ndarray)
+    assert probs.shape == (2, 3, 10)
+    assert ((probs != 0).sum(axis=-1) == 3).all()
+    manual = SparseTopK(np.array([[1.0, 0.5]]), np.array([[4, 1]]), 6)
+    np.testing.assert_array_equal(manual.dense(fill=0.0), [[0, 0.5, 0, 0, 1.0, 0]])
+    with pytest.raises(KnowledgeError, match="same shape"):
+        SparseTopK(np.zeros((1, 2)), np.zeros((1, 3), np.int32), 5)
+    with pytest.raises(KnowledgeError, match="both"):
+        SparseTopK(Ragged.from_list([np.zeros((1, 2))]), np.zeros((1, 2), np.int32), 5)
+
+
+def test_spec_registry_and_resolve() -> None:
+    assert "topk" in registered_codecs()
+    codec = TopK(20, log_softmax=True)
+    spec = codec.spec()
+    assert spec == {
+        "name": "topk",
+        "k": 20,
+        "values_dtype": "float16",
+        "log_softmax": True,
+        "fill": None,
+    }
+    rebuilt = codec_from_spec(spec)
+    assert isinstance(rebuilt, TopK)
+    assert rebuilt.spec() == spec
+    default = codec_from_spec({"name": "topk"})
+    assert isinstance(default, TopK)
+    assert default.k == 20
+    with pytest.raises(ConfigError, match="also"):
+        codec_from_spec({"name": "topk", "k": 3, "code": "evil"})
+    desc = {"logits": {"shape": [-1, 100], "dtype": "float32", "lod_level": 0}}
+    assert isinstance(resolve_codecs(desc, {"logits": TopK(5)}, False)["logits"], TopK)
+    assert isinstance(resolve_codecs(desc, {"logits": "topk"}, False)["logits"], TopK)
+
+
+@pytest.mark.parametrize(
+    ("field", "match"),
+    [
+        ({"shape": [-1, 100], "dtype": "int64", "lod_level": 0}, "float"),
+        ({"shape": [-1], "dtype": "float32", "lod_level": 0}, "vocabulary"),
+        ({"shape": [-1, 3], "dtype": "float32", "lod_level": 0}, "at least 5"),
+        ({"shape": [-1, -1], "dtype": "float32", "lod_level": 1}, "vocabulary"),
+    ],
+)
+def test_check_rejects_fields_it_cannot_store(field: dict[str, Any], match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        TopK(5).check("logits", field)
+
+
+def test_encode_errors() -> None:
+    with pytest.raises(KnowledgeError, match="larger than"):
+        TopK(11).encode(logits(2, 10))
+    with pytest.raises(KnowledgeError, match="floats"):
+        TopK(1).encode(np.zeros((2, 3), np.int64))
+    with pytest.raises(KnowledgeError, match="vocabulary"):
+        TopK(1).encode(np.zeros(3, np.float32))
+    with pytest.raises(KnowledgeError, match="vocabulary"):
+        TopK(1).encode(Ragged.from_list([np.zeros(3, np.float32)]))
+    with pytest.raises(ConfigError, match="k must"):
+        TopK(0)
+    with pytest.raises(ConfigError, match="values_dtype"):
+        TopK(3, values_dtype="int8")
+
+
+def test_bytes_per_token_of_top20_of_32k_vocabulary() -> None:
+    tokens, vocab = 64, 32_000
+    x = logits(tokens, vocab)
+    parts = TopK(20).encode(x)
+    per_token = sum(np.asarray(p).nbytes for p in parts.values()) / tokens
+    assert per_token == 80  # float16 values + 2-byte indices
+    dense_fp16 = vocab * 2
+    assert per_token / dense_fp16 < 0.00126
+
+
+@pytest.mark.parametrize(
+    ("rows", "vocab", "k"), [(1, 1001, 20), (7, 333, 5), (40, 32_000, 20), (3, 64, 8)]
+)
+def test_candidate_filter_agrees_with_a_full_sort(rows: int, vocab: int, k: int) -> None:
+    rng = np.random.default_rng(rows)
+    x = rng.standard_normal((rows, vocab)).astype(np.float32)
+    x[0, : vocab // 2] = -np.inf  # a row half -inf
+    vals = TopK(k, values_dtype="float32").encode(x)["values"]
+    np.testing.assert_array_equal(vals, -np.sort(-x, axis=-1)[:, :k])
+    ties = rng.integers(0, 3, size=(rows, vocab)).astype(np.float32)  # heavy ties: fallback
+    tied = TopK(k, values_dtype="float32").encode(ties)
+    np.testing.assert_array_equal(tied["values"], -np.sort(-ties, axis=-1)[:, :k])
+    got = np.take_along_axis(ties, tied["indices"].view(np.uint16).astype(np.intp), axis=-1)
+    np.testing.assert_array_equal(got, tied["values"])
