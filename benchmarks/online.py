@@ -170,10 +170,10 @@ def run_manager(shape: tuple[int, int], seconds: float) -> Result:
 
 
 def _wire_sender(address: str, shape: tuple[int, int], seconds: float) -> None:
-    from pantheon._wire import client_handshake
-    from pantheon._knowledge import Chunk
     from pantheon._values import encode_chunk
-    from pantheon._wire import MsgType, connect
+
+    from pantheon._knowledge import Chunk
+    from pantheon._wire import MsgType, client_handshake, connect
 
     arr = _batch(shape)
     with connect(address, timeout=30) as conn:
@@ -190,9 +190,9 @@ def _wire_sender(address: str, shape: tuple[int, int], seconds: float) -> None:
 
 
 def run_wire(shape: tuple[int, int], seconds: float, *, pool: bool = False) -> Result:
-    from pantheon._wire import server_handshake
     from pantheon._values import decode_chunk
-    from pantheon._wire import BufferPool, MsgType, listen
+
+    from pantheon._wire import BufferPool, MsgType, listen, server_handshake
 
     alloc = BufferPool() if pool else None
 

@@ -32,9 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import torch
 
-from pantheon._codecs import Cast
+from pantheon._codecs import Cast, TopK
 from pantheon._service import make_round_factory
-from pantheon._codecs import TopK
 from pantheon.torch import TorchProgram
 
 

@@ -171,9 +171,7 @@ def test_parts_travel_as_key_part_pairs() -> None:
     }
     header, frames = encode_parts(np.arange(2), parts)
     header = msgpack.unpackb(msgpack.packb(header))
-    _, got = decode_parts(
-        header, [memoryview(bytearray(np.asarray(f).tobytes())) for f in frames]
-    )
+    _, got = decode_parts(header, [memoryview(bytearray(np.asarray(f).tobytes())) for f in frames])
     assert list(got) == list(parts)
     assert got[("logits@values", "")].tolist() == [[7], [7]]
     assert got[("logits", "values")].dtype == np.float16
