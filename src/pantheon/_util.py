@@ -32,16 +32,18 @@ def check_int(name: str, value: Any, *, minimum: int = 1, unit: str = "") -> int
     Raises:
         ConfigError: naming the argument, what was expected and what came.
     """
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(
-            f"{name} must be an integer >= {minimum}{' ' + unit if unit else ''}, "
-            f"got {type(value).__name__} {value!r}"
-        )
-    if value < minimum:
-        raise ConfigError(
-            f"{name} must be an integer >= {minimum}{' ' + unit if unit else ''}, got {value!r}"
-        )
-    return int(value)
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if ok and value >= minimum:
+        return int(value)
+    if minimum == 1:
+        want = "a positive integer"
+    elif minimum == 0:
+        want = "an integer >= 0"
+    else:
+        want = f"an integer >= {minimum}"
+    what = f" ({unit})" if unit else ""
+    got = repr(value) if ok else f"{type(value).__name__} {value!r:.100}"
+    raise ConfigError(f"{name} must be {want}{what}, got {got}")
 
 
 def check_seconds(name: str, value: Any, *, allow_none: bool = False) -> float | None:

@@ -69,7 +69,7 @@ def test_abandoned_generator_is_continued_without_loss(teacher_proc):
             seen.append(batch["x"].ravel())
             if i == 3:
                 break
-        assert student.state_dict()["position"] == 200
+        assert student.state_dict()["sample_in_round"] == 200
         seen.extend(b["x"].ravel() for b in student.get_knowledge_generator(batch_size=50)())
         assert np.array_equal(np.concatenate(seen), np.arange(500))
     assert proc.finish() == 0

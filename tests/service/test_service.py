@@ -183,7 +183,7 @@ def test_bad_reader_config(cfg: Any, match: str) -> None:
         ({"program": "model.bin"}, "onnx"),
         ({"program": "missing.onnx"}, "does not exist"),
         ({"exe": "gpu7"}, "unknown device"),
-        ({"exe": 0}, ">= 1"),
+        ({"exe": 0}, "must be a positive integer"),
         ({"exe": []}, "empty"),
         ({"buf_size": 0}, "buf_size"),
     ],

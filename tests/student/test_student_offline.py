@@ -106,7 +106,7 @@ def test_state_dict_resumes_a_round_exactly(tmp_path):
             if i == 2:
                 break
         state = s.state_dict()
-    assert state["round"] == 0 and state["position"] == 75
+    assert state["round"] == 0 and state["sample_in_round"] == 75
     with Student() as s2:
         s2.register_teacher(in_path=a)
         s2.load_state_dict(state)

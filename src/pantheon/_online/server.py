@@ -365,10 +365,14 @@ class TeacherServer:
                     session.send(MsgType.END_ROUND, {"sub": sub, "round": rnd, "samples": total})
                     return True
                 assert isinstance(item, list)
-                self._learn_desc(item[0])
+                try:
+                    self._learn_desc(item[0])
+                    header, frames = encode_chunks(item, self._codecs)
+                except PantheonError as exc:
+                    self._send_error(session, f"the teacher cannot send round {rnd}: {exc}")
+                    raise
                 if not self._take_credit(session):
                     return False
-                header, frames = encode_chunks(item, self._codecs)
                 header.update(sub=sub, round=rnd)
                 session.send(MsgType.DATA, header, frames)
                 n = sum(len(c.ids) for c in item)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import threading
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from .._errors import AlignmentError, PantheonTimeoutError
 from .._knowledge import Chunk, normalize_batch
+from .._util import Deadline, wait_until
 from .merge import MergePlan, merge_batches
 from .rebatch import Rebatcher
 from .sources import RoundStream
@@ -87,15 +87,11 @@ class _Handoff:
         try:
             item = items.popleft()
         except IndexError:
-            deadline = time.monotonic() + timeout
             with self._cond:
                 self._consumer_waiting = True
                 try:
-                    while not items:
-                        remaining = deadline - time.monotonic()
-                        if remaining <= 0:
-                            return None
-                        self._cond.wait(remaining)
+                    if not wait_until(self._cond, lambda: bool(items), Deadline(timeout)):
+                        return None
                 finally:
                     self._consumer_waiting = False
                 item = items.popleft()

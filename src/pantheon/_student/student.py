@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -10,15 +11,19 @@ from typing import Any, Literal
 
 from .._errors import ClosedError, ConfigError
 from .._knowledge import Description, Knowledge, Ragged
+from .._util import check_int, check_seconds
 from .._wire import Heartbeat
 from .assembler import Assembler, QueryAssembler, RoundAssembler
 from .merge import MergePlan, build_plan
-from .sources import FileSource, Source
+from .sources import FileSource, OnlineCapable, Source
 
 __all__ = ["Student"]
 
+log = logging.getLogger("pantheon")
+
 RaggedFormat = Literal["ragged", "padded", "list"]
-_STATE_VERSION = 1
+_STATE_VERSION = 2
+"""Version of :meth:`Student.state_dict`; version 1 (``position`` for ``sample_in_round``) loads."""
 
 
 def _format_batch(data: Knowledge, ragged: RaggedFormat) -> dict[str, Any]:
@@ -85,14 +90,12 @@ class Student:
             raise ConfigError(
                 f"merge_strategy must be a dict of key -> strategy, got {type(merge_strategy).__name__}"
             )
-        if timeout <= 0:
-            raise ConfigError(f"timeout must be > 0 seconds, got {timeout!r}")
-        if read_ahead < 1:
-            raise ConfigError(f"read_ahead must be >= 1 batch, got {read_ahead!r}")
+        seconds = check_seconds("timeout", timeout)
+        assert seconds is not None
         self._merge_strategy = dict(merge_strategy or {})
         self._token = token
-        self._timeout = float(timeout)
-        self._read_ahead = int(read_ahead)
+        self._timeout = seconds
+        self._read_ahead = check_int("read_ahead", read_ahead, unit="batches")
         self._sparse_topk = bool(sparse_topk)
         self._heartbeat = Heartbeat(heartbeat_interval, heartbeat_timeout)
         self._sources: list[Source] = []
@@ -100,7 +103,7 @@ class Student:
         self._started = False
         self._closed = False
         self._round = 0  # rounds finished
-        self._position = 0  # samples of the current round already handed to the training loop
+        self._sample_in_round = 0  # samples of the current round handed to the training loop
         self._assembler: Assembler | None = None
         self._lock = threading.Lock()
         self._stats = {"batches": 0, "samples": 0, "rounds": 0, "wait_seconds": 0.0}
@@ -137,10 +140,11 @@ class Student:
         if in_path is not None:
             self._sources.append(FileSource(index, in_path, sparse_topk=self._sparse_topk))
         else:
+            assert in_address is not None
             self._sources.append(self._online_source(index, in_address))
         return index
 
-    def _online_source(self, index: int, address: Any) -> Source:
+    def _online_source(self, index: int, address: str | list[str]) -> Source:
         from .._online import OnlineSource
 
         return OnlineSource(
@@ -223,8 +227,7 @@ class Student:
                 merged knowledge answering it, in order.
         """
         self._check_open()
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size <= 0:
-            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        batch_size = check_int("batch_size", batch_size, unit="samples")
         if ragged not in ("ragged", "padded", "list"):
             raise ConfigError(f"ragged must be 'ragged', 'padded' or 'list', got {ragged!r}")
         wait = self._timeout if timeout is None else float(timeout)
@@ -248,7 +251,7 @@ class Student:
         plan = self._ensure_plan()
 
         def make() -> Assembler:
-            streams = [s.open_round(self._round, self._position) for s in self._sources]
+            streams = [s.open_round(self._round, self._sample_in_round) for s in self._sources]
             return RoundAssembler(
                 streams,
                 [s.name for s in self._sources],
@@ -284,7 +287,7 @@ class Student:
                     return
                 n = len(chunk.ids)
                 if in_round:
-                    self._position += n
+                    self._sample_in_round += n
                 self._stats["batches"] += 1
                 self._stats["samples"] += n
                 yield _format_batch(chunk.data, ragged)
@@ -296,11 +299,10 @@ class Student:
 
     def _finish_round(self) -> None:
         for source in self._sources:
-            ack = getattr(source, "ack_round", None)
-            if ack is not None:
-                ack(self._round)
+            if isinstance(source, OnlineCapable):
+                source.ack_round(self._round)
         self._round += 1
-        self._position = 0
+        self._sample_in_round = 0
         self._stats["rounds"] += 1
 
     def _iterate_queries(
@@ -309,7 +311,7 @@ class Student:
         self._check_open()
         if not self._started:
             self.start()
-        offline = [s.name for s in self._sources if not hasattr(s, "submit")]
+        offline = [s.name for s in self._sources if not isinstance(s, OnlineCapable)]
         if offline:
             raise ConfigError(
                 f"query mode needs online teachers; {', '.join(offline)} are knowledge files. "
@@ -336,13 +338,14 @@ class Student:
 
     # -- messages -------------------------------------------------------------------------
 
-    def _online(self, teacher_id: int) -> Any:
+    def _online(self, teacher_id: int) -> OnlineCapable:
+        teacher_id = check_int("teacher_id", teacher_id, minimum=0)
         if not 0 <= teacher_id < len(self._sources):
             raise ConfigError(
                 f"no teacher with id {teacher_id}: registered ids are 0..{len(self._sources) - 1}"
             )
         source = self._sources[teacher_id]
-        if not hasattr(source, "send_user"):
+        if not isinstance(source, OnlineCapable):
             raise ConfigError(f"{source.name} is offline: send()/recv() need an online teacher")
         if not self._started:
             self.start()
@@ -360,7 +363,7 @@ class Student:
         """
         self._check_open()
         if teacher_ids is None:
-            ids = [i for i, s in enumerate(self._sources) if hasattr(s, "send_user")]
+            ids = [i for i, s in enumerate(self._sources) if isinstance(s, OnlineCapable)]
         elif isinstance(teacher_ids, int):
             ids = [teacher_ids]
         else:
@@ -378,46 +381,43 @@ class Student:
     # -- resume ---------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """The student's position: round and samples of that round already handed out.
+        """The student's position: the round, and the samples of it already handed out.
 
-        Save it with your checkpoint; ``load_state_dict`` on a new Student resumes exactly there.
+        ``{"version": 2, "round": int, "sample_in_round": int, "teachers": [names]}``. Save it
+        with your checkpoint; ``load_state_dict`` on a new Student (with the same teachers
+        registered) resumes exactly there.
         """
         return {
             "version": _STATE_VERSION,
             "round": self._round,
-            "position": self._position,
+            "sample_in_round": self._sample_in_round,
             "teachers": [s.name for s in self._sources],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume from a :meth:`state_dict`: the next generator starts at that round and sample."""
+        """Resume from a :meth:`state_dict`: the next generator starts at that round and sample.
+
+        State dicts of version 1 (whose ``position`` is the sample in the round) load too.
+
+        Raises:
+            ConfigError: not a state dict, a version this Pantheon does not know, a round or
+                sample that is not an integer >= 0, or teachers that differ from the ones
+                registered (the message lists both).
+        """
         self._check_open()
-        try:
-            version, rnd, pos = int(state["version"]), int(state["round"]), int(state["position"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ConfigError(
-                f"not a Student state_dict: expected keys version, round, position; got {state!r}"
-            ) from exc
-        if version != _STATE_VERSION:
-            raise ConfigError(
-                f"state_dict version {version} is not supported (expected {_STATE_VERSION})"
-            )
-        if rnd < 0 or pos < 0:
-            raise ConfigError(f"state_dict round and position must be >= 0, got {rnd}, {pos}")
+        rnd, sample = _parse_state(state, [s.name for s in self._sources])
         if self._assembler is not None:
             self._assembler.stop()
             self._assembler = None
-        self._round, self._position = rnd, pos
+        self._round, self._sample_in_round = rnd, sample
 
     def stats(self) -> dict[str, Any]:
         """Counters: batches, samples and rounds handed out, seconds the training loop waited."""
         out: dict[str, Any] = dict(self._stats)
         out["qsize"] = self.get_knowledge_qsize()
         for source in self._sources:
-            extra = getattr(source, "stats", None)
-            if callable(extra):
-                for key, value in extra().items():
-                    out[key] = out.get(key, 0) + value if isinstance(value, (int, float)) else value
+            for key, value in source.stats().items():
+                out[key] = out.get(key, 0) + value if isinstance(value, (int, float)) else value
         return out
 
     # -- lifetime -------------------------------------------------------------------------
@@ -445,3 +445,37 @@ class Student:
                 self.close()
         except Exception:  # noqa: S110 - best effort at interpreter shutdown
             pass
+
+
+def _parse_state(state: Any, teachers: list[str]) -> tuple[int, int]:
+    """``(round, sample_in_round)`` of a state dict, checked against the registered teachers."""
+    if not isinstance(state, Mapping):
+        raise ConfigError(
+            f"load_state_dict expects the dict Student.state_dict() returned, got "
+            f"{type(state).__name__}"
+        )
+    version = state.get("version")
+    if version not in (1, _STATE_VERSION) or isinstance(version, bool):
+        raise ConfigError(
+            f"state_dict version {version!r} is not supported: this Pantheon reads versions 1 "
+            f"and {_STATE_VERSION}; a newer Pantheon wrote it, upgrade to load it"
+        )
+    key = "position" if version == 1 else "sample_in_round"
+    missing = [k for k in ("round", key, "teachers") if k not in state]
+    if missing:
+        raise ConfigError(
+            f"state_dict (version {version}) lacks {missing}; got keys {sorted(state)}"
+        )
+    rnd = check_int("state_dict['round']", state["round"], minimum=0, unit="rounds")
+    sample = check_int(f"state_dict[{key!r}]", state[key], minimum=0, unit="samples")
+    recorded = state["teachers"]
+    if not isinstance(recorded, list) or len(recorded) != len(teachers):
+        raise ConfigError(
+            f"state_dict was saved with the teachers {recorded!r:.500}, but this Student has "
+            f"{teachers!r}; register the same teachers in the same order before "
+            "load_state_dict (a position in other knowledge would be meaningless)"
+        )
+    moved = [(a, b) for a, b in zip(recorded, teachers, strict=True) if a != b]
+    for before, now in moved:  # a file or an address may move between runs: say so
+        log.warning("resuming with %s where the state_dict recorded %r", now, before)
+    return rnd, sample

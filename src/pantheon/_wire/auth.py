@@ -23,7 +23,6 @@ import logging
 import os
 import secrets
 import struct
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,6 +33,7 @@ from .._errors import (
     PantheonTimeoutError,
     ProtocolError,
 )
+from .._util import Deadline
 from .core import PROTOCOL_VERSION, Connection, Message, MsgType
 
 __all__ = [
@@ -146,8 +146,8 @@ class _Caps:
         self.conn.max_header_bytes, self.conn.max_frames, self.conn.max_message_bytes = self.saved
 
 
-def _expect(conn: Connection, deadline: float, step: str, *types: MsgType) -> Message:
-    remaining = deadline - time.monotonic()
+def _expect(conn: Connection, deadline: Deadline, step: str, *types: MsgType) -> Message:
+    remaining = deadline.left()
     if remaining <= 0:
         raise PantheonTimeoutError(f"handshake with {conn.peer} timed out before {step}")
     try:
@@ -204,7 +204,7 @@ def server_handshake(
         PantheonTimeoutError: the handshake took longer than ``timeout``.
         On any failure the connection is closed.
     """
-    deadline = time.monotonic() + timeout
+    deadline = Deadline(timeout)
     try:
         with _Caps(conn):
             msg = _expect(conn, deadline, "HELLO", MsgType.HELLO)
@@ -265,7 +265,7 @@ def client_handshake(
         PantheonTimeoutError: the handshake took longer than ``timeout``.
         On any failure the connection is closed.
     """
-    deadline = time.monotonic() + timeout
+    deadline = Deadline(timeout)
     try:
         with _Caps(conn):
             nc = secrets.token_bytes(NONCE_BYTES)

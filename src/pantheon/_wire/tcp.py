@@ -25,7 +25,7 @@ from typing import Any
 
 from .._errors import ClosedError, ConfigError, ConnectionLostError, PantheonTimeoutError
 from .._util import Backoff, Deadline
-from .core import ByteStream, SendTimeout, wait_slice
+from .core import WAIT_SLICE, ByteStream, SendTimeout, wait_slice
 from .framing import StreamConnection
 
 __all__ = [
@@ -259,11 +259,11 @@ class Listener:
             PantheonTimeoutError: nobody connected within ``timeout``.
             ClosedError: the listener is (or was meanwhile) closed.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = Deadline(timeout)
         while True:
             if self._closed:
                 raise ClosedError(f"the listener on {self.address} is closed")
-            wait = 1.0 if deadline is None else min(1.0, deadline - time.monotonic())
+            wait = deadline.cap(WAIT_SLICE)
             if wait <= 0:
                 raise PantheonTimeoutError(f"no connection to {self.address} within {timeout:g} s")
             try:
