@@ -37,14 +37,13 @@ __all__ = [
     "Ragged",
     "Value",
     "check_batch",
+    "check_desc",
     "common_batch_size",
-    "concat_chunks",
     "concat_values",
     "describe",
     "dtype_name",
     "normalize_batch",
     "num_samples",
-    "slice_chunk",
     "slice_value",
     "to_dtype",
     "to_numpy",
@@ -351,6 +350,43 @@ def _field_desc(value: Value) -> FieldDesc:
     return {"shape": [-1, *value.shape[1:]], "dtype": dtype_name(value.dtype), "lod_level": 0}
 
 
+def _check_field(where: str, key: Any, field: Any) -> FieldDesc:
+    if not isinstance(key, str) or not key:
+        raise KnowledgeError(f"{where}: knowledge names must be non-empty strings, got {key!r:.80}")
+    if not isinstance(field, Mapping) or field.get("dtype") not in _DTYPES:
+        raise KnowledgeError(
+            f"{where}: knowledge {key!r} is described as {field!r:.200}; expected "
+            '{"shape": [-1, ...], "dtype": <a known dtype>, "lod_level": 0 or 1}'
+        )
+    shape: Any = field.get("shape")
+    lod = field.get("lod_level")
+    if lod not in (0, 1) or isinstance(lod, bool):
+        raise KnowledgeError(f"{where}: knowledge {key!r} has lod_level {lod!r}, expected 0 or 1")
+    ok = isinstance(shape, list) and 1 + lod <= len(shape) <= 33
+    ok = ok and all(type(d) is int and d == -1 for d in shape[: 1 + lod])
+    inner = shape[1 + lod :] if ok else []
+    if not ok or not all(type(d) is int and 0 <= d < 2**31 for d in inner):
+        raise KnowledgeError(
+            f"{where}: knowledge {key!r} has shape {shape!r:.200}; expected [-1, d1, ...] "
+            "([-1, -1, d2, ...] when ragged) with dimensions >= 0"
+        )
+    return {"shape": list(shape), "dtype": field["dtype"], "lod_level": lod}
+
+
+def check_desc(raw: Any, where: str) -> Description:
+    """A description received from a peer or read from a file, checked field by field.
+
+    Raises:
+        KnowledgeError: not a non-empty map of name -> ``{"shape", "dtype", "lod_level"}``
+            with a known dtype and a valid shape, naming the key and what was wrong.
+    """
+    if not isinstance(raw, Mapping) or not raw:
+        raise KnowledgeError(f"{where}: a description must be a non-empty map, got {raw!r:.200}")
+    if len(raw) > 65536:
+        raise KnowledgeError(f"{where}: a description of {len(raw)} keys is beyond any knowledge")
+    return {key: _check_field(where, key, field) for key, field in raw.items()}
+
+
 def describe(batch: Mapping[str, Value]) -> Description:
     """The description of a (normalized) knowledge batch, keys in the batch's order."""
     return {key: _field_desc(value) for key, value in batch.items()}
@@ -417,21 +453,3 @@ class Chunk(NamedTuple):
 
     ids: np.ndarray
     data: Knowledge
-
-
-def slice_chunk(chunk: Chunk, start: int, stop: int) -> Chunk:
-    """Samples ``start:stop`` of a chunk, as views (the chunk itself for the whole range)."""
-    if start == 0 and stop == len(chunk.ids):
-        return chunk
-    return Chunk(
-        chunk.ids[start:stop], {k: slice_value(v, start, stop) for k, v in chunk.data.items()}
-    )
-
-
-def concat_chunks(parts: Sequence[Chunk]) -> Chunk:
-    """Consecutive chunks as one (one copy; the chunk itself when there is only one)."""
-    if len(parts) == 1:
-        return parts[0]
-    ids = np.concatenate([p.ids for p in parts])
-    data: Knowledge = {key: concat_values([p.data[key] for p in parts]) for key in parts[0].data}
-    return Chunk(ids, data)

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._errors import ClosedError, ConfigError
 from ._files import KnowledgeWriter
+from ._online import ServeOptions, TeacherServer
 from ._service import RoundFactory, ServiceSpec, reader_round_factory, with_progress
 from ._util import check_int, check_seconds
-
-if TYPE_CHECKING:
-    from ._online import TeacherServer
 
 __all__ = ["Teacher"]
 
@@ -38,9 +36,11 @@ class Teacher:
             declared dead or frozen and its connection closed (default 10).
         coalesce_bytes: online: small knowledge batches that are ready together are sent as
             one message of up to this many bytes (default 256 KiB).
-        prefetch_batches: online: knowledge batches (or groups of small ones) produced ahead
-            of sending, at most (default 10). The knowledge service's own bound is its
-            ``buf_size``.
+        prefetch_batches: online: knowledge batches a round computes ahead of its slowest
+            student, at most (default 10); memory is bounded by it. The knowledge service's own
+            bound is its ``buf_size``.
+        max_students: online: students (processes: ranks of groups) connected at once at most
+            (default 64); more are refused with an error that says so.
 
     Exactly one of ``out_path`` and ``out_port`` must be given.
     """
@@ -61,6 +61,7 @@ class Teacher:
         heartbeat_timeout: float = 10.0,
         coalesce_bytes: int = 256 * 1024,
         prefetch_batches: int = 10,
+        max_students: int = 64,
     ) -> None:
         if (out_path is None) == (out_port is None):
             raise ConfigError(
@@ -91,8 +92,6 @@ class Teacher:
                 raise ConfigError(
                     "compression and max_shard_samples apply to offline teachers (out_path)"
                 )
-            from ._online import TeacherServer
-
             self._server = TeacherServer(
                 host=host,
                 port=out_port,
@@ -104,6 +103,7 @@ class Teacher:
                 heartbeat_interval=heartbeat_interval,
                 heartbeat_timeout=heartbeat_timeout,
                 coalesce_bytes=check_int("coalesce_bytes", coalesce_bytes, unit="bytes"),
+                max_students=check_int("max_students", max_students, unit="students"),
             )
 
     # -- common ---------------------------------------------------------------------------
@@ -169,21 +169,25 @@ class Teacher:
         self,
         reader: Callable[[], Iterable[Mapping[str, Any]]],
         times: int = 1,
+        *,
+        groups: int = 1,
     ) -> None:
         """Stream knowledge from your own loop: ``reader()`` yields knowledge batches.
 
-        Online, one round per student request, ``times`` rounds, each re-running ``reader()``
-        (a round can thus be resumed where the student stands); returns once the student has
+        Online, one round per request, ``times`` rounds, each re-running ``reader()`` (a round
+        can thus be resumed where a student stands); every student group gets every round,
+        each rank its shard, from one run of the reader. Returns once ``groups`` groups have
         acknowledged the end of the last round. Offline, the one round is dumped to the file.
         """
-        self.serve_rounds(reader_round_factory(reader), times=times)
+        self.serve_rounds(reader_round_factory(reader), times=times, groups=groups)
 
-    def serve_rounds(self, make_round: RoundFactory, times: int = 1) -> None:
+    def serve_rounds(self, make_round: RoundFactory, times: int = 1, *, groups: int = 1) -> None:
         """Like :meth:`serve`, from a round factory ``make_round(start_sample) -> chunks``."""
         self._check_open()
         times = check_int("times", times, unit="rounds")
+        options = ServeOptions(groups=check_int("groups", groups, unit="student groups"))
         if self._server is not None:
-            self._server.serve_rounds(make_round, times)
+            self._server.serve_rounds(make_round, times, options)
             return
         writer = self._offline_writer("serve()")
         for chunk in make_round(0):
@@ -201,6 +205,9 @@ class Teacher:
         times: int = 1,
         *,
         progress: bool | None = None,
+        groups: int = 1,
+        max_batch: int | None = None,
+        max_delay: float = 0.002,
     ) -> None:
         """Run the teacher model over a reader and serve (online) or dump (offline) its knowledge.
 
@@ -218,6 +225,12 @@ class Teacher:
             use_fp16: store / send float knowledge as float16 (default: the constructor's setting).
             times: rounds to serve online (offline: one round is dumped).
             progress: show a progress bar of samples (default: only when stderr is a terminal).
+            groups: online: student groups (training jobs, each with all its ranks) a round
+                waits for before it starts, so that one prediction serves them all; the call
+                returns once that many groups finished ``times`` rounds (default 1).
+            max_batch: query mode: merge the queries of several students into one program call
+                of at most this many samples (default ``None``: a call per query).
+            max_delay: query mode: seconds to wait for more queries to merge (default 0.002).
         """
         from ._service import make_query_handler, make_round_factory
 
@@ -237,11 +250,16 @@ class Teacher:
                 raise ConfigError(
                     "reader_config=None (query mode) needs an online teacher (out_port)"
                 )
-            self._server.serve_queries(make_query_handler(spec))
+            options = ServeOptions(
+                groups=check_int("groups", groups, unit="student groups"),
+                max_batch=None if max_batch is None else check_int("max_batch", max_batch),
+                max_delay=float(check_seconds("max_delay", max_delay) or 0.0),
+            )
+            self._server.serve_queries(make_query_handler(spec), options)
             return
         label = "dumping knowledge" if self._server is None else "serving knowledge"
         make_round = with_progress(make_round_factory(spec), label, progress)
-        self.serve_rounds(make_round, times=1 if self._server is None else times)
+        self.serve_rounds(make_round, times=1 if self._server is None else times, groups=groups)
 
     # -- online messages ------------------------------------------------------------------
 

@@ -103,14 +103,15 @@ def test_student_restart_resumes_from_state_dict(teacher_proc):
     proc = teacher_proc("--samples", "300", "--batch", "7")
     address = proc.address()
     seen = []
-    with Student(timeout=30) as student:
-        student.register_teacher(in_address=address)
-        student.start()
-        for i, batch in enumerate(student.get_knowledge_generator(batch_size=20)()):
-            seen.append(batch["x"].ravel())
-            if i == 4:
-                state = student.state_dict()
-                break
+    student = Student(timeout=30)
+    student.register_teacher(in_address=address)
+    student.start()
+    for i, batch in enumerate(student.get_knowledge_generator(batch_size=20)()):
+        seen.append(batch["x"].ravel())
+        if i == 4:
+            state = student.state_dict()
+            break
+    student.close(resume=True)  # the teacher waits for it to come back
     with Student(timeout=30) as student:
         student.register_teacher(in_address=address)
         student.load_state_dict(state)
@@ -268,7 +269,7 @@ def test_slow_student_slows_the_teacher_memory_stays_bounded():
     teacher.close()
     # in flight at most: producer queue 4 + credits 8 + read-ahead 4 + a few being handed over
     assert max(lead) <= 4 + 8 + 4 + 4, lead
-    assert teacher.stats()["credit_wait_seconds"] > 0
+    assert teacher.stats()["backpressure_seconds"] > 0
 
 
 def _big_batch(start: int) -> dict[str, np.ndarray]:

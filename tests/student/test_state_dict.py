@@ -37,6 +37,9 @@ def test_version_1_state_dicts_still_load(tmp_path) -> None:
             "round": 1,
             "sample_in_round": 0,
             "teachers": name,
+            "group": "default",
+            "rank": 0,
+            "world_size": 1,
         }
 
 
@@ -51,6 +54,7 @@ def test_version_1_state_dicts_still_load(tmp_path) -> None:
         ({"sample_in_round": "7"}, "must be an integer"),
         ({"teachers": ["teacher 0 (a)", "teacher 1 (b)"]}, "saved with the teachers"),
         ({"teachers": "teacher 0"}, "saved with the teachers"),
+        ({"rank": 1, "world_size": 2}, "saved by group 'default' rank 1 of 2"),
     ],
 )
 def test_bad_state_dicts_say_what_is_wrong(tmp_path, edit: dict[str, Any], match: str) -> None:

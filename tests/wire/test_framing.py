@@ -510,7 +510,7 @@ def test_truncated_message(raw: tuple[socket.socket, Connection], cut: int) -> N
     data = message(MsgType.DATA, {"k": 1}, [b"z" * 200])
     sock.sendall(data[:cut])
     sock.shutdown(socket.SHUT_WR)
-    with pytest.raises(ProtocolError, match="truncated message"):
+    with pytest.raises(ConnectionLostError, match="truncated message"):
         conn.recv(timeout=10)
 
 
@@ -519,7 +519,7 @@ def test_truncated_large_frame(raw: tuple[socket.socket, Connection]) -> None:
     data = message(MsgType.DATA, {}, [b"z" * 300_000])
     sock.sendall(data[:250_000])
     sock.shutdown(socket.SHUT_WR)
-    with pytest.raises(ProtocolError, match="truncated message"):
+    with pytest.raises(ConnectionLostError, match="truncated message"):
         conn.recv(timeout=10)
 
 
@@ -637,6 +637,8 @@ def test_message_type_values_are_stable() -> None:
         "CREDIT": 18,
         "END_ROUND": 19,
         "ROUND_DONE": 20,
+        "STATUS": 21,
+        "STATUS_INFO": 22,
         "DATA": 32,
         "QUERY": 33,
         "ANSWER": 34,

@@ -19,6 +19,7 @@ from .layout import (
     shard_paths,
 )
 from .reader import KnowledgeFile
+from .recover import repair
 from .writer import KnowledgeWriter
 
 __all__ = [
@@ -32,5 +33,6 @@ __all__ = [
     "arrow_type",
     "batch_info",
     "parse_layout",
+    "repair",
     "shard_paths",
 ]

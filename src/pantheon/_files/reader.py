@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from .._chunks import slice_chunk
 from .._codecs import PartKey, decode_batch
 from .._errors import ClosedError, FileFormatError, TruncatedFileError
-from .._knowledge import Chunk, Description, Value, slice_chunk
+from .._knowledge import Chunk, Description, Value
 from .._util import check_int
 from .decoders import decode_ids, decoder
 from .ipc import Located, direct_plan, locate

@@ -9,13 +9,12 @@ student sees it, reconnecting and resuming from the first sample it does not hol
 from __future__ import annotations
 
 from .payload import decode_payload, decode_plain, encode_chunks
-from .producer import Producer
-from .server import TeacherServer
+from .server import ServeOptions, TeacherServer
 from .source import OnlineSource
 
 __all__ = [
     "OnlineSource",
-    "Producer",
+    "ServeOptions",
     "TeacherServer",
     "decode_payload",
     "decode_plain",

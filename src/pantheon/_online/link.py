@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import threading
-from typing import Protocol
+from typing import Any, Protocol
 
 from .._errors import ClosedError, ConnectionLostError, PantheonTimeoutError, TeacherError
-from .._knowledge import Chunk
 from .._util import Deadline
 from .._wire import BufferPool, Connection, Heartbeat, Message, Session, client_handshake, connect
 
@@ -18,7 +17,7 @@ class LinkOwner(Protocol):
 
     name: str
     token: bytes | None
-    client_id: str
+    hello: dict[str, Any]
     credits: int
     heartbeat: Heartbeat
     stopped: threading.Event
@@ -31,13 +30,11 @@ class LinkOwner(Protocol):
 class Link:
     """One address of a teacher: its session, reconnected in the background when lost."""
 
-    def __init__(self, source: LinkOwner, address: str) -> None:
+    def __init__(self, source: LinkOwner, address: str, index: int = 0) -> None:
         self.source = source
         self.address = address
+        self.index = index
         self.session: Session | None = None
-        self.outstanding: dict[int, Chunk] = {}  # query id -> query, sent on this link
-        self.reconnecting = False
-        self.said_bye = False  # the teacher closed on purpose: reconnect only when needed
 
     def _handshake(self, conn: Connection, deadline: Deadline) -> None:
         src = self.source
@@ -45,7 +42,7 @@ class Link:
             conn,
             src.token,
             timeout=max(0.1, deadline.cap(src.heartbeat.timeout)),
-            hello={"client": src.client_id},
+            hello=src.hello,
         )
 
     def connect(self, deadline: Deadline) -> Session:

@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .._chunks import concat_chunks
 from .._codecs import Codec, decode_batch, encode_batch
 from .._errors import ProtocolError
-from .._knowledge import Chunk, Description, Knowledge, concat_chunks
+from .._knowledge import Chunk, Description, Knowledge
 from .._wire import decode_parts, encode_parts
 
 __all__ = ["decode_payload", "decode_plain", "encode_chunks"]

@@ -1,156 +1,167 @@
-"""A background producer: runs a round factory ahead of the sender, bounded.
+"""The teacher's round factory at work: one thread per cursor, feeding the machine, and
+every chunk checked before anything is sent.
 
-The teacher's prediction (or the user's reader) runs in this thread while the serving thread
-encodes and sends earlier chunks, so the model never waits for the network and the network
-never waits for the model. Chunks that come fast (small batches of a cheap reader) are handed
-over in groups, up to ``max_bytes``: one thread hand-off and one message for many batches. A
-chunk that took a while to produce (a real model) is handed over at once.
+Every chunk is checked against the description (keys, dtypes, trailing shapes, as
+``Teacher.dump`` does offline) and its ids against the round's positions, so a reader whose
+batches change shape mid-stream, or a round factory whose ids skip, is reported to the
+students as the teacher's error instead of reaching a training loop.
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
-from .._knowledge import Chunk
+import numpy as np
 
-__all__ = ["Producer"]
+from .._errors import KnowledgeError, PantheonError
+from .._knowledge import Chunk, Description, check_batch
+from .._util import Deadline, wait_until
+from .fanout import Action, StartCursor, StopCursor
+from .teacher_machine import TeacherMachine
 
-_TIMEOUT = object()
-_SLOW = 0.0005  # seconds: a chunk that took longer than this to produce is handed over at once
-_MAX_GROUP = 1024  # chunks handed over together at most
+__all__ = ["CursorRunner", "RoundFactory", "check_chunk"]
+
+RoundFactory = Callable[[int], Iterator[Chunk]]
+"""``make_round(start_sample)``: a round's chunks from ``start_sample`` on, in order."""
 
 
-def _nbytes(chunk: Chunk) -> int:
-    return sum(int(getattr(v, "nbytes", 0)) for v in chunk.data.values())
-
-
-class Producer:
-    """Run ``make_round(start_sample)`` in a thread, handing chunks through a bounded queue.
+def check_chunk(chunk: Chunk, desc: Description, expected: int, rnd: int, start: int) -> int:
+    """Check one produced chunk; return the id expected next.
 
     Args:
-        make_round: the round factory.
-        start_sample: first sample of the round to produce.
-        maxsize: hand-offs (groups of chunks) queued ahead at most (the teacher's ``buf_size``).
-        max_bytes: bytes of fast chunks grouped into one hand-off at most (default 256 KiB).
-    """
+        chunk: what the round factory yielded.
+        desc: the teacher's description (from its first chunk).
+        expected: the id the chunk must start with (at the cursor's first chunk: ``start``,
+            or more when the round has fewer samples before it).
+        rnd / start: the round and the cursor's first sample, for messages.
 
-    TIMEOUT = _TIMEOUT
+    Raises:
+        KnowledgeError: keys, dtypes or shapes that differ from the description, or ids that
+            are not the consecutive positions expected.
+    """
+    check_batch(chunk.data, desc, where=f"round {rnd}, the batch at sample {expected}")
+    ids = chunk.ids
+    n = len(ids)
+    if not n:
+        return expected
+    first = int(ids[0])
+    if first < expected or (first != expected and expected != start):
+        raise KnowledgeError(
+            f"round {rnd}: the teacher's round produced sample id {first} where {expected} "
+            "was expected; ids must be the samples' positions in the round"
+        )
+    if int(ids[-1]) - first != n - 1 or not np.array_equal(ids, np.arange(first, first + n)):
+        raise KnowledgeError(
+            f"round {rnd}: a batch's sample ids are not consecutive ({ids[: min(n, 8)].tolist()}"
+            "...); ids must be the samples' positions in the round"
+        )
+    return first + n
+
+
+class CursorRunner:
+    """Runs the round factory of each of a machine's cursors in a thread of its own.
+
+    A producer hands each chunk to the machine (under ``cond``), has its actions carried out,
+    and waits while its cursor holds a full window. A producer that fails fails the machine
+    (every student is told why) and keeps the error in :attr:`failure` for the serving loop.
+
+    Args:
+        machine: the serve call's machine.
+        make_round: the round factory.
+        cond: the lock (condition) that guards ``machine``.
+        desc_of: the teacher's description, learned from the first chunk ever produced.
+        run: carries out actions (called without the lock).
+    """
 
     def __init__(
         self,
-        make_round: Callable[[int], Iterator[Chunk]],
-        start_sample: int,
-        maxsize: int,
-        max_bytes: int = 256 * 1024,
+        machine: TeacherMachine,
+        make_round: RoundFactory,
+        cond: threading.Condition,
+        desc_of: Callable[[Chunk], Description],
+        run: Callable[[list[Action]], None],
     ) -> None:
-        self.start_sample = start_sample
+        self._machine = machine
         self._make_round = make_round
-        self._max_bytes = max_bytes
-        self._queue: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=max(1, maxsize))
-        self._stop = threading.Event()
-        self._head: tuple[str, Any] | None = None
-        self.touched = False  # whether take() handed anything out
-        self._thread = threading.Thread(target=self._run, name="pantheon-producer", daemon=True)
-        self._thread.start()
+        self._cond = cond
+        self._desc_of = desc_of
+        self._run = run
+        self._stops: dict[int, threading.Event] = {}
+        self.failure: BaseException | None = None
+        self.wait_seconds = 0.0  # time producers waited for students to take knowledge
 
-    def _put(self, item: tuple[str, Any]) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def apply(self, action: StartCursor | StopCursor) -> None:
+        """Start or stop a cursor's producer."""
+        if isinstance(action, StopCursor):
+            stop = self._stops.pop(action.id, None)
+            if stop is not None:
+                stop.set()
+            return
+        stop = threading.Event()
+        self._stops[action.id] = stop
+        threading.Thread(
+            target=self._produce,
+            args=(action, stop),
+            name=f"pantheon-round-{action.round}-from-{action.start}",
+            daemon=True,
+        ).start()
 
-    def _run(self) -> None:
-        it = self._make_round(self.start_sample)
-        group: list[Chunk] = []
-        size = 0
+    def stop_all(self) -> None:
+        """Stop every producer (they end at their next chunk)."""
+        for stop in self._stops.values():
+            stop.set()
+        self._stops.clear()
+        with self._cond:
+            self._cond.notify_all()
+
+    def _go_on(self, cid: int, stop: threading.Event) -> bool:
+        """Wait while the cursor's window is full (holds the lock); False: stop producing."""
+        machine = self._machine
+        if not machine.has_room(cid):
+            t0 = time.perf_counter()
+            wait_until(
+                self._cond,
+                lambda: stop.is_set() or not machine.is_live(cid) or machine.has_room(cid),
+                Deadline(None),
+            )
+            self.wait_seconds += time.perf_counter() - t0
+        return not stop.is_set() and machine.is_live(cid)
+
+    def _produce(self, action: StartCursor, stop: threading.Event) -> None:
+        cid, machine = action.id, self._machine
+        expected = action.start
+        it = self._make_round(action.start)
         try:
-            before = time.perf_counter()
             for chunk in it:
-                slow = time.perf_counter() - before > _SLOW
-                group.append(chunk)
-                size += _nbytes(chunk)
-                if slow or size >= self._max_bytes or len(group) >= _MAX_GROUP:
-                    if not self._put(("chunks", (group, size))):
+                expected = check_chunk(
+                    chunk, self._desc_of(chunk), expected, action.round, action.start
+                )
+                with self._cond:
+                    if stop.is_set():
                         return
-                    group, size = [], 0
-                before = time.perf_counter()
-            if group and not self._put(("chunks", (group, size))):
-                return
-            self._put(("end", None))
+                    actions = machine.add_chunks(cid, [chunk])
+                self._run(actions)
+                with self._cond:
+                    if not self._go_on(cid, stop):
+                        return
+            with self._cond:
+                actions = [] if stop.is_set() else machine.end_cursor(cid)
+            self._run(actions)
         except BaseException as exc:
-            if group:
-                self._put(("chunks", (group, size)))
-            self._put(("error", exc))
+            self._fail(exc, action)
         finally:
             close = getattr(it, "close", None)
-            if close is not None:
+            if callable(close):
                 close()
 
-    def _get(self, timeout: float) -> tuple[str, Any] | None:
-        if self._head is not None:
-            item, self._head = self._head, None
-            return item
-        try:
-            return self._queue.get(timeout=timeout)
-        except queue.Empty:
-            return None
-
-    def peek(self, timeout: float) -> Chunk | None:
-        """The first chunk without taking it; ``None`` if none came within ``timeout`` s or the
-        round is empty. Re-raises the producer's error."""
-        if self._head is None:
-            self._head = self._get(timeout)
-        if self._head is None:
-            return None
-        kind, item = self._head
-        if kind == "error":
-            raise item
-        return item[0][0] if kind == "chunks" else None
-
-    def take(self, max_bytes: int, timeout: float) -> list[Chunk] | object | None:
-        """Chunks ready now (at least one group, then more while under ``max_bytes``).
-
-        Returns a list of chunks, ``None`` at the end of the round, or ``Producer.TIMEOUT``
-        when nothing came within ``timeout`` s. Re-raises the producer's error.
-        """
-        item = self._get(timeout)
-        if item is None:
-            return _TIMEOUT
-        chunks: list[Chunk] = []
-        size = 0
-        while True:
-            kind, value = item
-            if kind != "chunks":
-                if chunks:  # hand out what came before the end / the error first
-                    self._head = item
-                    break
-                if kind == "error":
-                    raise value
-                return None
-            group, group_size = value
-            chunks.extend(group)
-            size += group_size
-            if size >= max_bytes:
-                break
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-        self.touched = True
-        return chunks
-
-    def stop(self) -> None:
-        """Stop producing (the thread ends at its next hand-off)."""
-        self._stop.set()
-        try:
-            while True:
-                self._queue.get_nowait()
-        except queue.Empty:
-            pass
+    def _fail(self, exc: BaseException, action: StartCursor) -> None:
+        what = str(exc) if isinstance(exc, PantheonError) else f"{type(exc).__name__}: {exc}"
+        message = f"the teacher failed while producing round {action.round}: {what}"
+        with self._cond:
+            if self.failure is None:
+                self.failure = exc
+            actions = self._machine.fail(message)
+            self._cond.notify_all()
+        self._run(actions)

@@ -1,55 +1,76 @@
-"""The online teacher: listens, authenticates students, streams rounds with credits.
+"""The online teacher's driver: sockets, threads and the round factory around the machine.
 
-One student is served at a time; a newly authenticated student replaces the previous one.
-The serving thread (the user's, inside ``serve_rounds`` / ``serve_queries``) takes requests
-the session's reader thread queued, and streams with at most ``credits`` DATA messages
-unacknowledged. See docs/protocol.md for the messages.
+:class:`TeacherServer` accepts and authenticates clients (a bounded number of handshakes at
+once), keeps one :class:`~.peer.Peer` per connection, runs one producer thread per cursor
+of the :class:`~.teacher_machine.TeacherMachine`, and carries out the machine's actions.
+The machine lives for one ``serve_rounds`` / ``serve_queries`` call; clients that connect
+before it are held (their messages queued) and handed to it when it starts. See
+``docs/protocol.md`` for the messages.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .._codecs import Codec, resolve_codecs
 from .._errors import (
     ClosedError,
-    ConnectionLostError,
-    PantheonError,
     PantheonTimeoutError,
     ProtocolError,
     TeacherError,
 )
-from .._knowledge import Chunk, Description, describe, normalize_batch
+from .._knowledge import Chunk, Description, describe
 from .._util import Deadline, wait_until
 from .._wire import (
     Connection,
     Heartbeat,
     Message,
     MsgType,
-    Session,
     check_bind,
     decode_value,
     encode_value,
     listen,
     resolve_token,
-    server_handshake,
     take_message,
 )
+from .acceptor import Acceptor
+from .fanout import Action, Close, ProtocolViolation, Send, SendData, StartCursor, StopCursor
+from .messages import Desc, ErrorCode, Event, Fail, Hello, header, parse
 from .payload import decode_plain, encode_chunks
-from .producer import Producer
+from .peer import Peer
+from .producer import CursorRunner, RoundFactory
+from .queries import PendingQuery, QueryBatcher
+from .teacher_machine import TeacherMachine
 
-__all__ = ["TeacherServer"]
+__all__ = ["ServeOptions", "TeacherServer"]
 
 log = logging.getLogger("pantheon")
 
-_USER_INBOX = 1024  # unread user messages before the student is cut off
-_REPLACED = "replaced by a newer student: a teacher serves one student at a time"
+_USER_INBOX = 1024  # unread user messages before the sender is cut off
+_EARLY_EVENTS = 64  # messages a client may send before the teacher starts serving
+_TICK = 0.25  # seconds between the serving loop's checks (gates, parked cursors, the end)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How many students a serve call waits for and how queries are batched.
+
+    Attributes:
+        groups: complete student groups a round waits for, and that must finish (>= 1).
+        max_batch: query mode: merge queries of several students into program calls of at
+            most this many samples (``None``: one call per query).
+        max_delay: query mode: seconds to wait for more queries to merge (default 0.002).
+    """
+
+    groups: int = 1
+    max_batch: int | None = None
+    max_delay: float = 0.002
 
 
 class TeacherServer:
@@ -59,14 +80,16 @@ class TeacherServer:
         host: interface to bind (default loopback; anything else needs a token).
         port: TCP port (0 = any free port).
         token: shared secret (default ``PANTHEON_TOKEN``).
-        timeout: seconds to wait for a student (to connect, to reconnect) before failing.
+        timeout: seconds to wait for a student (to connect, to come back) before failing.
         use_fp16: send float knowledge as float16.
         codecs: per-key codecs.
-        prefetch_batches: knowledge batches (or groups of small ones handed over together)
-            produced ahead of sending, at most (default 10).
+        prefetch_batches: chunks a cursor computes ahead of its slowest student (default 10).
         heartbeat_interval / heartbeat_timeout: liveness, seconds (defaults 1 and 10).
-        coalesce_bytes: small chunks ready together are sent as one message up to this size
+        coalesce_bytes: chunks ready together are sent as one message up to this size
             (default 256 KiB).
+        max_students: students connected at once at most (default 64).
+        max_handshakes: connections authenticating at once at most (default 32); more are
+            closed at once (a flood of unauthenticated connections costs nothing).
     """
 
     def __init__(
@@ -82,6 +105,8 @@ class TeacherServer:
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 10.0,
         coalesce_bytes: int = 256 * 1024,
+        max_students: int = 64,
+        max_handshakes: int = 32,
     ) -> None:
         self._token = resolve_token(token)
         check_bind(host, self._token)
@@ -92,16 +117,15 @@ class TeacherServer:
         self._prefetch = prefetch_batches
         self._heartbeat = Heartbeat(heartbeat_interval, heartbeat_timeout)
         self._coalesce = coalesce_bytes
+        self._max_students = max_students
         self._desc: Description | None = None
         self._cond = threading.Condition()
-        self._session: Session | None = None
-        self._client = ""  # the current student's id (from its hello)
-        self._replaced: set[str] = set()  # students replaced by a newer one: refused
-        self._requests: collections.deque[tuple[Session, Message]] = collections.deque()
-        self._credits = 0
-        self._sub = -1
-        self._done_round = -1
-        self._times = 0
+        self._machine: TeacherMachine | None = None
+        self._peers: dict[int, Peer] = {}
+        self._early: dict[int, list[tuple[Message, Event]]] = {}
+        self._next_cid = 0
+        self._runner: CursorRunner | None = None
+        self._batcher: QueryBatcher | None = None
         self._inbox: queue.Queue[Any] = queue.Queue(maxsize=_USER_INBOX)
         self._closed = False
         self._stats = {
@@ -109,361 +133,352 @@ class TeacherServer:
             "samples": 0,
             "bytes": 0,
             "messages": 0,
-            "credit_wait_seconds": 0.0,
+            "backpressure_seconds": 0.0,
         }
         self._listener = listen(host, port)
         self.address = self._listener.address
-        self._acceptor = threading.Thread(
-            target=self._accept_loop, name="pantheon-accept", daemon=True
+        self._acceptor = Acceptor(
+            self._listener,
+            self._token,
+            self._heartbeat,
+            self._client,
+            max_handshakes=max_handshakes,
         )
-        self._acceptor.start()
 
-    # -- connections ----------------------------------------------------------------------
+    # ------------------------------------------------------------------ connections
 
-    def _accept_loop(self) -> None:
-        while not self._closed:
-            try:
-                conn = self._listener.accept(timeout=0.5)
-            except PantheonTimeoutError:
-                continue
-            except (OSError, PantheonError):
-                if self._closed:
-                    return
-                continue
-            threading.Thread(target=self._handshake, args=(conn,), daemon=True).start()
-
-    def _handshake(self, conn: Connection) -> None:
-        try:
-            hello = server_handshake(conn, self._token, timeout=self._heartbeat.timeout)
-        except (OSError, PantheonError) as exc:
-            log.warning("refused a connection from %s: %s", conn.peer, exc)
-            conn.close()
-            return
-        client = str(hello.get("client", ""))
-        if client and client in self._replaced:  # a replaced student trying to come back
-            try:
-                conn.send(MsgType.ERROR, {"message": _REPLACED}, timeout=self._heartbeat.timeout)
-            except (OSError, PantheonError):
-                pass
-            conn.close()
-            return
-        session = Session(
-            conn,
-            name=f"student ({conn.peer})",
-            on_message=self._on_message,
-            on_close=self._on_close,
-            heartbeat=self._heartbeat,
-        )
+    def _client(self, conn: Connection, hello: Hello) -> None:
+        """An authenticated client: give it a peer and hand it to the machine."""
         with self._cond:
             if self._closed:
                 conn.close()
                 return
-            old, self._session = self._session, session
-            if old is not None and self._client:
-                self._replaced.add(self._client)
-            self._client = client
-            self._requests.clear()
-            self._credits = 0
-            self._sub = -1
+            cid = self._next_cid
+            self._next_cid += 1
+            peer = Peer(
+                cid,
+                conn,
+                hello,
+                on_message=self._on_message,
+                on_close=self._on_close,
+                heartbeat=self._heartbeat,
+            )
+            self._peers[cid] = peer
+            machine = self._machine
+            if machine is None:
+                self._early[cid] = []
+                actions: list[Action] = []
+            else:
+                actions = machine.connect(cid, hello, conn.peer)
             self._cond.notify_all()
-        session.start()
-        if old is not None:
-            log.info("a new student (%s) replaces %s", conn.peer, old.name)
-            self._send_error(old, _REPLACED)
-            old.close()
-        if self._desc is not None:
-            self._send_desc(session)
+        peer.start()
+        log.info("%s connected", peer.name)
+        self._run(actions)
 
-    def _on_close(self, session: Session, reason: BaseException | None) -> None:
+    def _on_close(self, peer: Peer, reason: BaseException | None) -> None:
         with self._cond:
-            if self._session is session:
-                self._session = None
+            self._peers.pop(peer.cid, None)
+            self._early.pop(peer.cid, None)
+            machine = self._machine
+            actions = machine.disconnect(peer.cid) if machine is not None else []
+            if self._batcher is not None:
+                self._batcher.drop(peer.cid)
             self._cond.notify_all()
-        if reason is not None and not self._closed:
-            log.info("%s", reason)
+        if not self._closed:
+            log.info("%s is gone%s", peer.name, f": {reason}" if reason else "")
+        self._run(actions)
 
-    def _on_message(self, session: Session, msg: Message) -> None:
-        with self._cond:
-            current = self._session is session
-        if not current:
-            return
-        t, h = msg.type, msg.header
+    def _on_message(self, peer: Peer, msg: Message) -> None:
+        """Reader thread: validate at the edge; a bad message closes only that connection."""
+        t = msg.type
         if t == MsgType.USER:
-            try:
-                self._inbox.put_nowait(decode_value(h.get("value"), msg.frames))
-            except queue.Full:
-                raise ProtocolError(
-                    f"the student sent more than {_USER_INBOX} messages the teacher did not recv()"
-                ) from None
-        elif t == MsgType.CREDIT:
-            with self._cond:
-                if h.get("sub") == self._sub:
-                    self._credits += int(h.get("n", 1))
-                    self._cond.notify_all()
-        elif t == MsgType.ROUND_DONE:
-            with self._cond:
-                self._done_round = max(self._done_round, int(h["round"]))
-                self._cond.notify_all()
-        elif t in (MsgType.SUBSCRIBE, MsgType.QUERY, MsgType.BYE):
-            with self._cond:
-                self._requests.append((session, msg))
-                self._cond.notify_all()
-        else:
-            raise ProtocolError(f"unexpected message type {t!r} from a student")
-
-    def wait_for_student(self, timeout: float) -> None:
-        """Block until a student has connected and authenticated (at most ``timeout`` s)."""
-        self._wait_session(timeout)
-
-    def _wait_session(self, timeout: float) -> Session:
-        def ready() -> bool:
-            self._check_open()
-            return self._session is not None
-
+            self._on_user(msg)
+            return
+        event = parse(t, msg.header)  # ProtocolError: the session logs it and closes
+        if t == MsgType.QUERY:
+            self._on_query(peer, msg, event)
         with self._cond:
-            if not wait_until(self._cond, ready, Deadline(timeout)):
-                raise PantheonTimeoutError(
-                    f"no student connected to the teacher at {self.address} within {timeout:g} s; "
-                    "start the student with register_teacher(in_address=...) pointing here"
-                )
-            assert self._session is not None
-            return self._session
+            machine = self._machine
+            if machine is None:
+                early = self._early.setdefault(peer.cid, [])
+                if len(early) >= _EARLY_EVENTS:
+                    raise ProtocolError(
+                        f"{peer.name} sent {_EARLY_EVENTS} requests before the teacher started "
+                        "serving; wait for the teacher"
+                    )
+                early.append((msg, event))
+                return
+            try:
+                actions = machine.receive(peer.cid, event, time.monotonic())
+            except ProtocolViolation as exc:
+                raise ProtocolError(f"{peer.name}: {exc}") from None
+            self._cond.notify_all()
+        self._run(actions)
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise ClosedError("this Teacher is closed")
+    def _on_user(self, msg: Message) -> None:
+        value = decode_value(msg.header.get("value"), msg.frames)
+        try:
+            self._inbox.put_nowait(value)
+        except queue.Full:
+            raise ProtocolError(
+                f"a student sent more than {_USER_INBOX} messages the teacher did not recv()"
+            ) from None
 
-    # -- description ----------------------------------------------------------------------
+    def _on_query(self, peer: Peer, msg: Message, event: Event) -> None:
+        batcher = self._batcher
+        if batcher is None:
+            return  # not serving queries: the machine answers with an error
+        qid = msg.header["qid"]
+        query = PendingQuery(peer.cid, qid, decode_plain(msg.header, msg.frames))
+        if not batcher.submit(query, timeout=self._heartbeat.timeout):
+            fail = Fail(f"query {qid}: the teacher stopped answering", ErrorCode.FAILED, qid)
+            peer.send(*header(fail))
+
+    # ------------------------------------------------------------------ actions
+
+    def _run(self, actions: list[Action]) -> None:
+        """Carry out the machine's actions (never while holding the lock)."""
+        for action in actions:
+            if isinstance(action, SendData):
+                self._send_data(action)
+            elif isinstance(action, Send):
+                peer = self._peers.get(action.cid)
+                if peer is not None:
+                    peer.send(action.type, action.header)
+            elif isinstance(action, Close):
+                peer = self._peers.get(action.cid)
+                if peer is not None:
+                    log.info("closing %s: %s", peer.name, action.reason)
+                    peer.close_after_sends()
+            elif isinstance(action, (StartCursor, StopCursor)):
+                runner = self._runner
+                if runner is not None:
+                    runner.apply(action)
+
+    def _send_data(self, action: SendData) -> None:
+        head, frames = encode_chunks(list(action.chunks), self._codecs)
+        nbytes = sum(memoryview(f).nbytes for f in frames)
+        samples = sum(len(c.ids) for c in action.chunks)
+        for cid, sub in action.targets:
+            peer = self._peers.get(cid)
+            if peer is None:
+                continue
+            peer.send(
+                MsgType.DATA,
+                {**head, "sub": sub, "round": action.round, "upto": action.upto},
+                frames,
+            )
+            self._stats["messages"] += 1
+            self._stats["bytes"] += nbytes
+            self._stats["samples"] += samples
+            self._stats["batches"] += len(action.chunks)
+
+    # ------------------------------------------------------------------ description
 
     def set_use_fp16(self, use_fp16: bool) -> None:
         """Change ``use_fp16`` before the description is known."""
         self._use_fp16 = use_fp16
 
-    def _learn_desc(self, chunk: Chunk) -> None:
-        if self._desc is not None:
-            return
-        desc = describe(chunk.data)
-        self._codecs = resolve_codecs(desc, self._codec_args, self._use_fp16)
-        self._desc = desc
-        with self._cond:
-            session = self._session
-        if session is not None:
-            self._send_desc(session)
-
-    def _send_desc(self, session: Session) -> None:
-        header = {
-            "desc": self._desc,
-            "codecs": {k: c.spec() for k, c in self._codecs.items()},
-            "times": self._times,
-        }
-        try:
-            session.send(MsgType.DESC, header)
-        except ConnectionLostError:
-            pass
-
-    # -- serving rounds -------------------------------------------------------------------
-
-    def serve_rounds(self, make_round: Callable[[int], Iterator[Chunk]], times: int) -> None:
-        """Serve ``times`` rounds on request; return once the student acknowledged the last."""
-        self._times = times
-        self._done_round = -1
-        first_producer = Producer(make_round, 0, self._prefetch)
-        ahead: tuple[int, Producer] | None = (0, first_producer)
+    def _known_desc(self, chunk: Chunk) -> Description:
+        """The description, learned from ``chunk`` if this is the first."""
         if self._desc is None:
-            first = first_producer.peek(self._timeout)
-            if first is not None:
-                self._learn_desc(first)
-        try:
-            while True:
-                request = self._next_request(lambda: self._done_round >= times - 1)
-                if request is None:
-                    return
-                session, msg = request
-                if msg.type != MsgType.SUBSCRIBE:
-                    continue  # BYE: wait for the next student
-                rnd, start = int(msg.header["round"]), int(msg.header["start"])
-                if not 0 <= rnd < times:
-                    self._send_error(
-                        session,
-                        f"this teacher serves {times} round(s) (0..{times - 1}); "
-                        f"round {rnd} was requested",
-                    )
-                    continue
-                producer: Producer
-                if (
-                    ahead is not None
-                    and ahead[0] == rnd
-                    and ahead[1].start_sample == start
-                    and not ahead[1].touched
-                ):
-                    producer = ahead[1]
-                else:
-                    if ahead is not None:
-                        ahead[1].stop()
-                    producer = Producer(make_round, start, self._prefetch)
-                ahead = None
-                finished = self._stream(session, msg.header, producer)
-                if finished and rnd + 1 < times:
-                    ahead = (rnd + 1, Producer(make_round, 0, self._prefetch))
-        finally:
-            if ahead is not None:
-                ahead[1].stop()
+            self._learn_desc(chunk)
+        assert self._desc is not None
+        return self._desc
 
-    def _next_request(self, done: Callable[[], bool]) -> tuple[Session, Message] | None:
-        """The next SUBSCRIBE/QUERY/BYE, or None once ``done()``; fails after ``timeout`` s
-        without any student."""
-
-        def ready() -> bool:
-            self._check_open()
-            return done() or bool(self._requests) or self._session is not None
-
+    def _learn_desc(self, chunk: Chunk) -> None:
+        desc = describe(chunk.data)
+        codecs = resolve_codecs(desc, self._codec_args, self._use_fp16)
         with self._cond:
-            while True:
-                if not wait_until(self._cond, ready, Deadline(self._timeout)):
-                    raise TeacherError(
-                        f"no student connected to the teacher at {self.address} for "
-                        f"{self._timeout:g} s; giving up (raise Teacher(timeout=...) to wait longer)"
-                    )
-                if done():
-                    return None
-                if self._requests:
-                    return self._requests.popleft()
-                # a student is connected but has not asked for anything yet: wait on
-                self._cond.wait(0.5)
+            if self._desc is not None:
+                return
+            self._codecs, self._desc = codecs, desc
+            machine = self._machine
+            actions = machine.set_desc(self._desc_event(machine.times)) if machine else []
+        self._run(actions)
 
-    def _send_error(self, session: Session, message: str) -> None:
-        try:
-            session.send(MsgType.ERROR, {"message": message})
-        except ConnectionLostError:
-            pass
+    def _desc_event(self, times: int) -> Desc:
+        assert self._desc is not None
+        return Desc(self._desc, {k: c.spec() for k, c in self._codecs.items()}, times)
 
-    def _interrupted(self, session: Session) -> bool:
-        return self._session is not session or bool(self._requests) or self._closed
+    # ------------------------------------------------------------------ serving
 
-    def _stream(self, session: Session, request: Mapping[str, Any], producer: Producer) -> bool:
-        """Stream one subscription; True if the round ended, False if interrupted."""
-        sub, rnd = int(request["sub"]), int(request["round"])
+    def _start_machine(self, machine: TeacherMachine) -> list[Action]:
+        """Make ``machine`` current; hand it the clients that came before it, and their
+        requests. Holds the lock."""
+        self._machine = machine
+        if self._desc is not None:
+            machine.desc = self._desc_event(machine.times)
+        actions: list[Action] = []
+        now = time.monotonic()
+        for cid, peer in list(self._peers.items()):
+            actions += machine.connect(cid, peer.hello, peer.peer)
+            for msg, event in self._early.pop(cid, []):
+                if msg.type == MsgType.QUERY and self._batcher is not None:
+                    qid = msg.header["qid"]
+                    q = PendingQuery(cid, qid, decode_plain(msg.header, msg.frames))
+                    self._batcher.submit(q, timeout=self._heartbeat.timeout)
+                try:
+                    actions += machine.receive(cid, event, now)
+                except ProtocolViolation as exc:
+                    log.warning("closing %s: %s", peer.name, exc)
+                    peer.close()
+        self._early.clear()
+        return actions
+
+    def _serve(self, machine: TeacherMachine) -> None:
+        """The serving loop: until the machine is done, failed, abandoned or starved."""
+        deadline = Deadline(self._timeout)
         with self._cond:
-            self._sub = sub
-            self._credits = int(request.get("credits", 1))
-        total = producer.start_sample
+            actions = self._start_machine(machine)
+        self._run(actions)
         try:
             while True:
                 with self._cond:
-                    if self._interrupted(session):
-                        return False
-                try:
-                    item = producer.take(self._coalesce, timeout=0.2)
-                except BaseException as exc:
-                    self._send_error(
-                        session, f"the teacher failed while producing round {rnd}: {exc!r}"
-                    )
-                    raise
-                if item is Producer.TIMEOUT:
-                    continue
-                if item is None:
-                    session.send(MsgType.END_ROUND, {"sub": sub, "round": rnd, "samples": total})
-                    return True
-                assert isinstance(item, list)
-                try:
-                    self._learn_desc(item[0])
-                    header, frames = encode_chunks(item, self._codecs)
-                except PantheonError as exc:
-                    self._send_error(session, f"the teacher cannot send round {rnd}: {exc}")
-                    raise
-                if not self._take_credit(session):
-                    return False
-                header.update(sub=sub, round=rnd)
-                session.send(MsgType.DATA, header, frames)
-                n = sum(len(c.ids) for c in item)
-                total += n
-                self._stats["batches"] += len(item)
-                self._stats["samples"] += n
-                self._stats["messages"] += 1
-                self._stats["bytes"] += sum(memoryview(f).nbytes for f in frames)
-        except ConnectionLostError:
-            return False
+                    self._cond.wait(_TICK)
+                    self._check_open()
+                    if self._runner is not None and self._runner.failure is not None:
+                        raise self._runner.failure
+                    if machine.finished():
+                        return
+                    reason = machine.abandoned()
+                    if reason is not None:
+                        raise TeacherError(reason)
+                    if machine.failure is not None:
+                        raise TeacherError(machine.failure)
+                    if any(p.hello.role == "student" for p in self._peers.values()):
+                        deadline = Deadline(self._timeout)
+                    elif deadline.expired:
+                        raise TeacherError(
+                            f"no student connected to the teacher at {self.address} for "
+                            f"{self._timeout:g} s; giving up (raise Teacher(timeout=...) to wait "
+                            "longer)"
+                        )
+                    actions = machine.tick(time.monotonic())
+                self._run(actions)
         finally:
-            producer.stop()
+            with self._cond:
+                self._machine = None
+                runner, self._runner = self._runner, None
+                self._cond.notify_all()
+            if runner is not None:
+                runner.stop_all()
+                self._stats["backpressure_seconds"] += runner.wait_seconds
 
-    def _take_credit(self, session: Session) -> bool:
-        t0 = time.perf_counter()
-        with self._cond:
-            wait_until(
-                self._cond,
-                lambda: self._credits > 0 or self._interrupted(session),
-                Deadline(None),
-            )
-            if self._credits <= 0:
-                return False
-            self._credits -= 1
-        self._stats["credit_wait_seconds"] += time.perf_counter() - t0
-        return True
+    def serve_rounds(
+        self, make_round: RoundFactory, times: int, options: ServeOptions | None = None
+    ) -> None:
+        """Serve ``times`` rounds on request; return once the groups waited for have
+        acknowledged their last round (see :class:`~.teacher_machine.TeacherMachine`)."""
+        opts = options or ServeOptions()
+        machine = TeacherMachine(
+            times=times,
+            groups=opts.groups,
+            max_students=self._max_students,
+            window=self._prefetch,
+            coalesce_bytes=self._coalesce,
+            gate_timeout=self._timeout,
+            park_timeout=self._heartbeat.timeout,
+        )
+        self._runner = CursorRunner(machine, make_round, self._cond, self._known_desc, self._run)
+        self._run(machine.prefetch(0))  # the description is known before anyone asks
+        self._serve(machine)
 
-    # -- query mode -----------------------------------------------------------------------
+    def serve_queries(
+        self,
+        handler: Callable[[dict[str, Any]], Mapping[str, Any]],
+        options: ServeOptions | None = None,
+    ) -> None:
+        """Answer the students' queries with ``handler(feeds) -> knowledge`` until every
+        student said goodbye."""
+        opts = options or ServeOptions()
 
-    def serve_queries(self, handler: Callable[[dict[str, Any]], Mapping[str, Any]]) -> None:
-        """Answer the student's queries with ``handler(feeds) -> knowledge`` until it says BYE."""
-        while True:
-            request = self._next_request(lambda: False)
-            assert request is not None
-            session, msg = request
-            if msg.type == MsgType.BYE:
+        def reply(query: PendingQuery, answer: Chunk | None, error: str | None) -> None:
+            peer = self._peers.get(query.cid)
+            if peer is None:
                 return
-            if msg.type != MsgType.QUERY:
-                self._send_error(session, "this teacher only answers queries (it has no reader)")
-                continue
-            qid = msg.header["qid"]
-            try:
-                feeds = decode_plain(msg.header, msg.frames)
-                knowledge, n = normalize_batch(
-                    handler(dict(feeds.data)), where=f"answer to query {qid}"
-                )
-            except Exception as exc:
-                self._send_error(session, f"query {qid} failed on the teacher: {exc!r}")
-                raise
-            if n != len(feeds.ids):
-                raise TeacherError(
-                    f"the query handler returned {n} samples for a query of {len(feeds.ids)}"
-                )
-            chunk = Chunk(feeds.ids, knowledge)
-            self._learn_desc(chunk)
-            header, frames = encode_chunks([chunk], self._codecs)
-            header["qid"] = qid
-            try:
-                session.send(MsgType.ANSWER, header, frames)
-            except ConnectionLostError:
-                continue
+            if answer is None:
+                fail = Fail(error or "the query failed", ErrorCode.FAILED, query.qid)
+                peer.send(*header(fail))
+                return
+            if self._desc is None:
+                self._learn_desc(answer)
+            head, frames = encode_chunks([answer], self._codecs)
+            head["qid"] = query.qid
+            peer.send(MsgType.ANSWER, head, frames)
             self._stats["batches"] += 1
-            self._stats["samples"] += n
+            self._stats["samples"] += len(answer.ids)
 
-    # -- user messages --------------------------------------------------------------------
+        self._batcher = QueryBatcher(
+            handler, reply, max_batch=opts.max_batch, max_delay=opts.max_delay
+        )
+        machine = TeacherMachine(queries=True, groups=opts.groups, max_students=self._max_students)
+        try:
+            self._serve(machine)
+        finally:
+            self._batcher.stop()
+            self.query_calls = list(self._batcher.calls)
+            self._batcher = None
+
+    def wait_for_student(self, timeout: float) -> None:
+        """Block until a student has connected and authenticated (at most ``timeout`` s)."""
+        self._wait_student(timeout)
+
+    def _wait_student(self, timeout: float) -> Peer:
+        def student() -> Peer | None:
+            self._check_open()
+            return next((p for p in self._peers.values() if p.hello.role == "student"), None)
+
+        with self._cond:
+            if not wait_until(self._cond, lambda: student() is not None, Deadline(timeout)):
+                raise PantheonTimeoutError(
+                    f"no student connected to the teacher at {self.address} within {timeout:g} s; "
+                    "start the student with register_teacher(in_address=...) pointing here"
+                )
+            found = student()
+            assert found is not None
+            return found
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("this Teacher is closed")
+
+    # ------------------------------------------------------------------ user messages
 
     def send_user(self, data: Any, timeout: float) -> None:
-        """Send one user message to the current student (waits for one up to ``timeout`` s)."""
+        """Send one user message to every connected student (waits for one up to ``timeout`` s)."""
         value, frames = encode_value(data)
-        self._wait_session(timeout).send(MsgType.USER, {"value": value}, frames)
+        self._wait_student(timeout)
+        with self._cond:
+            peers = [p for p in self._peers.values() if p.hello.role == "student"]
+        for peer in peers:
+            peer.send(MsgType.USER, {"value": value}, frames)
 
     def recv_user(self, timeout: float) -> Any:
-        """The next user message from the student."""
+        """The next user message from a student."""
         return take_message(self._inbox, timeout, "the student (Teacher.recv)")
 
     def stats(self) -> dict[str, Any]:
-        """Counters: batches, samples, messages and bytes sent, seconds waiting for credits."""
-        return dict(self._stats)
+        """Counters: batches, samples, messages and bytes sent, chunks predicted."""
+        out: dict[str, Any] = dict(self._stats)
+        with self._cond:
+            if self._runner is not None:
+                out["backpressure_seconds"] += self._runner.wait_seconds
+            out["students"] = sum(p.hello.role == "student" for p in self._peers.values())
+        return out
 
     def close(self) -> None:
-        """Stop listening and close the student's connection."""
+        """Stop listening and close every connection (each is told goodbye)."""
         with self._cond:
             if self._closed:
                 return
             self._closed = True
-            session, self._session = self._session, None
+            peers = list(self._peers.values())
+            runner = self._runner
             self._cond.notify_all()
+        if runner is not None:
+            runner.stop_all()
+        self._acceptor.close()
         self._listener.close()
-        if session is not None:
-            try:
-                session.send(MsgType.BYE)
-            except ConnectionLostError:
-                pass
-            session.close()
+        for peer in peers:
+            peer.close_after_sends()

@@ -1,33 +1,33 @@
-"""The student's side of an online teacher: connection(s), reconnection, rounds, queries.
+"""The student's driver for one online teacher: links, threads and waits around the machine.
 
-An :class:`OnlineSource` holds one :class:`Link` per address of the teacher (several
-addresses = replicas of one model). Streaming uses the first connected link; when it dies the
-round is re-subscribed, on the same address once the teacher is back or on another replica,
-from the first sample the student does not hold yet: nothing lost, nothing duplicated.
-Queries are spread over every connected replica and re-sent when one dies.
+An :class:`OnlineSource` holds one :class:`~.link.Link` per address of the teacher (several
+addresses are replicas of one model) and a :class:`~.student_machine.StudentMachine`. Session
+reader threads decode and check what arrives and hand it to the machine; the training loop's
+thread waits, with timeouts, for what the machine holds; reconnections run in threads of
+their own. See ``docs/protocol.md`` for the messages.
 """
 
 from __future__ import annotations
 
-import collections
-import itertools
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .._codecs import Codec, codec_from_spec
 from .._errors import (
+    ClosedError,
     ConfigError,
     ConnectionLostError,
+    KnowledgeError,
     PantheonError,
     PantheonTimeoutError,
     ProtocolError,
     TeacherError,
 )
-from .._knowledge import Chunk, Description
+from .._knowledge import Chunk, Description, check_batch
 from .._util import Deadline, wait_until
 from .._wire import (
     Heartbeat,
@@ -41,70 +41,65 @@ from .._wire import (
     take_message,
 )
 from .link import Link
+from .messages import Bye, Data, Desc, EndRound, Fail, Query, header, parse
 from .payload import decode_payload, encode_chunks
+from .student_machine import Action, Reconnect, RoundState, StudentMachine, Transmit
 
-__all__ = ["OnlineSource"]
+__all__ = ["OnlineRound", "OnlineSource"]
 
 log = logging.getLogger("pantheon")
-_SUBS = itertools.count(1)
+
+_USER_INBOX = 1024  # unread Teacher.send messages before the teacher is cut off
 
 
-class _OnlineRound:
-    """One round being streamed from an online teacher."""
+class OnlineRound:
+    """One round being streamed from an online teacher (a ``RoundStream``)."""
 
-    def __init__(self, source: OnlineSource, round_index: int, start: int) -> None:
-        self.source = source
-        self.round = round_index
-        self.next_sample = start  # first sample not yet held by the student
-        self.sub = -1
-        self.link: Link | None = None
-        self.session: Session | None = None  # the session the subscription was sent on
-        self.chunks: collections.deque[Chunk] = collections.deque()
-        self.ended = False
-        self.closed = False
-        self.consumed = 0  # taken since the last CREDIT
+    def __init__(self, source: OnlineSource, state: RoundState) -> None:
+        self._source = source
+        self._state = state
 
     def next_chunk(self, timeout: float) -> Chunk | None:
-        src = self.source
-        deadline = Deadline(timeout)
+        """The next chunk of the shard, or ``None`` once the round ended; waits ``timeout`` s
+        (longer while a reconnection is under way: it has its own deadline and names the
+        teacher when it gives up)."""
+        src, state = self._source, self._state
+        machine = src.machine
 
         def ready() -> bool:
-            if self.chunks or self.ended:
+            if state.chunks or state.ended:
                 return True
-            if src.error is not None:
-                raise src.error
+            if machine.error is not None:
+                raise machine.error
+            if src.closed:
+                raise ClosedError(f"{src.name} was closed while a round was read")
             return False
 
+        deadline = Deadline(timeout)
         with src.cond:
             while not wait_until(src.cond, ready, deadline):
-                if not src.reconnecting():
+                if not machine.reconnecting():
                     raise PantheonTimeoutError(
-                        f"{src.name} sent no knowledge for {timeout:g} s in round {self.round}; "
-                        "raise Student(timeout=...) for slow teachers"
+                        f"{src.name} sent no knowledge for {timeout:g} s in round "
+                        f"{state.round}; raise Student(timeout=...) for slow teachers"
                     )
-                # a reconnection has its own deadline, after which it names the teacher
                 deadline = Deadline(0.5)
-            if not self.chunks:
+            if not state.chunks:
                 return None
-            chunk = self.chunks.popleft()
-            self.consumed += 1
-            grant = self.consumed >= max(1, src.credits // 2)
-            link, sub = self.link, self.sub
-            if grant:
-                n, self.consumed = self.consumed, 0
-        if grant and link is not None and link.session is not None:
-            try:
-                link.session.send(MsgType.CREDIT, {"sub": sub, "n": n})
-            except ConnectionLostError:
-                pass  # re-subscribing grants fresh credits
+            chunk, actions = machine.take()
+        src.run(actions)
         return chunk
 
+    def known_samples(self) -> int:
+        """How many samples the round has, as far as the teacher said so far (exact once it
+        ended)."""
+        state = self._state
+        return state.samples if state.samples is not None else state.frontier
+
     def close(self) -> None:
-        src = self.source
-        with src.cond:
-            self.closed = True
-            if src.round is self:
-                src.round = None
+        """Abandon the rest of the round."""
+        with self._source.cond:
+            self._source.machine.close_round(self._state)
 
 
 class OnlineSource:
@@ -118,6 +113,8 @@ class OnlineSource:
             declaring the teacher gone.
         credits: DATA messages the teacher may have in flight (default 8).
         heartbeat: liveness settings.
+        sparse_topk: hand top-k knowledge in its sparse form.
+        group / rank / world_size: this student's job, and its shard of every round.
     """
 
     def __init__(
@@ -130,7 +127,9 @@ class OnlineSource:
         credits: int = 8,
         heartbeat: Heartbeat | None = None,
         sparse_topk: bool = False,
-        client_id: str | None = None,
+        group: str = "default",
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         addresses = [address] if isinstance(address, str) else list(address)
         if not addresses:
@@ -138,187 +137,170 @@ class OnlineSource:
         for a in addresses:
             parse_address(a)
         self.index = index
-        self.client_id = client_id or uuid.uuid4().hex
-        self.sparse_topk = sparse_topk
         self.name = f"teacher {index} ({', '.join(addresses)})"
+        self.client_id = uuid.uuid4().hex
+        self.sparse_topk = sparse_topk
         self.token = resolve_token(token)
         self.timeout = timeout
         self.credits = max(1, credits)
         self.heartbeat = heartbeat or Heartbeat()
-        self.stopped = threading.Event()  # set by close(): reconnection attempts end
-        self.links = [Link(self, a) for a in addresses]
+        self.hello = {
+            "client": self.client_id,
+            "role": "student",
+            "group": group,
+            "rank": rank,
+            "world_size": world_size,
+        }
         self.cond = threading.Condition()
-        self.desc_: Description | None = None
-        self.codecs: dict[str, Codec] = {}
-        self.times = 0
-        self.round: _OnlineRound | None = None
-        self.error: BaseException | None = None
+        self.stopped = threading.Event()
+        self.machine = StudentMachine(
+            self.name, len(addresses), rank=rank, world_size=world_size, credits=self.credits
+        )
+        self.links = [Link(self, a, i) for i, a in enumerate(addresses)]
         self.closed = False
-        self.inbox: queue.Queue[Any] = queue.Queue()
-        self.answers: dict[int, Chunk | BaseException] = {}
+        self.inbox: queue.Queue[Any] = queue.Queue(maxsize=_USER_INBOX)
         self._stats = {"bytes": 0, "reconnects": 0}
+        self._down_since: float | None = None
 
-    # -- connecting -----------------------------------------------------------------------
+    # ------------------------------------------------------------------ actions
+
+    def run(self, actions: list[Action]) -> None:
+        """Carry out the machine's actions (never while holding the lock)."""
+        for action in actions:
+            if isinstance(action, Reconnect):
+                threading.Thread(target=self._reconnect, args=(action.link,), daemon=True).start()
+                continue
+            self._transmit(action)
+
+    def _transmit(self, action: Transmit) -> None:
+        session = self.links[action.link].session
+        if session is None:
+            return  # it went down meanwhile: its close resumes what it carried
+        kind, head = header(action.event)
+        frames: list[Any] = []
+        if action.chunk is not None:
+            chunk_head, frames = encode_chunks([action.chunk], {})
+            head = {**chunk_head, **head}
+        try:
+            session.send(kind, head, frames)
+        except ConnectionLostError:
+            pass  # on_close resumes the round or sends the queries again
+
+    # ------------------------------------------------------------------ connecting
 
     def start(self, timeout: float) -> None:
+        """Connect every link (the first within ``timeout``, the others within 1 s more)."""
         deadline = Deadline(timeout)
         errors: list[BaseException] = []
         for link in self.links:
             try:
                 link.connect(deadline if not errors else Deadline(1.0))
-            except TeacherError as exc:
+            except TeacherError as exc:  # not reachable in time; a replica may be
                 errors.append(exc)
+                continue
+            self._up(link)
         if len(errors) == len(self.links):
             raise errors[0]
 
-    def _start_reconnect(self, link: Link) -> None:
-        """Reconnect ``link`` in the background unless it already does. Holds ``cond``."""
-        if link.reconnecting or link.session is not None or self.closed:
-            return
-        link.reconnecting = True
-        link.said_bye = False
-        self.cond.notify_all()
-        threading.Thread(target=self._reconnect, args=(link,), daemon=True).start()
+    def _up(self, link: Link) -> None:
+        with self.cond:
+            if link.session is None or not link.session.alive:
+                return  # it closed already: its on_close took care of it
+            actions = self.machine.link_up(link.index)
+            if self._down_since is not None:
+                gone = time.monotonic() - self._down_since
+                log.info("%s: reconnected to %s after %.1f s", self.name, link.address, gone)
+                self._down_since = None
+            self.cond.notify_all()
+        self.run(actions)
 
-    def _reconnect(self, link: Link) -> None:
+    def _reconnect(self, index: int) -> None:
+        link = self.links[index]
         try:
             link.connect(Deadline(self.timeout))
         except PantheonError as exc:
             with self.cond:
-                link.reconnecting = False
-                if all(lk.session is None and not lk.reconnecting for lk in self.links):
-                    self.error = TeacherError(
-                        f"{self.name} is gone: no connection for {self.timeout:g} s ({exc})"
-                    )
+                self.machine.reconnect_failed(index, exc)
                 self.cond.notify_all()
             return
         with self.cond:
-            link.reconnecting = False
             self._stats["reconnects"] += 1
-            self.cond.notify_all()
-            parked: dict[int, Chunk] = {}
-            for lk in self.links:
-                if lk.session is None:
-                    parked.update(lk.outstanding)
-                    lk.outstanding.clear()
-        for qid, query in sorted(parked.items()):
-            self._send_query(qid, query)
-        self._resume(link)
+        self._up(link)
 
     def on_close(self, link: Link, session: Session, reason: BaseException | None) -> None:
+        """A link's session closed (its reader thread, or this side)."""
         with self.cond:
             if link.session is session:
                 link.session = None
-            lost_queries = dict(link.outstanding)
-            link.outstanding.clear()
-            if self.closed or self.error is not None:  # closed, or the teacher refused us
-                self.cond.notify_all()
-                return
-            busy = bool(lost_queries) or (self.round is not None and not self.round.ended)
-            if link.said_bye and not busy:
-                self.cond.notify_all()
-                return  # the teacher finished; reconnect when a round or query needs it
-            self._start_reconnect(link)
-        log.warning("%s; reconnecting", reason or f"lost {link.address}")
-        for qid, query in lost_queries.items():
-            self._send_query(qid, query)
-        self._resume(None)
+            actions = self.machine.link_down(link.index, reason)
+            if any(isinstance(a, Reconnect) for a in actions) and self._down_since is None:
+                self._down_since = time.monotonic()
+            self.cond.notify_all()
+        if actions:
+            log.warning("%s: %s; reconnecting", self.name, reason or f"lost {link.address}")
+        self.run(actions)
 
-    def _resume(self, connected: Link | None) -> None:
-        """Re-subscribe the current round if its link is gone (after a reconnect / fail-over)."""
-        with self.cond:
-            rnd = self.round
-            if rnd is None or rnd.ended or rnd.closed:
-                return
-            if rnd.session is not None and rnd.session.alive:
-                return
-            link = connected if connected is not None and connected.session else self._connected()
-            if link is None:
-                return
-            self._subscribe(rnd, link)
-
-    def reconnecting(self) -> bool:
-        """Whether no link is connected and one is trying to reconnect (holds ``cond``)."""
-        return self._connected() is None and any(lk.reconnecting for lk in self.links)
-
-    def _connected(self) -> Link | None:
-        for link in self.links:
-            if link.session is not None:
-                return link
-        return None
-
-    # -- messages -------------------------------------------------------------------------
+    # ------------------------------------------------------------------ messages
 
     def on_message(self, link: Link, session: Session, msg: Message) -> None:
-        t, h = msg.type, msg.header
-        if t == MsgType.DATA:
-            self._on_data(link, msg)
-        elif t == MsgType.END_ROUND:
-            with self.cond:
-                rnd = self.round
-                if rnd is not None and h.get("sub") == rnd.sub:
-                    rnd.ended = True
-                    self.cond.notify_all()
-        elif t == MsgType.DESC:
-            with self.cond:
-                self.codecs = {
-                    k: codec_from_spec(s) for k, s in dict(h.get("codecs") or {}).items()
-                }
-                self.desc_ = {k: dict(v) for k, v in dict(h["desc"]).items()}
-                self.times = int(h.get("times", 0))
-                self.cond.notify_all()
-        elif t == MsgType.USER:
-            self.inbox.put(decode_value(h.get("value"), msg.frames))
-        elif t == MsgType.ANSWER:
-            self._on_answer(link, msg)
-        elif t == MsgType.BYE:
-            link.said_bye = True
-        elif t == MsgType.ERROR:
-            with self.cond:
-                self.error = TeacherError(f"{self.name} reported: {h.get('message', 'an error')}")
-                self.cond.notify_all()
-        else:
-            raise ProtocolError(f"unexpected message type {t!r} from {self.name}")
+        """A link's reader thread: check at the edge, then hand to the machine."""
+        t = msg.type
+        if t == MsgType.USER:
+            try:
+                self.inbox.put_nowait(decode_value(msg.header.get("value"), msg.frames))
+            except queue.Full:
+                raise ProtocolError(
+                    f"{self.name} sent more than {_USER_INBOX} messages that Student.recv() "
+                    "did not take"
+                ) from None
+            return
+        if t == MsgType.STATUS_INFO:
+            return
+        event = parse(t, msg.header)
+        chunk = self._decode(msg) if isinstance(event, (Data, Query)) else None
+        with self.cond:
+            m = self.machine
+            if isinstance(event, Data):
+                assert chunk is not None
+                m.on_data(link.index, event.sub, event.upto, chunk)
+            elif isinstance(event, Query):  # an ANSWER
+                assert chunk is not None
+                m.on_answer(link.index, event.qid, chunk)
+            elif isinstance(event, EndRound):
+                m.on_end(link.index, event)
+            elif isinstance(event, Desc):
+                m.on_desc(event)
+            elif isinstance(event, Fail):
+                m.on_fail(event)
+            elif isinstance(event, Bye):
+                m.on_bye(link.index)
+            else:
+                raise ProtocolError(f"{self.name} sent a {type(event).__name__} message")
+            self.cond.notify_all()
 
     def _decode(self, msg: Message) -> Chunk:
-        desc = self.desc_
+        desc, codecs = self.machine.desc, self.machine.codecs
         if desc is None:
             raise ProtocolError(f"{self.name} sent knowledge before its description")
         self._stats["bytes"] += sum(memoryview(f).nbytes for f in msg.frames)
-        return decode_payload(msg.header, msg.frames, desc, self.codecs, sparse=self.sparse_topk)
+        try:
+            chunk = decode_payload(msg.header, msg.frames, desc, codecs, sparse=self.sparse_topk)
+            plain = {k: v for k, v in chunk.data.items() if not self.sparse_topk or k not in codecs}
+            check_batch(plain, {k: desc[k] for k in plain}, where=f"knowledge from {self.name}")
+        except KnowledgeError as exc:
+            raise ProtocolError(str(exc)) from None
+        return chunk
 
-    def _on_data(self, link: Link, msg: Message) -> None:
-        with self.cond:
-            rnd = self.round
-            if rnd is None or msg.header.get("sub") != rnd.sub or rnd.link is not link:
-                return  # stale: an abandoned or re-subscribed stream
-        chunk = self._decode(msg)
-        with self.cond:
-            if rnd.closed or msg.header.get("sub") != rnd.sub:
-                return
-            if len(chunk.ids) and int(chunk.ids[0]) != rnd.next_sample:
-                raise ProtocolError(
-                    f"{self.name} sent sample {int(chunk.ids[0])} where {rnd.next_sample} was expected"
-                )
-            rnd.next_sample += len(chunk.ids)
-            rnd.chunks.append(chunk)
-            self.cond.notify_all()
-
-    def _on_answer(self, link: Link, msg: Message) -> None:
-        qid = int(msg.header["qid"])
-        chunk = self._decode(msg)
-        with self.cond:
-            if link.outstanding.pop(qid, None) is not None:
-                self.answers[qid] = chunk
-                self.cond.notify_all()
-
-    # -- Source protocol ------------------------------------------------------------------
+    # ------------------------------------------------------------------ Source protocol
 
     def desc(self, timeout: float) -> Description:
+        """The teacher's description (waits until it sent it, at most ``timeout`` s)."""
+        m = self.machine
+
         def ready() -> bool:
-            if self.error is not None:
-                raise self.error
-            return self.desc_ is not None
+            if m.error is not None:
+                raise m.error
+            return m.desc is not None
 
         with self.cond:
             if not wait_until(self.cond, ready, Deadline(timeout)):
@@ -327,88 +309,44 @@ class OnlineSource:
                     "(it knows it once it produced its first batch; in query mode, after the "
                     "first query)"
                 )
-            assert self.desc_ is not None
-            return self.desc_
+            assert m.desc is not None
+            return m.desc
 
-    def open_round(self, round_index: int, start_sample: int) -> _OnlineRound:
-        rnd = _OnlineRound(self, round_index, start_sample)
+    @property
+    def extra(self) -> dict[str, Any]:
+        """Extra fields of the teacher's description message (fingerprints, ...)."""
+        return dict(self.machine.extra)
+
+    def open_round(self, round_index: int, start_sample: int) -> OnlineRound:
+        """Stream round ``round_index`` from this rank's position ``start_sample``."""
         with self.cond:
-            if self.error is not None:
-                raise self.error
-            if self.round is not None:
-                self.round.closed = True
-            self.round = rnd
-            link = self._connected()
-            if link is not None:
-                self._subscribe(rnd, link)
-            else:
-                for lk in self.links:
-                    self._start_reconnect(lk)
+            actions = self.machine.open_round(round_index, start_sample)
+            assert self.machine.round is not None
+            rnd = OnlineRound(self, self.machine.round)
+        self.run(actions)
         return rnd
 
-    def _subscribe(self, rnd: _OnlineRound, link: Link) -> None:
-        """(Re-)subscribe ``rnd`` on ``link`` from the first sample not held. Holds ``cond``."""
-        rnd.sub = next(_SUBS)
-        rnd.link = link
-        rnd.consumed = 0
-        header = {
-            "sub": rnd.sub,
-            "round": rnd.round,
-            "start": rnd.next_sample,
-            "credits": max(1, self.credits - len(rnd.chunks)),
-        }
-        session = link.session
-        rnd.session = session
-        if session is not None:
-            try:
-                session.send(MsgType.SUBSCRIBE, header)
-            except ConnectionLostError:
-                rnd.link = rnd.session = None
-
     def ack_round(self, round_index: int) -> None:
-        """Tell the teacher(s) that the student holds every sample of ``round_index``."""
-        for link in self.links:
-            session = link.session
-            if session is not None:
-                try:
-                    session.send(MsgType.ROUND_DONE, {"round": round_index})
-                except ConnectionLostError:
-                    pass
-
-    # -- queries --------------------------------------------------------------------------
-
-    def _send_query(self, qid: int, query: Chunk) -> None:
+        """Tell the teacher(s) that the training loop holds every sample of ``round_index``."""
         with self.cond:
-            live = [lk for lk in self.links if lk.session is not None]
-            if not live:
-                # no replica now: keep it on the first link, re-sent when one comes back
-                self.links[0].outstanding[qid] = query
-                for lk in self.links:
-                    self._start_reconnect(lk)
-                return
-            link = min(live, key=lambda lk: len(lk.outstanding))
-            link.outstanding[qid] = query
-            session = link.session
-        header, frames = encode_chunks([query], {})
-        header["qid"] = qid
-        assert session is not None
-        try:
-            session.send(MsgType.QUERY, header, frames)
-        except ConnectionLostError:
-            pass  # on_close re-sends the link's outstanding queries
+            actions = self.machine.ack_round(round_index)
+        self.run(actions)
 
     def submit(self, qid: int, query: Chunk) -> None:
         """Send a query (the student's own feed batch); the answer comes from :meth:`answer`."""
-        self._send_query(qid, query)
+        with self.cond:
+            actions = self.machine.submit(qid, query)
+        self.run(actions)
 
     def answer(self, qid: int, timeout: float) -> Chunk:
         """The knowledge answering query ``qid`` (waits at most ``timeout`` s)."""
+        m = self.machine
 
         def ready() -> bool:
-            if qid in self.answers:
+            if qid in m.answers:
                 return True
-            if self.error is not None:
-                raise self.error
+            if m.error is not None:
+                raise m.error
             return False
 
         with self.cond:
@@ -416,34 +354,35 @@ class OnlineSource:
                 raise PantheonTimeoutError(
                     f"{self.name} did not answer query {qid} within {timeout:g} s"
                 )
-            result = self.answers.pop(qid)
+            result = m.answers.pop(qid)
         if isinstance(result, BaseException):
             raise result
         return result
 
-    # -- user messages --------------------------------------------------------------------
+    # ------------------------------------------------------------------ user messages
 
     def send_user(self, data: Any, timeout: float) -> None:
+        """Send one user message to the teacher (waits for a connection)."""
         value, frames = encode_value(data)
-        deadline = Deadline(timeout)
+        m = self.machine
 
         def ready() -> bool:
-            if self._connected() is not None:
-                return True
-            if self.error is not None:
-                raise self.error
-            return False
+            if m.error is not None:
+                raise m.error
+            return m.live() is not None
 
+        deadline = Deadline(timeout)
         while True:
             with self.cond:
                 if not wait_until(self.cond, ready, deadline):
                     raise PantheonTimeoutError(
                         f"{self.name} is not connected; could not send within {timeout:g} s"
                     )
-                link = self._connected()
-                assert link is not None
-                session = link.session
-            assert session is not None
+                index = m.live()
+                assert index is not None
+                session = self.links[index].session
+            if session is None:
+                continue
             try:
                 session.send(MsgType.USER, {"value": value}, frames)
                 return
@@ -451,23 +390,30 @@ class OnlineSource:
                 continue
 
     def recv_user(self, timeout: float) -> Any:
+        """The next message the teacher sent with ``Teacher.send``."""
         return take_message(self.inbox, timeout, f"{self.name} (Student.recv)")
 
     def stats(self) -> Mapping[str, Any]:
+        """Bytes received and reconnections."""
         return dict(self._stats)
 
-    def close(self) -> None:
+    def close(self, goodbye: bool = True) -> None:
+        """Disconnect; with ``goodbye`` the teacher is told this student is gone for good,
+        without it the teacher waits for it to come back (a resumed ``state_dict``)."""
         with self.cond:
             if self.closed:
                 return
             self.closed = True
+            self.machine.closed = True
             self.stopped.set()
             self.cond.notify_all()
         for link in self.links:
             session = link.session
-            if session is not None:
+            if session is None:
+                continue
+            if goodbye:
                 try:
-                    session.send(MsgType.BYE)
+                    session.send(MsgType.BYE, {"reason": "the student closed"})
                 except ConnectionLostError:
                     pass
-                session.close()
+            session.close()

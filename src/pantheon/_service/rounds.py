@@ -14,8 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from .._chunks import slice_chunk
 from .._errors import ConfigError
-from .._knowledge import Chunk, normalize_batch, slice_chunk
+from .._knowledge import Chunk, normalize_batch
 
 __all__ = ["RoundFactory", "reader_round_factory", "with_progress"]
 

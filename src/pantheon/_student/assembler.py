@@ -179,6 +179,11 @@ class RoundAssembler(Assembler):
         drop_last: drop a last batch shorter than ``batch_size``.
         maxsize: bound on finished batches waiting in the queue.
         timeout: seconds to wait for a teacher's next chunk before failing.
+        shard: ``(rank, world_size, position)``: this rank of a data-parallel group, and the
+            samples of its shard already handed out. With ``drop_last`` and several ranks,
+            every rank yields the same number of batches, ``floor(floor(N / W) / B)`` for a
+            round of ``N`` samples: a batch is handed out once the teachers have shown that
+            every rank has samples for it (at most a batch is held back), the rest dropped.
     """
 
     def __init__(
@@ -191,8 +196,13 @@ class RoundAssembler(Assembler):
         drop_last: bool,
         maxsize: int,
         timeout: float,
+        shard: tuple[int, int, int] = (0, 1, 0),
     ) -> None:
         self._streams = list(streams)
+        self._world = shard[1]
+        self._position = shard[2]
+        self._equalize = drop_last and shard[1] > 1
+        self._held: collections.deque[Chunk] = collections.deque()
         self._names = list(names)
         self._plan = plan
         self._batch_size = batch_size
@@ -204,6 +214,26 @@ class RoundAssembler(Assembler):
     def _close_inputs(self) -> None:
         for stream in self._streams:
             stream.close()
+
+    def _put_batch(self, batch: Chunk) -> bool:
+        """Hand a batch on; with ranks to keep equal, once every rank surely has one too."""
+        if not self._equalize:
+            return self._put(("batch", batch))
+        self._held.append(batch)
+        return self._release()
+
+    def _release(self) -> bool:
+        limit = min(s.known_samples() for s in self._streams) // self._world
+        while self._held and self._position + len(self._held[0].ids) <= limit:
+            batch = self._held.popleft()
+            self._position += len(batch.ids)
+            if not self._put(("batch", batch)):
+                return False
+        return True
+
+    def _end_round(self) -> None:
+        if self._equalize:
+            self._release()  # the round's size is exact now; what is still held is dropped
 
     def _fill(self, i: int, rebatcher: Rebatcher, ended: list[bool]) -> None:
         stream = self._streams[i]
@@ -230,12 +260,14 @@ class RoundAssembler(Assembler):
             if self._stop.is_set():
                 return
             if all(p is None for p in pieces):
+                self._end_round()
                 return
             self._check_aligned(pieces, done)
             first = pieces[0]
             assert first is not None
             size = len(first.ids)
             if size < self._batch_size and self._drop_last:
+                self._end_round()
                 return
             if n == 1 and not self._plan.keys_need_merge:
                 batch = first
@@ -245,7 +277,7 @@ class RoundAssembler(Assembler):
                 )
                 batch = Chunk(first.ids, data)
             done += size
-            if not self._put(("batch", batch)):
+            if not self._put_batch(batch):
                 return
 
     def _pass_through(self) -> None:
@@ -262,14 +294,15 @@ class RoundAssembler(Assembler):
                 tail = rebatcher.flush()
                 if tail is not None and not self._drop_last:
                     self._put(("batch", tail))
+                self._end_round()
                 return
             if not rebatcher.pending and len(chunk.ids) == size:
-                if not self._put(("batch", chunk)):
+                if not self._put_batch(chunk):
                     return
                 continue
             rebatcher.push(chunk)
             while (batch := rebatcher.pop()) is not None:
-                if not self._put(("batch", batch)):
+                if not self._put_batch(batch):
                     return
 
     def _check_aligned(self, pieces: Sequence[Chunk | None], done: int) -> None:

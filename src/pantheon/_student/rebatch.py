@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections import deque
 
-from .._knowledge import Chunk, concat_chunks, slice_chunk
+from .._chunks import concat_chunks, slice_chunk
+from .._knowledge import Chunk
 from .._util import check_int
 
 __all__ = ["Rebatcher"]

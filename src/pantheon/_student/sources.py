@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from .._chunks import shard_positions, stride_chunk
 from .._errors import ConfigError
 from .._files import KnowledgeFile
 from .._knowledge import Chunk, Description
@@ -26,6 +27,10 @@ class RoundStream(Protocol):
 
     def next_chunk(self, timeout: float) -> Chunk | None:
         """The next chunk, or ``None`` when the round has ended. Waits at most ``timeout`` s."""
+        ...
+
+    def known_samples(self) -> int:
+        """How many samples the round has, as far as known now (exact once it ended)."""
         ...
 
     def close(self) -> None:
@@ -85,15 +90,37 @@ class OnlineCapable(Source, Protocol):
         """The next user message from the teacher."""
         ...
 
+    def close(self, goodbye: bool = True) -> None:
+        """Disconnect; ``goodbye`` tells the teacher this student will not come back."""
+        ...
 
-class _IterStream:
-    """A round stream over an iterator of chunks (offline files: the reading happens in the caller)."""
 
-    def __init__(self, chunks: Iterator[Chunk]) -> None:
-        self._chunks = chunks
+class _FileRound:
+    """One round of a knowledge file: this rank's shard of it, from its position on."""
+
+    def __init__(self, file: KnowledgeFile, start: int, rank: int, world: int) -> None:
+        self._file = file
+        self._samples = file.num_samples
+        self._chunks = self._shard(file.iter_chunks(start), start, rank, world)
+
+    @staticmethod
+    def _shard(chunks: Iterator[Chunk], start: int, rank: int, world: int) -> Iterator[Chunk]:
+        if world == 1:
+            yield from chunks
+            return
+        position = start  # sharding is by position in the file: the round's sample number
+        for chunk in chunks:
+            n = len(chunk.ids)
+            part = stride_chunk(chunk, shard_positions(position, n, start, rank, world))
+            position += n
+            if len(part.ids):
+                yield part
 
     def next_chunk(self, timeout: float) -> Chunk | None:
         return next(self._chunks, None)
+
+    def known_samples(self) -> int:
+        return self._samples
 
     def close(self) -> None:
         close = getattr(self._chunks, "close", None)
@@ -102,13 +129,27 @@ class _IterStream:
 
 
 class FileSource:
-    """An offline teacher: a knowledge file (or a directory of shards), replayed every round."""
+    """An offline teacher: a knowledge file (or a directory of shards), replayed every round.
+
+    Args:
+        index: the teacher id.
+        path: the file or directory.
+        sparse_topk: hand top-k knowledge in its sparse form.
+        shard: ``(rank, world_size)``: rank ``r`` reads the samples at positions
+            ``r, r + W, ...`` of the file (default ``(0, 1)``: all of them).
+    """
 
     def __init__(
-        self, index: int, path: str | os.PathLike[str], *, sparse_topk: bool = False
+        self,
+        index: int,
+        path: str | os.PathLike[str],
+        *,
+        sparse_topk: bool = False,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.path = Path(path)
         self._sparse_topk = sparse_topk
+        self._rank, self._world = shard
         self.name = f"teacher {index} ({self.path})"
         self._file: KnowledgeFile | None = None
 
@@ -125,7 +166,22 @@ class FileSource:
         return self._opened().desc
 
     def open_round(self, round_index: int, start_sample: int) -> RoundStream:
-        return _IterStream(self._opened().iter_chunks(start_sample))
+        """This rank's shard of the file from its position ``start_sample``.
+
+        Raises:
+            ConfigError: the position is past the end of the shard (a state_dict of other
+                knowledge).
+        """
+        file = self._opened()
+        r, w = self._rank, self._world
+        have = max(0, -(-(file.num_samples - r) // w))
+        if start_sample > have:
+            raise ConfigError(
+                f"the student's position {start_sample} in round {round_index} is past the end "
+                f"of {self.name}: rank {r} of {w} has {have} of its {file.num_samples} samples; "
+                "was the state_dict saved with other knowledge?"
+            )
+        return _FileRound(file, r + start_sample * w, r, w)
 
     def stats(self) -> Mapping[str, Any]:
         return {}

@@ -7,41 +7,21 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Literal
+from typing import Any
 
 from .._errors import ClosedError, ConfigError
-from .._knowledge import Description, Knowledge, Ragged
+from .._knowledge import Description
 from .._util import check_int, check_seconds
 from .._wire import Heartbeat
 from .assembler import Assembler, QueryAssembler, RoundAssembler
+from .formats import RaggedFormat, format_batch
 from .merge import MergePlan, build_plan
 from .sources import FileSource, OnlineCapable, Source
+from .state import STATE_VERSION, parse_state
 
 __all__ = ["Student"]
 
 log = logging.getLogger("pantheon")
-
-RaggedFormat = Literal["ragged", "padded", "list"]
-_STATE_VERSION = 2
-"""Version of :meth:`Student.state_dict`; version 1 (``position`` for ``sample_in_round``) loads."""
-
-
-def _format_batch(data: Knowledge, ragged: RaggedFormat) -> dict[str, Any]:
-    """The batch handed to the training loop.
-
-    Every batch's dict is built afresh for it by the assembler (a decoded, sliced or merged
-    chunk that nothing else holds), so it is handed out as it is unless ragged fields are
-    converted.
-    """
-    if ragged == "ragged":
-        return data
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Ragged):
-            out[key] = value.padded() if ragged == "padded" else value.to_list()
-        else:
-            out[key] = value
-    return out
 
 
 class Student:
@@ -63,6 +43,14 @@ class Student:
         heartbeat_interval: online: seconds of silence after which a PING is sent (default 1).
         heartbeat_timeout: online: seconds without any message after which a teacher is
             declared dead or frozen and reconnected to (default 10).
+        group: the training job this student belongs to (default ``"default"``); an online
+            teacher serves several groups at once, each the whole round.
+        rank / world_size: this process's rank in its group and the group's number of
+            processes (defaults 0 and 1): sample ``i`` of a round goes to rank
+            ``i % world_size``, for online and offline teachers alike.
+            :func:`pantheon.torch.distributed_rank` reads them from ``torch.distributed``.
+        credits: online: knowledge messages a teacher may have in flight to this student
+            (default 8): the student's receive buffer.
 
     Usage, as the seed::
 
@@ -85,6 +73,10 @@ class Student:
         sparse_topk: bool = False,
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 10.0,
+        group: str = "default",
+        rank: int = 0,
+        world_size: int = 1,
+        credits: int = 8,
     ) -> None:
         if merge_strategy is not None and not isinstance(merge_strategy, Mapping):
             raise ConfigError(
@@ -98,6 +90,19 @@ class Student:
         self._read_ahead = check_int("read_ahead", read_ahead, unit="batches")
         self._sparse_topk = bool(sparse_topk)
         self._heartbeat = Heartbeat(heartbeat_interval, heartbeat_timeout)
+        if not isinstance(group, str) or not group or len(group) > 256:
+            raise ConfigError(
+                f"group must be a non-empty name (at most 256 characters), got {group!r}"
+            )
+        self._group = group
+        self._world = check_int("world_size", world_size, unit="processes")
+        self._rank = check_int("rank", rank, minimum=0)
+        if self._rank >= self._world:
+            raise ConfigError(
+                f"rank {self._rank} is not a rank of a group of world_size {self._world}; "
+                f"ranks are 0..{self._world - 1}"
+            )
+        self._credits = check_int("credits", credits, unit="messages")
         self._sources: list[Source] = []
         self._plan: MergePlan | None = None
         self._started = False
@@ -118,14 +123,22 @@ class Student:
         self,
         in_path: str | os.PathLike[str] | None = None,
         in_address: str | list[str] | None = None,
+        *,
+        cache_path: str | os.PathLike[str] | None = None,
     ) -> int:
         """Register a teacher and return its id (0, 1, ... in registration order).
 
         Args:
             in_path: an offline teacher's knowledge file (or directory of shards).
-            in_address: an online teacher's ``"host:port"``.
+            in_address: an online teacher's ``"host:port"``, or a list of the addresses of
+                replicas of one teacher (queries are spread over them; they take over from
+                each other).
+            cache_path: online: a directory where the first round received is written as the
+                training loop reads it; later rounds are replayed from it, so the teacher
+                serves ``times=1`` and may then be gone. With ``world_size > 1`` each rank
+                writes ``cache_path/rank-R-of-W``.
 
-        Exactly one of the two must be given.
+        Exactly one of ``in_path`` and ``in_address`` must be given.
         """
         self._check_open()
         if self._started:
@@ -138,10 +151,18 @@ class Student:
             )
         index = len(self._sources)
         if in_path is not None:
-            self._sources.append(FileSource(index, in_path, sparse_topk=self._sparse_topk))
+            shard = (self._rank, self._world)
+            self._sources.append(
+                FileSource(index, in_path, sparse_topk=self._sparse_topk, shard=shard)
+            )
         else:
             assert in_address is not None
-            self._sources.append(self._online_source(index, in_address))
+            source = self._online_source(index, in_address)
+            if cache_path is not None:
+                from .cache import CachedSource
+
+                source = CachedSource(source, cache_path, self._rank, self._world)  # type: ignore[arg-type]
+            self._sources.append(source)
         return index
 
     def _online_source(self, index: int, address: str | list[str]) -> Source:
@@ -154,6 +175,10 @@ class Student:
             timeout=self._timeout,
             sparse_topk=self._sparse_topk,
             heartbeat=self._heartbeat,
+            group=self._group,
+            rank=self._rank,
+            world_size=self._world,
+            credits=self._credits,
         )
 
     def start(self, timeout: float | None = None) -> None:
@@ -260,6 +285,7 @@ class Student:
                 drop_last=drop_last,
                 maxsize=self._read_ahead,
                 timeout=timeout,
+                shard=(self._rank, self._world, self._sample_in_round),
             )
 
         return self._drain(self._replace_assembler(make), ragged, timeout, in_round=True)
@@ -278,6 +304,7 @@ class Student:
         """Hand the assembler's batches to the training loop, counting; stop it at the end."""
         try:
             while True:
+                self._check_current(assembler)
                 t0 = time.perf_counter()
                 chunk = assembler.get(timeout)
                 self._stats["wait_seconds"] += time.perf_counter() - t0
@@ -290,12 +317,23 @@ class Student:
                     self._sample_in_round += n
                 self._stats["batches"] += 1
                 self._stats["samples"] += n
-                yield _format_batch(chunk.data, ragged)
+                yield format_batch(chunk.data, ragged)
         finally:
             assembler.stop()
             with self._lock:
                 if self._assembler is assembler:
                     self._assembler = None
+
+    def _check_current(self, assembler: Assembler) -> None:
+        """A generator whose read-ahead was replaced (a newer generator) or closed ends."""
+        if self._closed:
+            raise ClosedError("this Student was closed; its knowledge generators have ended")
+        if self._assembler is not assembler:
+            raise ConfigError(
+                "this knowledge generator was replaced by a newer one (another gen() call, or "
+                "load_state_dict): only one generator of a student runs at a time; the newer "
+                "one continues from the last batch this one handed out"
+            )
 
     def _finish_round(self) -> None:
         for source in self._sources:
@@ -383,15 +421,19 @@ class Student:
     def state_dict(self) -> dict[str, Any]:
         """The student's position: the round, and the samples of it already handed out.
 
-        ``{"version": 2, "round": int, "sample_in_round": int, "teachers": [names]}``. Save it
-        with your checkpoint; ``load_state_dict`` on a new Student (with the same teachers
-        registered) resumes exactly there.
+        ``{"version": 2, "round": int, "sample_in_round": int, "teachers": [names], "group",
+        "rank", "world_size"}``; ``sample_in_round`` counts this rank's samples. Save it with
+        your checkpoint (each rank its own); ``load_state_dict`` on a new Student (the same
+        teachers registered, the same rank) resumes exactly there.
         """
         return {
-            "version": _STATE_VERSION,
+            "version": STATE_VERSION,
             "round": self._round,
             "sample_in_round": self._sample_in_round,
             "teachers": [s.name for s in self._sources],
+            "group": self._group,
+            "rank": self._rank,
+            "world_size": self._world,
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -405,7 +447,8 @@ class Student:
                 registered (the message lists both).
         """
         self._check_open()
-        rnd, sample = _parse_state(state, [s.name for s in self._sources])
+        shard = (self._group, self._rank, self._world)
+        rnd, sample = parse_state(state, [s.name for s in self._sources], shard)
         if self._assembler is not None:
             self._assembler.stop()
             self._assembler = None
@@ -422,8 +465,15 @@ class Student:
 
     # -- lifetime -------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Stop reading and disconnect from every teacher (idempotent)."""
+    def close(self, *, resume: bool = False) -> None:
+        """Stop reading and disconnect from every teacher (idempotent).
+
+        Args:
+            resume: online teachers wait for this student to come back (a new process that
+                ``load_state_dict``-s this one's position). By default the student says
+                goodbye: a teacher whose students all left before its last round ends at once
+                with an error that says so.
+        """
         if self._closed:
             return
         self._closed = True
@@ -431,7 +481,10 @@ class Student:
             self._assembler.stop()
             self._assembler = None
         for source in self._sources:
-            source.close()
+            if isinstance(source, OnlineCapable):
+                source.close(goodbye=not resume)
+            else:
+                source.close()
 
     def __enter__(self) -> Student:
         return self
@@ -445,37 +498,3 @@ class Student:
                 self.close()
         except Exception:  # noqa: S110 - best effort at interpreter shutdown
             pass
-
-
-def _parse_state(state: Any, teachers: list[str]) -> tuple[int, int]:
-    """``(round, sample_in_round)`` of a state dict, checked against the registered teachers."""
-    if not isinstance(state, Mapping):
-        raise ConfigError(
-            f"load_state_dict expects the dict Student.state_dict() returned, got "
-            f"{type(state).__name__}"
-        )
-    version = state.get("version")
-    if version not in (1, _STATE_VERSION) or isinstance(version, bool):
-        raise ConfigError(
-            f"state_dict version {version!r} is not supported: this Pantheon reads versions 1 "
-            f"and {_STATE_VERSION}; a newer Pantheon wrote it, upgrade to load it"
-        )
-    key = "position" if version == 1 else "sample_in_round"
-    missing = [k for k in ("round", key, "teachers") if k not in state]
-    if missing:
-        raise ConfigError(
-            f"state_dict (version {version}) lacks {missing}; got keys {sorted(state)}"
-        )
-    rnd = check_int("state_dict['round']", state["round"], minimum=0, unit="rounds")
-    sample = check_int(f"state_dict[{key!r}]", state[key], minimum=0, unit="samples")
-    recorded = state["teachers"]
-    if not isinstance(recorded, list) or len(recorded) != len(teachers):
-        raise ConfigError(
-            f"state_dict was saved with the teachers {recorded!r:.500}, but this Student has "
-            f"{teachers!r}; register the same teachers in the same order before "
-            "load_state_dict (a position in other knowledge would be meaningless)"
-        )
-    moved = [(a, b) for a, b in zip(recorded, teachers, strict=True) if a != b]
-    for before, now in moved:  # a file or an address may move between runs: say so
-        log.warning("resuming with %s where the state_dict recorded %r", now, before)
-    return rnd, sample

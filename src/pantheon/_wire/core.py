@@ -86,6 +86,8 @@ class MsgType(IntEnum):
     CREDIT = 18
     END_ROUND = 19
     ROUND_DONE = 20
+    STATUS = 21
+    STATUS_INFO = 22
     # data (32-47)
     DATA = 32
     QUERY = 33

@@ -288,13 +288,15 @@ class StreamConnection(Connection):
                 raise self._eof(self._end - self._start)
             self._end += k
 
-    def _eof(self, partial: int) -> ConnectionLostError | ProtocolError:
+    def _eof(self, partial: int) -> ConnectionLostError:
+        """The stream ended. Inside a message too, it is a lost connection (a peer killed
+        while sending), which reconnecting mends, not a protocol error."""
         p = self._pending
         if p is None and partial == 0:
             return ConnectionLostError(f"{self.peer} closed the connection")
         got = partial if p is None else p.received() + partial
         want = "its prefix and header" if p is None else f"{p.body} frame bytes"
-        return ProtocolError(
+        return ConnectionLostError(
             f"truncated message: {self.peer} closed the connection after {got} bytes of a "
             f"message (expected {want})"
         )

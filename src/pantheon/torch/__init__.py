@@ -6,6 +6,7 @@ Pantheon never does unless a torch program is used.
 * :class:`TorchProgram` runs a ``torch.nn.Module`` (or a TorchScript file) as a knowledge
   service program; ``Teacher.start_knowledge_service`` wraps a module in it automatically.
 * :class:`KnowledgeDataset` wraps a student's knowledge generator as an ``IterableDataset``.
+* :func:`distributed_rank`: a data-parallel student's rank and world size.
 * Losses: :func:`soft_target_kl`, :func:`topk_kl`, :func:`feature_mse`.
 """
 
@@ -20,11 +21,13 @@ except ImportError as _exc:  # pragma: no cover - exercised only without torch
 
 from .._service.torch_program import TorchProgram, to_tensor
 from ._data import KnowledgeDataset
+from ._distributed import distributed_rank
 from ._losses import feature_mse, soft_target_kl, topk_kl
 
 __all__ = [
     "KnowledgeDataset",
     "TorchProgram",
+    "distributed_rank",
     "feature_mse",
     "soft_target_kl",
     "to_tensor",

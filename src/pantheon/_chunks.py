@@ -1,0 +1,98 @@
+"""Operations on chunks (runs of samples with their ids): slicing, concatenating, gathering,
+and cutting a chunk to one rank's shard of a round."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ._knowledge import Chunk, Knowledge, Ragged, Value, concat_values, slice_value
+
+__all__ = [
+    "concat_chunks",
+    "select_samples",
+    "shard_positions",
+    "slice_chunk",
+    "stride_chunk",
+    "take_value",
+]
+
+
+def slice_chunk(chunk: Chunk, start: int, stop: int) -> Chunk:
+    """Samples ``start:stop`` of a chunk, as views (the chunk itself for the whole range)."""
+    if start == 0 and stop == len(chunk.ids):
+        return chunk
+    return Chunk(
+        chunk.ids[start:stop], {k: slice_value(v, start, stop) for k, v in chunk.data.items()}
+    )
+
+
+def concat_chunks(parts: Sequence[Chunk]) -> Chunk:
+    """Consecutive chunks as one (one copy; the chunk itself when there is only one)."""
+    if len(parts) == 1:
+        return parts[0]
+    ids = np.concatenate([p.ids for p in parts])
+    data: Knowledge = {key: concat_values([p.data[key] for p in parts]) for key in parts[0].data}
+    return Chunk(ids, data)
+
+
+def take_value(value: Value, index: np.ndarray) -> Value:
+    """Samples ``index`` (int array) of a field, in that order: a copy (a gather)."""
+    if isinstance(value, np.ndarray):
+        return np.take(value, index, axis=0)
+    if isinstance(value, Ragged):
+        offs = value.offsets
+        starts, lengths = offs[index], value.lengths[index]
+        rows = np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(
+            int(lengths.sum())
+        )
+        return Ragged(value.values[rows], lengths)
+    take: Any = getattr(value, "take")  # noqa: B009 - a sparse value (SparseTopK, ...)
+    return take(index)
+
+
+def shard_positions(first: int, n: int, start: int, rank: int, world: int) -> slice:
+    """The samples of a run of ``n`` consecutive positions ``first, first + 1, ...`` that rank
+    ``rank`` of ``world`` holds from position ``start`` on (``i >= start`` and
+    ``i % world == rank``), as a slice of the run (a view when applied)."""
+    skip = max(0, start - first)
+    begin = skip + (rank - (first + skip)) % world
+    return slice(min(begin, n), n, world)
+
+
+def select_samples(chunk: Chunk, start: int, rank: int, world: int) -> Chunk:
+    """The samples of ``chunk`` that rank ``rank`` of ``world`` receives from sample
+    ``start`` on: ids ``>= start`` with ``id % world == rank``.
+
+    Views where the chosen samples are evenly spaced (always, for consecutive ids); the chunk
+    itself when it holds only chosen samples.
+    """
+    ids = chunk.ids
+    n = len(ids)
+    if n == 0 or (world == 1 and int(ids[0]) >= start):
+        return chunk
+    first = int(ids[0])
+    if int(ids[-1]) - first == n - 1:  # consecutive ids: a strided view
+        sel = shard_positions(first, n, start, rank, world)
+        if sel.start == 0 and world == 1:
+            return chunk
+        if world == 1:
+            return slice_chunk(chunk, int(sel.start), n)
+        return stride_chunk(chunk, sel)
+    index = np.flatnonzero((ids >= start) & (ids % world == rank))
+    return Chunk(ids[index], {k: take_value(v, index) for k, v in chunk.data.items()})
+
+
+def stride_chunk(chunk: Chunk, sel: slice) -> Chunk:
+    """The samples ``sel`` (a slice with a step) of a chunk: views of dense fields, a gather
+    of ragged ones."""
+    return Chunk(chunk.ids[sel], {k: _stride(v, sel) for k, v in chunk.data.items()})
+
+
+def _stride(value: Value, sel: slice) -> Value:
+    if isinstance(value, np.ndarray):
+        return value[sel]
+    index = np.arange(len(value))[sel]
+    return take_value(value, index)

@@ -1,0 +1,139 @@
+"""One connected peer of a teacher: its session (reader and heartbeat) and an outbox drained
+by a sender thread, so that a slow student never blocks the teacher's other work."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .._errors import ConnectionLostError
+from .._util import Deadline, wait_until
+from .._wire import Connection, Heartbeat, Message, MsgType, Session
+from .messages import Hello
+
+__all__ = ["Peer"]
+
+log = logging.getLogger("pantheon")
+
+_Item = tuple[int, dict[str, Any], Sequence[Any]] | None  # None: close after what came before
+
+
+class Peer:
+    """A student (or monitor) connected to a teacher.
+
+    Args:
+        cid: the connection's number on this teacher.
+        conn: the authenticated connection.
+        hello: what the client said of itself.
+        on_message / on_close: the session's callbacks (reader thread).
+        heartbeat: liveness settings.
+        max_outbox: messages queued for sending at most; beyond, the peer is too slow or
+            stuck and its connection is closed (credits keep a well-behaved student far below).
+    """
+
+    def __init__(
+        self,
+        cid: int,
+        conn: Connection,
+        hello: Hello,
+        *,
+        on_message: Callable[[Peer, Message], None],
+        on_close: Callable[[Peer, BaseException | None], None],
+        heartbeat: Heartbeat,
+        max_outbox: int = 4096,
+    ) -> None:
+        self.cid = cid
+        self.hello = hello
+        self.peer = conn.peer
+        who = "monitor" if hello.role == "monitor" else f"{hello.group!r} rank {hello.rank}"
+        self.name = f"student {who} ({conn.peer})"
+        self._outbox: collections.deque[_Item] = collections.deque()
+        self._max_outbox = max_outbox
+        self._cond = threading.Condition()
+        self._closing = False
+        self.session = Session(
+            conn,
+            name=self.name,
+            on_message=lambda _s, m: on_message(self, m),
+            on_close=lambda _s, r: self._closed(on_close, r),
+            heartbeat=heartbeat,
+        )
+        self._sender = threading.Thread(
+            target=self._send_loop, name=f"pantheon-send {self.name}", daemon=True
+        )
+
+    def start(self) -> Peer:
+        """Start the reader, heartbeat and sender threads."""
+        self.session.start()
+        self._sender.start()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        """Whether the connection is open."""
+        return self.session.alive
+
+    def send(self, type: int, header: dict[str, Any], frames: Sequence[Any] = ()) -> None:
+        """Queue one message (never blocks); a peer whose outbox overflows is closed."""
+        with self._cond:
+            if self._closing:
+                return
+            if len(self._outbox) >= self._max_outbox:
+                overflow = True
+            else:
+                overflow = False
+                self._outbox.append((type, header, frames))
+                self._cond.notify()
+        if overflow:
+            self.session.close(
+                ConnectionLostError(
+                    f"{self.name} does not read: {self._max_outbox} messages waited to be sent"
+                )
+            )
+
+    def close_after_sends(self) -> None:
+        """Close the connection once what was queued before has been sent."""
+        with self._cond:
+            if not self._closing:
+                self._closing = True
+                self._outbox.append(None)
+                self._cond.notify()
+
+    def close(self) -> None:
+        """Close now (what is queued is dropped)."""
+        self.session.close()
+
+    def _closed(
+        self, on_close: Callable[[Peer, BaseException | None], None], reason: BaseException | None
+    ) -> None:
+        with self._cond:
+            self._closing = True
+            self._outbox.clear()
+            self._cond.notify()
+        on_close(self, reason)
+
+    def _send_loop(self) -> None:
+        while True:
+            with self._cond:
+                wait_until(
+                    self._cond,
+                    lambda: bool(self._outbox) or not self.session.alive,
+                    Deadline(None),
+                )
+                if not self._outbox:
+                    return  # the session closed
+                item = self._outbox.popleft()
+            if item is None:
+                try:
+                    self.session.send(MsgType.BYE)
+                except ConnectionLostError:
+                    pass
+                self.session.close()
+                return
+            try:
+                self.session.send(MsgType(item[0]), item[1], item[2])
+            except ConnectionLostError:
+                return  # the session closed itself and called on_close

@@ -1,0 +1,175 @@
+"""Query mode on the teacher: dynamic batching of the queries of many students.
+
+Queries of every connected student go into one bounded queue. A batcher thread takes the
+oldest and, when ``max_batch`` is set, merges the queries queued behind it (the same fields,
+dtypes and trailing shapes) until they hold ``max_batch`` samples or ``max_delay`` seconds
+passed since the first: one program call answers them all, as inference servers do, and each
+answer goes back to its student. Queries are answered in the order they arrived, so each
+student gets its answers in its own order.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .._errors import KnowledgeError, PantheonError
+from .._knowledge import Chunk, Knowledge, concat_values, describe, normalize_batch, slice_value
+from .._util import Deadline, wait_until
+
+__all__ = ["PendingQuery", "QueryBatcher"]
+
+log = logging.getLogger("pantheon")
+
+Handler = Callable[[dict[str, Any]], Mapping[str, Any]]
+Reply = Callable[["PendingQuery", Chunk | None, str | None], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingQuery:
+    """One query: who asked (``cid``), its id there (``qid``) and its feeds."""
+
+    cid: int
+    qid: int
+    feeds: Chunk
+
+
+class QueryBatcher:
+    """Answer queries with ``handler(feeds) -> knowledge``, merging them up to ``max_batch``.
+
+    Args:
+        handler: the knowledge service's query handler.
+        reply: called with each query and its answer (``None`` and a message on failure).
+        max_batch: samples per program call at most when merging (``None``: never merge).
+        max_delay: seconds to wait for more queries to merge behind the first (default 0.002).
+        max_queued: queries waiting at most; a student sending more waits (backpressure).
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        reply: Reply,
+        *,
+        max_batch: int | None = None,
+        max_delay: float = 0.002,
+        max_queued: int = 1024,
+    ) -> None:
+        self._handler = handler
+        self._reply = reply
+        self._max_batch = max_batch
+        self._max_delay = max_delay
+        self._max_queued = max_queued
+        self._queue: collections.deque[PendingQuery] = collections.deque()
+        self._cond = threading.Condition()
+        self._stopped = False
+        self.calls: list[int] = []  # samples per program call (counters, for tests and benchmarks)
+        self._thread = threading.Thread(target=self._run, name="pantheon-queries", daemon=True)
+        self._thread.start()
+
+    def submit(self, query: PendingQuery, timeout: float) -> bool:
+        """Queue a query (waits while the queue is full); False if the batcher stopped."""
+        with self._cond:
+            room = wait_until(
+                self._cond,
+                lambda: self._stopped or len(self._queue) < self._max_queued,
+                Deadline(timeout),
+            )
+            if self._stopped or not room:
+                return False
+            self._queue.append(query)
+            self._cond.notify_all()
+            return True
+
+    def drop(self, cid: int) -> None:
+        """Forget the queued queries of a student that is gone."""
+        with self._cond:
+            kept = [q for q in self._queue if q.cid != cid]
+            self._queue.clear()
+            self._queue.extend(kept)
+
+    def stop(self) -> None:
+        """Stop after the call in progress (idempotent)."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
+
+    # ------------------------------------------------------------------ the thread
+
+    def _take(self) -> list[PendingQuery]:
+        """The next queries to answer with one call (holds the lock)."""
+        first = self._queue.popleft()
+        batch = [first]
+        if self._max_batch is None:
+            return batch
+        want = describe(first.feeds.data)
+        size = len(first.feeds.ids)
+        deadline = Deadline(self._max_delay)
+        while size < self._max_batch:
+            if not self._queue:
+                if not wait_until(self._cond, lambda: bool(self._queue) or self._stopped, deadline):
+                    break
+                if not self._queue:
+                    break
+            nxt = self._queue[0]
+            n = len(nxt.feeds.ids)
+            if size + n > self._max_batch or describe(nxt.feeds.data) != want:
+                break
+            batch.append(self._queue.popleft())
+            size += n
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                wait_until(self._cond, lambda: bool(self._queue) or self._stopped, Deadline(None))
+                if self._stopped:
+                    return
+                batch = self._take()
+                self._cond.notify_all()
+            self._answer(batch)
+
+    def _answer(self, batch: list[PendingQuery]) -> None:
+        sizes = [len(q.feeds.ids) for q in batch]
+        feeds = (
+            dict(batch[0].feeds.data)
+            if len(batch) == 1
+            else {k: concat_values([q.feeds.data[k] for q in batch]) for k in batch[0].feeds.data}
+        )
+        total = sum(sizes)
+        t0 = time.perf_counter()
+        try:
+            knowledge, n = normalize_batch(self._handler(feeds), where="a query answer")
+            if n != total:
+                raise KnowledgeError(
+                    f"the query handler returned {n} samples for queries of {total}; every "
+                    "output must keep the batch dimension first"
+                )
+        except Exception as exc:  # the query's own fault or the program's: it answers them
+            what = str(exc) if isinstance(exc, PantheonError) else f"{type(exc).__name__}: {exc}"
+            for q in batch:
+                self._reply(q, None, f"query {q.qid} failed on the teacher: {what}")
+            log.error("a query batch of %d samples failed: %s", total, what)
+            return
+        self.calls.append(total)
+        log.debug(
+            "answered %d queries (%d samples) in %.4f s",
+            len(batch),
+            total,
+            time.perf_counter() - t0,
+        )
+        offset = 0
+        for q, size in zip(batch, sizes, strict=True):
+            part: Knowledge = {
+                k: slice_value(v, offset, offset + size) for k, v in knowledge.items()
+            }
+            self._reply(q, Chunk(np.asarray(q.feeds.ids), part), None)
+            offset += size
