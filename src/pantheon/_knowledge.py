@@ -42,6 +42,8 @@ __all__ = [
     "concat_values",
     "describe",
     "dtype_name",
+    "lengths_of_offsets",
+    "lengths_total",
     "normalize_batch",
     "num_samples",
     "slice_chunk",
@@ -97,6 +99,68 @@ def dtype_name(dtype: npt.DTypeLike) -> str:
     return name
 
 
+_INT64_MAX = 2**63 - 1
+_ROWS_LIMIT = 2**62  # no real field has this many rows; sums at or past it are refused
+
+
+def lengths_total(lengths: np.ndarray) -> int:
+    """The number of rows that ragged ``lengths`` (int64, 1-D) add up to, checked.
+
+    numpy's int64 sum wraps around silently (``[3, 2**63 - 1, 2**63 - 1, 2]`` "sums" to 3),
+    so every length must be >= 0 and a sum that could overflow is first bounded in float64.
+    O(n) vectorised.
+
+    Raises:
+        KnowledgeError: a negative length, or lengths that add up to 2**62 rows or more.
+    """
+    n = int(lengths.shape[0])
+    if n == 0:
+        return 0
+    low, high = int(lengths.min()), int(lengths.max())
+    if low < 0:
+        at = int(np.argmin(lengths))
+        raise KnowledgeError(
+            f"Ragged lengths must be >= 0, got the negative length {low} for sample {at}; a "
+            "length counts the rows (tokens) of one sample"
+        )
+    # the int64 sum is exact when it cannot overflow; otherwise bound it in float64 first
+    exact = high <= _INT64_MAX // n or float(lengths.sum(dtype=np.float64)) < _ROWS_LIMIT
+    total = int(lengths.sum()) if exact else _ROWS_LIMIT
+    if total >= _ROWS_LIMIT:
+        raise KnowledgeError(
+            f"Ragged lengths add up to 2**62 rows or more (the largest is {high}); they "
+            "cannot describe real samples (an int64 sum of them may overflow)"
+        )
+    return total
+
+
+def lengths_of_offsets(offsets: np.ndarray, rows: int) -> np.ndarray:
+    """The sample lengths of int64 ``offsets`` (``[n + 1]``) into ``rows`` rows, checked.
+
+    The offsets must start at >= 0, never decrease and end at <= ``rows``, as Arrow's
+    ``large_list`` requires; sample ``i`` is rows ``offsets[i]:offsets[i + 1]``. O(n)
+    vectorised.
+
+    Raises:
+        KnowledgeError: offsets that break one of these rules, naming the first bad one.
+    """
+    if offsets.ndim != 1 or offsets.shape[0] == 0:
+        raise KnowledgeError(f"ragged offsets must be 1-D with n + 1 entries, got {offsets.shape}")
+    first, last = int(offsets[0]), int(offsets[-1])
+    if first < 0 or last > rows:
+        raise KnowledgeError(
+            f"ragged offsets run from {first} to {last}, outside the {rows} rows they index"
+        )
+    falls = np.flatnonzero(offsets[1:] < offsets[:-1])
+    if falls.size:
+        at = int(falls[0])
+        raise KnowledgeError(
+            f"ragged offsets decrease at sample {at} ({int(offsets[at])} then "
+            f"{int(offsets[at + 1])}); they must never decrease"
+        )
+    return np.diff(offsets)
+
+
 class Ragged:
     """A variable-length field (``lod_level`` 1): sample ``i`` has shape ``[lengths[i], *inner]``.
 
@@ -117,9 +181,7 @@ class Ragged:
             raise KnowledgeError("Ragged values must have at least one dimension (the tokens)")
         if lens.ndim != 1:
             raise KnowledgeError(f"Ragged lengths must be 1-D, got shape {list(lens.shape)}")
-        if lens.size and int(lens.min()) < 0:
-            raise KnowledgeError("Ragged lengths must be >= 0")
-        total = int(lens.sum())
+        total = lengths_total(lens)
         if total != values.shape[0]:
             raise KnowledgeError(
                 f"Ragged lengths sum to {total} but values hold {values.shape[0]} rows; "

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import KnowledgeError, ProtocolError
-from .._knowledge import Ragged, Value
+from .._knowledge import Ragged, Value, lengths_total
 from .values import array_view, as_frame, wire_array
 
 __all__ = ["decode_parts", "encode_parts"]
@@ -86,7 +86,8 @@ def decode_parts(
 
     Raises:
         ProtocolError: a malformed description, a wrong number of frames, a part given twice,
-            or frame sizes that do not match the described dtypes, shapes and sample counts.
+            ragged lengths that are negative or overflow, or frame sizes that do not match
+            the described dtypes, shapes and sample counts.
     """
     spec = header.get("chunk") if isinstance(header, Mapping) else None
     if not isinstance(spec, dict):
@@ -114,9 +115,10 @@ def decode_parts(
             k += 1
             continue
         lengths = array_view(frames[k + 1], "int64", [n], f"lengths of {where}")
-        if n and int(lengths.min()) < 0:
-            raise ProtocolError(f"{where} has negative lengths")
-        rows = int(lengths.sum())
+        try:
+            rows = lengths_total(lengths)
+        except KnowledgeError as exc:
+            raise ProtocolError(f"{where}: {exc}") from None
         values = array_view(frames[k], dname, [rows, *inner], where)
         parts[(key, part)] = Ragged(values, lengths)
         k += 2
