@@ -201,6 +201,19 @@ class SparseTopK:
         return f"SparseTopK(k={self.k}, vocab_size={self.vocab_size}, values={self.values!r})"
 
 
+def _in_vocab(indices: np.ndarray, vocab: int) -> np.ndarray:
+    """``indices`` after checking that all lie in ``[0, vocab)`` (vectorised min and max)."""
+    if indices.size:
+        low, high = int(indices.min()), int(indices.max())
+        if low < 0 or high >= vocab:
+            raise KnowledgeError(
+                f"top-k codec: the stored indices hold {low if low < 0 else high}, outside the "
+                f"vocabulary [0, {vocab}); the knowledge is corrupt (a file or a message was "
+                "damaged, or written for another vocabulary size)"
+            )
+    return indices
+
+
 def _densify(
     values: np.ndarray, indices: np.ndarray, vocab: int, fill: float, dtype: Any
 ) -> np.ndarray:
@@ -330,7 +343,12 @@ class TopK:
         return {"values": vals, "indices": idx}
 
     def sparse(self, parts: Mapping[str, Value], field: FieldDesc) -> SparseTopK:
-        """The parts as a :class:`SparseTopK` (int32 indices, values as stored)."""
+        """The parts as a :class:`SparseTopK` (int32 indices, values as stored).
+
+        Raises:
+            KnowledgeError: missing parts, or an index outside ``[0, V)`` (corrupt parts: a
+                negative index would otherwise land on position ``V - 1``).
+        """
         vocab = int(field["shape"][-1])
         if vocab <= 0:
             raise KnowledgeError(f"top-k codec: the field's last axis must be known, got {field}")
@@ -341,9 +359,9 @@ class TopK:
                 f"top-k codec: expected the parts 'values' and 'indices', got {sorted(parts)}"
             ) from exc
         if isinstance(indices, Ragged):
-            indices = Ragged(unpack_indices(indices.values), indices.lengths)
+            indices = Ragged(_in_vocab(unpack_indices(indices.values), vocab), indices.lengths)
         else:
-            indices = unpack_indices(np.asarray(indices))
+            indices = _in_vocab(unpack_indices(np.asarray(indices)), vocab)
         return SparseTopK(values, indices, vocab)
 
     def decode(self, parts: Mapping[str, Value], field: FieldDesc) -> Value:
