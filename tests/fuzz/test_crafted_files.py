@@ -7,6 +7,7 @@ buffers; top-k indices outside the vocabulary) and 11 (a small zstd file decompr
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 from pantheon import FileFormatError, KnowledgeError, KnowledgeFile, KnowledgeWriter, Ragged, TopK
 from pantheon._codecs import decode_batch
 from pantheon._wire import decode_parts, encode_parts
+from tests.files.test_files import _rewrite_metadata
 from tests.fuzz.common import run_isolated
 from tests.fuzz.ipc import (
     batch_fields,
@@ -248,3 +250,94 @@ def test_a_ragged_column_may_decompress_to_what_its_offsets_say(tmp_path: Path) 
         (chunk,) = kf.iter_chunks()
     assert chunk.data["tok"].lengths.tolist() == [50_000, 0, 50_000]
     assert check_read(path) == "read"
+
+
+# --------------------------------------------------------------------------- crafted metadata
+
+_DESC = {
+    "x": {"shape": [-1, 1], "dtype": "int64", "lod_level": 0},
+    "l": {"shape": [-1, 5], "dtype": "float32", "lod_level": 0},
+}
+
+
+def _with_x_shape(shape: list[int]) -> dict[str, str]:
+    column = {"name": "x", "part": "", "dtype": "int64", "shape": shape, "lod_level": 0}
+    return {
+        "pantheon.desc": json.dumps({**_DESC, "x": {**_DESC["x"], "shape": shape}}),
+        "pantheon.storage": json.dumps(
+            {"x": {"codec": None, "columns": [column]}, "l": _topk_storage()}
+        ),
+    }
+
+
+def _topk_storage(**spec: object) -> dict[str, object]:
+    return {
+        "codec": {"name": "topk", "k": 2, **spec},
+        "columns": [
+            {
+                "name": "l@values",
+                "part": "values",
+                "dtype": "float16",
+                "shape": [-1, 2],
+                "lod_level": 0,
+            },
+            {
+                "name": "l@indices",
+                "part": "indices",
+                "dtype": "int16",
+                "shape": [-1, 2],
+                "lod_level": 0,
+            },
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("update", "match"),
+    [
+        ({"pantheon.desc": "[" * 100_000 + "]" * 100_000}, "nested too deeply"),
+        ({"pantheon.storage": '{"a":' * 50_000 + "1" + "}" * 50_000}, "nested too deeply"),
+        (_with_x_shape([-1, 2**70]), "more than an Arrow fixed-size list"),
+        (_with_x_shape([-1, 2**40]), "more than an Arrow fixed-size list"),
+        (
+            {"pantheon.desc": json.dumps({**_DESC, "l": {**_DESC["l"], "shape": [-1, 2**40]}})},
+            "more than an Arrow fixed-size list",
+        ),
+        (
+            {"pantheon.desc": json.dumps({**_DESC, "l": {**_DESC["l"], "shape": [-1, 1]}})},
+            "the codec of knowledge 'l'.*at least 2 entries",
+        ),
+        (
+            {
+                "pantheon.storage": json.dumps(
+                    {
+                        "x": json.loads(_with_x_shape([-1, 1])["pantheon.storage"])["x"],
+                        "l": _topk_storage(k=2**80),
+                    }
+                )
+            },
+            "the codec of knowledge 'l'",
+        ),
+    ],
+    ids=[
+        "deep-desc",
+        "deep-storage",
+        "huge-dim",
+        "big-dim",
+        "huge-vocab",
+        "vocab-under-k",
+        "huge-k",
+    ],
+)
+def test_crafted_metadata_is_a_file_format_error(tmp_path: Path, update: dict, match: str) -> None:
+    """Deep JSON used to raise RecursionError, huge dimensions OverflowError and a huge
+    vocabulary MemoryError (densifying); each is now refused when the file is opened."""
+    src = tmp_path / "k.arrow"
+    write(
+        src,
+        {"x": np.arange(4).reshape(4, 1), "l": np.ones((4, 5), np.float32)},
+        codecs={"l": TopK(2)},
+    )
+    _rewrite_metadata(src, tmp_path / "bad.arrow", update)
+    with pytest.raises(FileFormatError, match=match):
+        read_all(tmp_path / "bad.arrow")

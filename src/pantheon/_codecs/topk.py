@@ -26,6 +26,7 @@ are ``fill``, by default ``-inf`` (a probability of 0 for logits and log-probabi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -218,7 +219,15 @@ def _densify(
     values: np.ndarray, indices: np.ndarray, vocab: int, fill: float, dtype: Any
 ) -> np.ndarray:
     dt = np.dtype(dtype) if dtype is not None else values.dtype
-    out = np.full((*values.shape[:-1], vocab), fill, dtype=dt)
+    shape = (*values.shape[:-1], vocab)
+    try:
+        out = np.full(shape, fill, dtype=dt)
+    except (MemoryError, ValueError):  # ValueError: more than numpy can address
+        raise KnowledgeError(
+            f"top-k codec: densifying to shape {list(shape)} ({dt}) needs "
+            f"{math.prod(shape) * dt.itemsize / 2**30:.1f} GiB, more than can be allocated; "
+            "read the knowledge sparse (sparse_topk=True) or in smaller batches"
+        ) from None
     np.put_along_axis(out, indices.astype(np.intp, copy=False), values.astype(dt), axis=-1)
     return out
 
@@ -306,6 +315,11 @@ class TopK:
                 f"cannot store knowledge {key!r} of shape {shape} with TopK(k={self.k}): "
                 f"expected a last (vocabulary) axis of at least {self.k} entries, e.g. "
                 "[-1, V], [-1, T, V] or ragged [-1, -1, V]"
+            )
+        if int(shape[-1]) >= 2**31:
+            raise ConfigError(
+                f"cannot store knowledge {key!r} of shape {shape} with TopK: a vocabulary of "
+                f"{shape[-1]} entries needs indices of 2**31 or more (int32 at most)"
             )
 
     def _encode_array(self, x: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
