@@ -11,16 +11,19 @@ compressed buffer), or a cut.
 from __future__ import annotations
 
 import functools
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from pantheon import KnowledgeWriter, Ragged, TopK
+from tests.files.test_files import _rewrite_metadata
 from tests.fuzz.common import SCALE, fuzz_settings
 from tests.fuzz.ipc import batch_fields, buffers, check_read, messages, read_i64, write_i64
 
@@ -156,3 +159,47 @@ def test_every_metadata_field_of_a_batch_mutated(name: str) -> None:
             write_i64(mutated, at, max(-(2**63), min(2**63 - 1, new)))
             outcomes[check_bytes(bytes(mutated))] += 1
     assert outcomes["refused"] > 0
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every place in a JSON document (the root excluded), depth first."""
+    items = (
+        node.items()
+        if isinstance(node, dict)
+        else enumerate(node)
+        if isinstance(node, list)
+        else ()
+    )
+    out = []
+    for key, child in items:
+        out.append((*prefix, key))
+        out += _paths(child, (*prefix, key))
+    return out
+
+
+_JSON_VALUES = st.one_of(
+    st.sampled_from([0, 1, -1, 2, 3, 2**31, 2**40, 2**70, -(2**63), 1.5, None, True, "", "x"]),
+    st.sampled_from(["int8", "float16", "bfloat16", "bool", "topk", "cast", "values", "indices"]),
+    st.sampled_from([[], {}, [-1], [-1, -1], [-1, 0], {"name": "topk"}, [[[[[]]]]]]),
+)
+
+
+@fuzz_settings(150)
+@given(
+    name=st.sampled_from(["topk", "ragged", "fp16"]),
+    key=st.sampled_from(["pantheon.desc", "pantheon.storage"]),
+    data=st.data(),
+)
+def test_mutated_metadata_reads_as_pyarrow_reads_it_or_is_refused(
+    name: str, key: str, data: Any
+) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "k.arrow", Path(tmp) / "bad.arrow"
+        src.write_bytes(variant(name))
+        with pa.memory_map(str(src)) as source:
+            doc = json.loads(pa.ipc.open_file(source).schema.metadata[key.encode()])
+        path = data.draw(st.sampled_from(_paths(doc)))
+        parent = functools.reduce(lambda node, k: node[k], path[:-1], doc)
+        parent[path[-1]] = data.draw(_JSON_VALUES)
+        _rewrite_metadata(src, dst, {key: json.dumps(doc)})
+        check_read(dst, sparse_topk=data.draw(st.booleans()))
