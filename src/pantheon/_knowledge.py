@@ -116,7 +116,7 @@ def lengths_total(lengths: np.ndarray) -> int:
     n = int(lengths.shape[0])
     if n == 0:
         return 0
-    low, high = int(lengths.min()), int(lengths.max())
+    low, high = int(np.minimum.reduce(lengths)), int(np.maximum.reduce(lengths))
     if low < 0:
         at = int(np.argmin(lengths))
         raise KnowledgeError(
@@ -125,7 +125,7 @@ def lengths_total(lengths: np.ndarray) -> int:
         )
     # the int64 sum is exact when it cannot overflow; otherwise bound it in float64 first
     exact = high <= _INT64_MAX // n or float(lengths.sum(dtype=np.float64)) < _ROWS_LIMIT
-    total = int(lengths.sum()) if exact else _ROWS_LIMIT
+    total = int(np.add.reduce(lengths)) if exact else _ROWS_LIMIT
     if total >= _ROWS_LIMIT:
         raise KnowledgeError(
             f"Ragged lengths add up to 2**62 rows or more (the largest is {high}); they "
@@ -138,8 +138,10 @@ def lengths_of_offsets(offsets: np.ndarray, rows: int) -> np.ndarray:
     """The sample lengths of int64 ``offsets`` (``[n + 1]``) into ``rows`` rows, checked.
 
     The offsets must start at >= 0, never decrease and end at <= ``rows``, as Arrow's
-    ``large_list`` requires; sample ``i`` is rows ``offsets[i]:offsets[i + 1]``. O(n)
-    vectorised.
+    ``large_list`` requires; sample ``i`` is rows ``offsets[i]:offsets[i + 1]``. Their
+    differences are checked by :func:`lengths_total` (>= 0, an exact sum equal to
+    ``offsets[-1] - offsets[0]``), which proves that no difference wrapped around in int64.
+    O(n) vectorised.
 
     Raises:
         KnowledgeError: offsets that break one of these rules, naming the first bad one.
@@ -147,18 +149,25 @@ def lengths_of_offsets(offsets: np.ndarray, rows: int) -> np.ndarray:
     if offsets.ndim != 1 or offsets.shape[0] == 0:
         raise KnowledgeError(f"ragged offsets must be 1-D with n + 1 entries, got {offsets.shape}")
     first, last = int(offsets[0]), int(offsets[-1])
-    if first < 0 or last > rows:
+    if first < 0 or last > rows or last < first:
         raise KnowledgeError(
             f"ragged offsets run from {first} to {last}, outside the {rows} rows they index"
         )
-    falls = np.flatnonzero(offsets[1:] < offsets[:-1])
-    if falls.size:
+    lengths = np.diff(offsets)
+    try:
+        total = lengths_total(lengths)
+    except KnowledgeError:
+        total = -1
+    if total != last - first:
+        falls = np.flatnonzero(offsets[1:] < offsets[:-1])
+        if not falls.size:
+            raise KnowledgeError(f"ragged offsets span {last - first} rows, 2**62 or more")
         at = int(falls[0])
         raise KnowledgeError(
             f"ragged offsets decrease at sample {at} ({int(offsets[at])} then "
             f"{int(offsets[at + 1])}); they must never decrease"
         )
-    return np.diff(offsets)
+    return lengths
 
 
 class Ragged:
@@ -189,6 +198,20 @@ class Ragged:
             )
         self.values = values
         self.lengths = lens
+
+    @classmethod
+    def from_offsets(cls, values: np.ndarray, offsets: np.ndarray) -> Ragged:
+        """Samples ``values[offsets[i]:offsets[i + 1]]`` (views, no copy), from int64 offsets
+        ``[n + 1]`` into the rows of ``values``, checked by :func:`lengths_of_offsets`.
+
+        Raises:
+            KnowledgeError: offsets outside the rows of ``values`` or that decrease.
+        """
+        lengths = lengths_of_offsets(offsets, int(values.shape[0]))
+        out = cls.__new__(cls)
+        out.values = values[int(offsets[0]) : int(offsets[-1])]
+        out.lengths = lengths  # checked: >= 0, adding up to the rows just taken
+        return out
 
     @classmethod
     def from_list(cls, samples: Sequence[npt.ArrayLike]) -> Ragged:
