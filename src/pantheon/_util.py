@@ -1,4 +1,5 @@
-"""Helpers of the bottom layer: argument checks, deadlines, waits and retry back-off.
+"""Helpers of the bottom layer: argument checks, deadlines, waits, retry back-off and the
+bounded ``repr`` of untrusted values in error messages.
 
 Everything here is used by several layers; nothing here imports another Pantheon module but
 the exception tree.
@@ -7,6 +8,7 @@ the exception tree.
 from __future__ import annotations
 
 import math
+import reprlib
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +18,23 @@ import numpy as np
 
 from ._errors import ConfigError
 
-__all__ = ["Backoff", "Deadline", "check_int", "check_seconds", "wait_until"]
+__all__ = ["Backoff", "Deadline", "check_int", "check_seconds", "short_repr", "wait_until"]
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel = 3
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 8
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
+
+
+def short_repr(value: Any, limit: int = 200) -> str:
+    """``repr(value)`` for an error message, at most ``limit`` characters (default 200).
+
+    Bounded in nesting (3 levels) and items (8 per container), so that a hostile value (a
+    header nested 1,000 levels deep, a list of a million items) costs neither a
+    ``RecursionError`` nor a huge string.
+    """
+    return _SHORT.repr(value)[:limit]
 
 
 def check_int(name: str, value: Any, *, minimum: int = 1, unit: str = "") -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import msgpack
 import numpy as np
 import pytest
 from hypothesis import given
@@ -198,3 +199,17 @@ def test_random_ragged_lengths_decode_consistently_or_raise(
 ) -> None:
     header, frames = ragged_chunk(lengths, np.arange(tokens))
     decode(header, frames)
+
+
+@pytest.mark.parametrize("where", ["field", "samples", "fields"])
+def test_headers_nested_as_deep_as_msgpack_allows_are_protocol_errors(where: str) -> None:
+    """A received header may nest 1,024 levels (msgpack's own limit); describing it in an
+    error used to raise RecursionError."""
+    deep = msgpack.unpackb(b"\x91" * 1020 + b"\xc0")
+    spec: dict[str, Any] = {"samples": 1, "fields": []}
+    if where == "field":
+        spec["fields"] = [deep]
+    else:
+        spec[where] = deep
+    with pytest.raises(ProtocolError, match="malformed chunk"):
+        decode_parts({"chunk": spec}, [])

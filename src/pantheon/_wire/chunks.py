@@ -17,6 +17,7 @@ import numpy as np
 
 from .._errors import KnowledgeError, ProtocolError
 from .._knowledge import Ragged, Value, lengths_total
+from .._util import short_repr
 from .values import array_view, as_frame, wire_array
 
 __all__ = ["decode_parts", "encode_parts"]
@@ -75,7 +76,7 @@ def _check_field(f: Any) -> None:
         and not isinstance(f[4], bool)
     ):
         raise ProtocolError(
-            f"malformed chunk field {f!r:.200}: expected [key, part, dtype, shape list, lod 0|1]"
+            f"malformed chunk field {short_repr(f, 200)}: expected [key, part, dtype, shape list, lod 0|1]"
         )
 
 
@@ -95,7 +96,7 @@ def decode_parts(
     n = spec.get("samples")
     fields = spec.get("fields")
     if not isinstance(n, int) or isinstance(n, bool) or n < 0 or not isinstance(fields, list):
-        raise ProtocolError(f"malformed chunk description {spec!r:.200}")
+        raise ProtocolError(f"malformed chunk description {short_repr(spec, 200)}")
     for f in fields:
         _check_field(f)
     want = 1 + sum(1 + f[4] for f in fields)

@@ -31,6 +31,7 @@ import numpy as np
 
 from .._errors import ConfigError, KnowledgeError, ProtocolError
 from .._knowledge import DTYPE_NAMES, dtype_name, to_dtype
+from .._util import short_repr
 
 __all__ = [
     "EXT_NDARRAY",
@@ -301,7 +302,7 @@ class _Decoder:
             spec = _unpack_leaf(data)
             if not (isinstance(spec, list) and len(spec) == 3 and type(spec[2]) is int):
                 raise ProtocolError(
-                    f"an array (ext 2) must be [dtype, shape, frame], got {spec!r:.100}"
+                    f"an array (ext 2) must be [dtype, shape, frame], got {short_repr(spec, 100)}"
                 )
             index = spec[2]
             if not 0 <= index < len(self.frames) or index in self.used:
@@ -313,7 +314,9 @@ class _Decoder:
         if code == EXT_SCALAR:
             spec = _unpack_leaf(data)
             if not (isinstance(spec, list) and len(spec) == 2 and isinstance(spec[1], bytes)):
-                raise ProtocolError(f"a scalar (ext 3) must be [dtype, bytes], got {spec!r:.100}")
+                raise ProtocolError(
+                    f"a scalar (ext 3) must be [dtype, bytes], got {short_repr(spec, 100)}"
+                )
             return array_view(spec[1], spec[0], [], "numpy scalar")[()]
         raise ProtocolError(f"unknown msgpack ext type {code} in a value")
 
@@ -368,10 +371,14 @@ def array_view(frame: Any, dtype: Any, shape: Any, what: str) -> np.ndarray:
             f"{what}: unsupported dtype {dtype!r}; expected one of {', '.join(DTYPE_NAMES)}"
         )
     if type(shape) is not list:
-        raise ProtocolError(f"{what}: shape must be a list of ints >= 0, got {shape!r:.100}")
+        raise ProtocolError(
+            f"{what}: shape must be a list of ints >= 0, got {short_repr(shape, 100)}"
+        )
     for d in shape:
         if type(d) is not int or d < 0:
-            raise ProtocolError(f"{what}: shape must be a list of ints >= 0, got {shape!r:.100}")
+            raise ProtocolError(
+                f"{what}: shape must be a list of ints >= 0, got {short_repr(shape, 100)}"
+            )
     view = frame if type(frame) is memoryview else memoryview(frame)
     want = dt.itemsize * math.prod(shape)
     if view.nbytes != want:
