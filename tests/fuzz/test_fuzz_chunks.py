@@ -156,6 +156,7 @@ def test_mutated_chunk_headers_decode_consistently_or_raise(message: Any, data: 
                 _INTERESTING,
                 st.sampled_from(["", "tok", "float64", "object", "int8"]),
                 st.lists(_INTERESTING, max_size=3),
+                st.lists(st.sampled_from([0, 1, 2**62, 2**70]), max_size=70),
                 st.none(),
             )
         )
@@ -213,3 +214,12 @@ def test_headers_nested_as_deep_as_msgpack_allows_are_protocol_errors(where: str
         spec[where] = deep
     with pytest.raises(ProtocolError, match="malformed chunk"):
         decode_parts({"chunk": spec}, [])
+
+
+@pytest.mark.parametrize(
+    "inner", [[2**70, 0], [2**62, 0, 5], [0] * 70], ids=["huge", "too-big", "too-many"]
+)
+def test_empty_shapes_numpy_cannot_hold_are_protocol_errors(inner: list[int]) -> None:
+    header = {"chunk": {"samples": 1, "fields": [["x", "", "int8", inner, 0]]}}
+    with pytest.raises(ProtocolError, match="not possible"):
+        decode_parts(header, [bytearray(8), bytearray()])

@@ -388,5 +388,10 @@ def array_view(frame: Any, dtype: Any, shape: Any, what: str) -> np.ndarray:
         )
     if view.ndim != 1 or view.format != "B":
         view = view.cast("B") if want else memoryview(b"")
-    arr: np.ndarray = np.ndarray(shape, dt, view)
+    try:
+        arr: np.ndarray = np.ndarray(shape, dt, view)
+    except ValueError as exc:  # more dimensions, or a larger shape, than numpy supports
+        raise ProtocolError(
+            f"{what}: shape {short_repr(shape, 100)} is not possible: {exc}"
+        ) from None
     return arr
