@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pantheon import KnowledgeError, ProtocolError, Ragged
-from pantheon._knowledge import lengths_of_offsets, lengths_total
+from pantheon._util import lengths_of_offsets, lengths_total
 from pantheon._wire import decode_parts, encode_parts
 from tests.fuzz.common import fuzz_settings
 

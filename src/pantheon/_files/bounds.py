@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 
 from .._errors import FileFormatError, KnowledgeError
-from .._knowledge import lengths_of_offsets
 from .._knowledge import to_dtype as _to_dtype
+from .._util import lengths_of_offsets
 from .ipc import _batch_header, _field_pos, _structs, batch_info, sound_buffers
 from .layout import Layout
 

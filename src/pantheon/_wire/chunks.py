@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from .._errors import KnowledgeError, ProtocolError
-from .._knowledge import Ragged, Value, lengths_total
-from .._util import short_repr
+from .._knowledge import Ragged, Value
+from .._util import lengths_total, short_repr
 from .values import array_view, as_frame, wire_array
 
 __all__ = ["decode_parts", "encode_parts"]
