@@ -23,7 +23,7 @@ import pyarrow as pa
 from .._errors import FileFormatError, KnowledgeError
 from .._knowledge import to_dtype as _to_dtype
 from .._util import lengths_of_offsets
-from .ipc import _batch_header, _field_pos, _structs, batch_info, sound_buffers
+from .ipc import compressed_buffers, sound_buffers
 from .layout import Layout
 
 __all__ = ["BufferBound", "buffer_bounds", "check_compressed"]
@@ -66,15 +66,15 @@ def buffer_bounds(layout: Layout) -> list[BufferBound]:
     for i, (_, col) in enumerate(layout.columns):
         name = f"column {col.name!r}"
         item = _to_dtype(col.dtype).itemsize
-        count = "rows"
+        basis = "rows"
         out.append(BufferBound(f"the validity of {name}", "rows", 1, 0, i))
         if col.lod_level:
             out.append(BufferBound(f"the offsets of {name}", "offsets", 1, 8, i))
             out.append(BufferBound(f"the validity of the values of {name}", "tokens", 1, 0, i))
-            count = "tokens"
+            basis = "tokens"
         if col.inner:
-            out.append(BufferBound(f"the validity of the items of {name}", count, col.width, 0, i))
-        out.append(BufferBound(f"the values of {name}", count, col.width, item, i))
+            out.append(BufferBound(f"the validity of the items of {name}", basis, col.width, 0, i))
+        out.append(BufferBound(f"the values of {name}", basis, col.width, item, i))
     return out
 
 
@@ -96,11 +96,10 @@ def check_compressed(
         FileFormatError: naming the file, the batch, the buffer, the claimed and the allowed
             sizes; or a batch whose buffers do not match the layout or lie outside its body.
     """
-    metadata = message.metadata.to_pybytes()
-    if _field_pos(metadata, _batch_header(metadata), 3) is None:
+    found = compressed_buffers(message.metadata.to_pybytes())
+    if found is None:
         return
-    rows, codec = batch_info(metadata)
-    buffers = _structs(metadata, _batch_header(metadata), 2)
+    rows, codec, buffers = found
     body = message.body
     if len(buffers) != 2 * len(bounds) or not sound_buffers(buffers, body.size):
         raise _corrupt(
@@ -120,10 +119,12 @@ def check_compressed(
         claimed = int(struct.unpack_from("<q", view, at)[0])
         allowed = bound.allowed(rows, tokens)
         if claimed < -1 or claimed > allowed:
+            counted = f" ({tokens.get(bound.ragged, 0)} rows of values by its offsets)"
             raise FileFormatError(
                 f"{path}: batch {index}: buffer {i} ({bound.what}) claims to decompress to "
-                f"{claimed} bytes, but {rows} rows allow at most {allowed}; the file is "
-                "corrupt or hostile, dump the knowledge again"
+                f"{claimed} bytes, but {rows} rows{counted if bound.basis == 'tokens' else ''} "
+                f"allow at most {allowed}; the file is corrupt or hostile, dump the knowledge "
+                "again"
             )
         if bound.basis == "offsets":
             raw = body.slice(at + 8, size - 8)

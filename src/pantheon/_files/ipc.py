@@ -17,7 +17,15 @@ import numpy as np
 from .._knowledge import to_dtype as _to_dtype
 from .layout import Layout
 
-__all__ = ["Direct", "Located", "batch_info", "direct_plan", "locate", "sound_buffers"]
+__all__ = [
+    "Direct",
+    "Located",
+    "batch_info",
+    "compressed_buffers",
+    "direct_plan",
+    "locate",
+    "sound_buffers",
+]
 
 _COMPRESSION_CODECS = {0: "lz4", 1: "zstd"}
 _ALIGN = 8  # Arrow IPC: every buffer of a body starts at a multiple of 8 bytes
@@ -77,6 +85,16 @@ def batch_info(metadata: bytes) -> tuple[int, str | None]:
     codec_at = _field_pos(metadata, comp, 0)
     codec = _scalar("<b", metadata, codec_at) if codec_at is not None else 0
     return rows, _COMPRESSION_CODECS.get(codec, f"codec {codec}")
+
+
+def compressed_buffers(metadata: bytes) -> tuple[int, str, tuple[int, ...]] | None:
+    """Rows, codec and buffers (``offset, length`` flattened) of a compressed RecordBatch
+    message; None when it is not compressed."""
+    header = _batch_header(metadata)
+    if _field_pos(metadata, header, 3) is None:
+        return None
+    rows, codec = batch_info(metadata)
+    return rows, codec or "", _structs(metadata, header, 2)
 
 
 # --------------------------------------------------------------------------- direct reads
