@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench docs clean
+.PHONY: demo test lint typecheck unit fuzz bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -m "not ray and not gpu" $(PYTEST_ARGS)
 
 test: lint typecheck unit
+
+# The fuzz suites of tests/fuzz with FUZZ_SCALE times their examples (make test runs them x1).
+FUZZ_SCALE ?= 50
+fuzz: $(STAMP)
+	PANTHEON_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/python -m pytest tests/fuzz -q --timeout=0 $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/pantheon bench

@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._errors import KnowledgeError
+from ._util import lengths_of_offsets, lengths_total
 
 __all__ = [
     "DTYPE_NAMES",
@@ -116,9 +117,7 @@ class Ragged:
             raise KnowledgeError("Ragged values must have at least one dimension (the tokens)")
         if lens.ndim != 1:
             raise KnowledgeError(f"Ragged lengths must be 1-D, got shape {list(lens.shape)}")
-        if lens.size and int(lens.min()) < 0:
-            raise KnowledgeError("Ragged lengths must be >= 0")
-        total = int(lens.sum())
+        total = lengths_total(lens)
         if total != values.shape[0]:
             raise KnowledgeError(
                 f"Ragged lengths sum to {total} but values hold {values.shape[0]} rows; "
@@ -126,6 +125,21 @@ class Ragged:
             )
         self.values = values
         self.lengths = lens
+
+    @classmethod
+    def from_offsets(cls, values: np.ndarray, offsets: np.ndarray) -> Ragged:
+        """Samples ``values[offsets[i]:offsets[i + 1]]`` (views, no copy), from int64 offsets
+        ``[n + 1]`` into the rows of ``values``, checked by
+        :func:`~pantheon._util.lengths_of_offsets`.
+
+        Raises:
+            KnowledgeError: offsets outside the rows of ``values`` or that decrease.
+        """
+        lengths = lengths_of_offsets(offsets, int(values.shape[0]))
+        out = cls.__new__(cls)
+        out.values = values[int(offsets[0]) : int(offsets[-1])]
+        out.lengths = lengths  # checked: >= 0, adding up to the rows just taken
+        return out
 
     @classmethod
     def from_list(cls, samples: Sequence[npt.ArrayLike]) -> Ragged:

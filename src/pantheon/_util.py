@@ -1,4 +1,6 @@
-"""Helpers of the bottom layer: argument checks, deadlines, waits and retry back-off.
+"""Helpers of the bottom layer: argument checks, checks of ragged lengths and offsets,
+deadlines, waits, retry back-off and the bounded ``repr`` of untrusted values in error
+messages.
 
 Everything here is used by several layers; nothing here imports another Pantheon module but
 the exception tree.
@@ -7,6 +9,7 @@ the exception tree.
 from __future__ import annotations
 
 import math
+import reprlib
 import threading
 import time
 from collections.abc import Callable
@@ -14,9 +17,105 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import ConfigError
+from ._errors import ConfigError, KnowledgeError
 
-__all__ = ["Backoff", "Deadline", "check_int", "check_seconds", "wait_until"]
+__all__ = [
+    "Backoff",
+    "Deadline",
+    "check_int",
+    "check_seconds",
+    "lengths_of_offsets",
+    "lengths_total",
+    "short_repr",
+    "wait_until",
+]
+
+
+_INT64_MAX = 2**63 - 1
+_ROWS_LIMIT = 2**62  # no real field has this many rows; sums at or past it are refused
+
+
+def lengths_total(lengths: np.ndarray) -> int:
+    """The number of rows that ragged ``lengths`` (int64, 1-D) add up to, checked.
+
+    numpy's int64 sum wraps around silently (``[3, 2**63 - 1, 2**63 - 1, 2]`` "sums" to 3),
+    so every length must be >= 0 and a sum that could overflow is first bounded in float64.
+    O(n) vectorised.
+
+    Raises:
+        KnowledgeError: a negative length, or lengths that add up to 2**62 rows or more.
+    """
+    n = int(lengths.shape[0])
+    if n == 0:
+        return 0
+    low, high = int(np.minimum.reduce(lengths)), int(np.maximum.reduce(lengths))
+    if low < 0:
+        at = int(np.argmin(lengths))
+        raise KnowledgeError(
+            f"Ragged lengths must be >= 0, got the negative length {low} for sample {at}; a "
+            "length counts the rows (tokens) of one sample"
+        )
+    # the int64 sum is exact when it cannot overflow; otherwise bound it in float64 first
+    exact = high <= _INT64_MAX // n or float(lengths.sum(dtype=np.float64)) < _ROWS_LIMIT
+    total = int(np.add.reduce(lengths)) if exact else _ROWS_LIMIT
+    if total >= _ROWS_LIMIT:
+        raise KnowledgeError(
+            f"Ragged lengths add up to 2**62 rows or more (the largest is {high}); they "
+            "cannot describe real samples (an int64 sum of them may overflow)"
+        )
+    return total
+
+
+def lengths_of_offsets(offsets: np.ndarray, rows: int) -> np.ndarray:
+    """The sample lengths of int64 ``offsets`` (``[n + 1]``) into ``rows`` rows, checked.
+
+    The offsets must start at >= 0, never decrease and end at <= ``rows``, as Arrow's
+    ``large_list`` requires; sample ``i`` is rows ``offsets[i]:offsets[i + 1]``. Their
+    differences are checked by :func:`lengths_total` (>= 0, an exact sum equal to
+    ``offsets[-1] - offsets[0]``), which proves that no difference wrapped around in int64.
+    O(n) vectorised.
+
+    Raises:
+        KnowledgeError: offsets that break one of these rules, naming the first bad one.
+    """
+    if offsets.ndim != 1 or offsets.shape[0] == 0:
+        raise KnowledgeError(f"ragged offsets must be 1-D with n + 1 entries, got {offsets.shape}")
+    first, last = int(offsets[0]), int(offsets[-1])
+    if first < 0 or last > rows or last < first:
+        raise KnowledgeError(
+            f"ragged offsets run from {first} to {last}, outside the {rows} rows they index"
+        )
+    lengths = np.diff(offsets)
+    try:
+        total = lengths_total(lengths)
+    except KnowledgeError:
+        total = -1
+    if total != last - first:
+        falls = np.flatnonzero(offsets[1:] < offsets[:-1])
+        if not falls.size:
+            raise KnowledgeError(f"ragged offsets span {last - first} rows, 2**62 or more")
+        at = int(falls[0])
+        raise KnowledgeError(
+            f"ragged offsets decrease at sample {at} ({int(offsets[at])} then "
+            f"{int(offsets[at + 1])}); they must never decrease"
+        )
+    return lengths
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel = 3
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 8
+_SHORT.maxstring = _SHORT.maxother = _SHORT.maxlong = 60
+
+
+def short_repr(value: Any, limit: int = 200) -> str:
+    """``repr(value)`` for an error message, at most ``limit`` characters (default 200).
+
+    Bounded in nesting (3 levels) and items (8 per container), so that a hostile value (a
+    header nested 1,000 levels deep, a list of a million items) costs neither a
+    ``RecursionError`` nor a huge string.
+    """
+    return _SHORT.repr(value)[:limit]
 
 
 def check_int(name: str, value: Any, *, minimum: int = 1, unit: str = "") -> int:

@@ -198,3 +198,20 @@ def test_candidate_filter_agrees_with_a_full_sort(rows: int, vocab: int, k: int)
     np.testing.assert_array_equal(tied["values"], -np.sort(-ties, axis=-1)[:, :k])
     got = np.take_along_axis(ties, tied["indices"].view(np.uint16).astype(np.intp), axis=-1)
     np.testing.assert_array_equal(got, tied["values"])
+
+
+def test_indices_outside_the_vocabulary_are_refused_not_wrapped() -> None:
+    codec = TopK(2)
+    field = {"shape": [-1, 6], "dtype": "float32", "lod_level": 0}
+    values = np.ones((1, 2), np.float16)
+    for bad in (np.array([[-1, 0]], np.int32), np.array([[6, 0]], np.int32)):
+        with pytest.raises(KnowledgeError, match=r"outside the vocabulary \[0, 6\)"):
+            codec.decode({"values": values, "indices": bad}, field)
+        with pytest.raises(KnowledgeError, match="outside the vocabulary"):
+            codec.sparse({"values": values, "indices": bad}, field)
+
+
+def test_densifying_past_what_numpy_can_address_is_a_knowledge_error() -> None:
+    sparse = SparseTopK(np.ones((4, 2), np.float32), np.zeros((4, 2), np.int32), 2**62)
+    with pytest.raises(KnowledgeError, match="sparse_topk=True"):
+        sparse.dense()

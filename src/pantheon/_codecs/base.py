@@ -28,6 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .._errors import ConfigError
 from .._knowledge import FieldDesc, Value
+from .._util import short_repr
 
 __all__ = [
     "FLOAT_DTYPES",
@@ -114,7 +115,7 @@ def codec_from_spec(spec: Mapping[str, Any]) -> Codec:
     """
     if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
         raise ConfigError(
-            f"a codec spec must be a mapping with a string 'name', got {spec!r:.200}; "
+            f"a codec spec must be a mapping with a string 'name', got {short_repr(spec, 200)}; "
             'e.g. {"name": "cast", "dtype": "float16"}'
         )
     name = spec["name"]
@@ -130,4 +131,6 @@ def codec_from_spec(spec: Mapping[str, Any]) -> Codec:
     except ConfigError:
         raise
     except Exception as exc:  # a factory that trips over a hostile spec
-        raise ConfigError(f"codec {name!r} refused its spec {dict(spec)!r:.200}: {exc}") from None
+        raise ConfigError(
+            f"codec {name!r} refused its spec {short_repr(dict(spec))}: {exc}"
+        ) from None

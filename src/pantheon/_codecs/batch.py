@@ -96,7 +96,8 @@ def decode_batch(
     """Rebuild the batch of ``desc`` from its stored parts (casting back, densifying, ...).
 
     Raises:
-        KnowledgeError: a key of ``desc`` whose parts are missing.
+        KnowledgeError: a key of ``desc`` whose parts are missing, or that its codec cannot
+            decode (e.g. top-k indices outside the vocabulary), naming the key.
     """
     if not codecs:
         try:
@@ -117,7 +118,12 @@ def decode_batch(
                 raise _missing((key, ""), where)
             out[key] = mine[""]
         else:
-            out[key] = decode_field(codec, mine, field, sparse=sparse)
+            try:
+                out[key] = decode_field(codec, mine, field, sparse=sparse)
+            except KnowledgeError as exc:
+                raise KnowledgeError(
+                    f"{where + ': ' if where else ''}knowledge {key!r}: {exc}"
+                ) from None
     return out
 
 

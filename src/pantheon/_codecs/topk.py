@@ -26,6 +26,7 @@ are ``fill``, by default ``-inf`` (a probability of 0 for logits and log-probabi
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -201,11 +202,32 @@ class SparseTopK:
         return f"SparseTopK(k={self.k}, vocab_size={self.vocab_size}, values={self.values!r})"
 
 
+def _in_vocab(indices: np.ndarray, vocab: int) -> np.ndarray:
+    """``indices`` after checking that all lie in ``[0, vocab)`` (vectorised min and max)."""
+    if indices.size:
+        low, high = int(indices.min()), int(indices.max())
+        if low < 0 or high >= vocab:
+            raise KnowledgeError(
+                f"top-k codec: the stored indices hold {low if low < 0 else high}, outside the "
+                f"vocabulary [0, {vocab}); the knowledge is corrupt (a file or a message was "
+                "damaged, or written for another vocabulary size)"
+            )
+    return indices
+
+
 def _densify(
     values: np.ndarray, indices: np.ndarray, vocab: int, fill: float, dtype: Any
 ) -> np.ndarray:
     dt = np.dtype(dtype) if dtype is not None else values.dtype
-    out = np.full((*values.shape[:-1], vocab), fill, dtype=dt)
+    shape = (*values.shape[:-1], vocab)
+    try:
+        out = np.full(shape, fill, dtype=dt)
+    except (MemoryError, ValueError):  # ValueError: more than numpy can address
+        raise KnowledgeError(
+            f"top-k codec: densifying to shape {list(shape)} ({dt}) needs "
+            f"{math.prod(shape) * dt.itemsize / 2**30:.1f} GiB, more than can be allocated; "
+            "read the knowledge sparse (sparse_topk=True) or in smaller batches"
+        ) from None
     np.put_along_axis(out, indices.astype(np.intp, copy=False), values.astype(dt), axis=-1)
     return out
 
@@ -294,6 +316,11 @@ class TopK:
                 f"expected a last (vocabulary) axis of at least {self.k} entries, e.g. "
                 "[-1, V], [-1, T, V] or ragged [-1, -1, V]"
             )
+        if int(shape[-1]) >= 2**31:
+            raise ConfigError(
+                f"cannot store knowledge {key!r} of shape {shape} with TopK: a vocabulary of "
+                f"{shape[-1]} entries needs indices of 2**31 or more (int32 at most)"
+            )
 
     def _encode_array(self, x: np.ndarray, where: str) -> tuple[np.ndarray, np.ndarray]:
         if x.dtype.kind != "f" and x.dtype != to_dtype("bfloat16"):
@@ -330,7 +357,12 @@ class TopK:
         return {"values": vals, "indices": idx}
 
     def sparse(self, parts: Mapping[str, Value], field: FieldDesc) -> SparseTopK:
-        """The parts as a :class:`SparseTopK` (int32 indices, values as stored)."""
+        """The parts as a :class:`SparseTopK` (int32 indices, values as stored).
+
+        Raises:
+            KnowledgeError: missing parts, or an index outside ``[0, V)`` (corrupt parts: a
+                negative index would otherwise land on position ``V - 1``).
+        """
         vocab = int(field["shape"][-1])
         if vocab <= 0:
             raise KnowledgeError(f"top-k codec: the field's last axis must be known, got {field}")
@@ -341,9 +373,9 @@ class TopK:
                 f"top-k codec: expected the parts 'values' and 'indices', got {sorted(parts)}"
             ) from exc
         if isinstance(indices, Ragged):
-            indices = Ragged(unpack_indices(indices.values), indices.lengths)
+            indices = Ragged(_in_vocab(unpack_indices(indices.values), vocab), indices.lengths)
         else:
-            indices = unpack_indices(np.asarray(indices))
+            indices = _in_vocab(unpack_indices(np.asarray(indices)), vocab)
         return SparseTopK(values, indices, vocab)
 
     def decode(self, parts: Mapping[str, Value], field: FieldDesc) -> Value:

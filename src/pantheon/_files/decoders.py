@@ -76,15 +76,15 @@ def _ragged_decoder(col: ColumnSpec) -> Decoder:
         if n == 0:
             return Ragged(empty(dtype, (0, *inner)), np.zeros(0, np.int64))
         offsets = np.frombuffer(bufs[1], np.int64, n + 1, array.offset * 8)
-        lo, hi = int(offsets[0]), int(offsets[-1])
         child = array.values
-        start = (child.values.offset + (child.offset + lo) * width) if inner else child.offset + lo
-        count = (hi - lo) * width
-        if count <= 0 or bufs[-1] is None:
-            values = empty(dtype, (max(hi - lo, 0), *inner))
+        rows = len(child)
+        start = (child.values.offset + child.offset * width) if inner else child.offset
+        if rows * width == 0 or bufs[-1] is None:
+            values = empty(dtype, (rows, *inner))
         else:
-            values = np.frombuffer(bufs[-1], dtype, count, start * item).reshape((hi - lo, *inner))
-        return Ragged(values, np.diff(offsets))
+            values = np.frombuffer(bufs[-1], dtype, rows * width, start * item)
+            values = values.reshape((rows, *inner))
+        return Ragged.from_offsets(values, offsets)  # within the child, never decreasing
 
     return decode_ragged
 

@@ -17,18 +17,35 @@ import numpy as np
 from .._knowledge import to_dtype as _to_dtype
 from .layout import Layout
 
-__all__ = ["Direct", "Located", "batch_info", "direct_plan", "locate"]
+__all__ = [
+    "Direct",
+    "Located",
+    "batch_info",
+    "compressed_buffers",
+    "direct_plan",
+    "locate",
+    "sound_buffers",
+]
 
 _COMPRESSION_CODECS = {0: "lz4", 1: "zstd"}
+_ALIGN = 8  # Arrow IPC: every buffer of a body starts at a multiple of 8 bytes
+
+
+def _scalar(fmt: str, b: bytes, at: int) -> int:
+    """The little-endian scalar ``fmt`` at ``at``; positions outside ``b`` raise ValueError
+    (``struct`` would read a negative position from the end)."""
+    if at < 0:
+        raise ValueError(f"a flatbuffer position {at} before the start of the metadata")
+    return int(struct.unpack_from(fmt, b, at)[0])  # struct.error past the end
 
 
 def _u16(b: bytes, at: int) -> int:
-    return int(struct.unpack_from("<H", b, at)[0])
+    return _scalar("<H", b, at)
 
 
 def _field_pos(b: bytes, table: int, index: int) -> int | None:
     """Absolute position of field ``index`` of the flatbuffer table at ``table`` (None: absent)."""
-    vtable = table - int(struct.unpack_from("<i", b, table)[0])
+    vtable = table - _scalar("<i", b, table)
     slot = 4 + 2 * index
     if slot >= _u16(b, vtable):
         return None
@@ -38,11 +55,17 @@ def _field_pos(b: bytes, table: int, index: int) -> int | None:
 
 def _batch_header(metadata: bytes) -> int:
     """Position of the RecordBatch table (``Message.header``) in a message's flatbuffer."""
-    root = int(struct.unpack_from("<I", metadata, 0)[0])
+    root = _scalar("<I", metadata, 0)
     header_at = _field_pos(metadata, root, 2)
     if header_at is None:
         raise ValueError("a record batch message without a header")
-    return header_at + int(struct.unpack_from("<I", metadata, header_at)[0])
+    return header_at + _scalar("<I", metadata, header_at)
+
+
+def batch_rows(metadata: bytes, header: int) -> int:
+    """``RecordBatch.length`` of the RecordBatch table at ``header`` (0 when absent)."""
+    length_at = _field_pos(metadata, header, 0)
+    return _scalar("<q", metadata, length_at) if length_at else 0
 
 
 def batch_info(metadata: bytes) -> tuple[int, str | None]:
@@ -52,17 +75,26 @@ def batch_info(metadata: bytes) -> tuple[int, str | None]:
     ``RecordBatch.compression.codec``) without decoding the body.
     """
     header = _batch_header(metadata)
-    length_at = _field_pos(metadata, header, 0)
-    rows = int(struct.unpack_from("<q", metadata, length_at)[0]) if length_at else 0
+    rows = batch_rows(metadata, header)
     if rows < 0:
         raise ValueError(f"a record batch of {rows} rows")
     comp_at = _field_pos(metadata, header, 3)
     if comp_at is None:
         return rows, None
-    comp = comp_at + int(struct.unpack_from("<I", metadata, comp_at)[0])
+    comp = comp_at + _scalar("<I", metadata, comp_at)
     codec_at = _field_pos(metadata, comp, 0)
-    codec = metadata[codec_at] if codec_at is not None else 0
+    codec = _scalar("<b", metadata, codec_at) if codec_at is not None else 0
     return rows, _COMPRESSION_CODECS.get(codec, f"codec {codec}")
+
+
+def compressed_buffers(metadata: bytes) -> tuple[int, str, tuple[int, ...]] | None:
+    """Rows, codec and buffers (``offset, length`` flattened) of a compressed RecordBatch
+    message; None when it is not compressed."""
+    header = _batch_header(metadata)
+    if _field_pos(metadata, header, 3) is None:
+        return None
+    rows, codec = batch_info(metadata)
+    return rows, codec or "", _structs(metadata, header, 2)
 
 
 # --------------------------------------------------------------------------- direct reads
@@ -100,28 +132,43 @@ def _structs(b: bytes, table: int, index: int) -> tuple[int, ...]:
     at = _field_pos(b, table, index)
     if at is None:
         return ()
-    vector = at + int(struct.unpack_from("<I", b, at)[0])
-    count = int(struct.unpack_from("<I", b, vector)[0])
+    vector = at + _scalar("<I", b, at)
+    count = _scalar("<I", b, vector)
     if vector + 4 + 16 * count > len(b):
         raise ValueError("a field node or buffer vector past the end of the metadata")
     return struct.unpack_from(f"<{2 * count}q", b, vector + 4)
 
 
+def sound_buffers(buffers: tuple[int, ...], body_size: int) -> bool:
+    """Whether every ``(offset, length)`` buffer lies inside a body of ``body_size`` bytes and
+    every non-empty one starts at a multiple of 8, as the Arrow format requires (pyarrow
+    refuses unaligned buffers too). O(number of buffers)."""
+    for i in range(0, len(buffers), 2):
+        at, size = buffers[i], buffers[i + 1]
+        if at < 0 or size < 0 or at + size > body_size or (size and at % _ALIGN):
+            return False
+    return True
+
+
 def locate(metadata: bytes, body_size: int, plan: list[Direct]) -> Located | None:
     """Where each planned column of a batch lies in its body; None unless it is plain.
 
-    A plain batch is uncompressed, holds exactly the planned columns, no nulls, at least one
-    value per column, and every values buffer lies inside the body. Other batches are left
-    to pyarrow (which also reports what is wrong with a corrupt one).
+    A plain batch is uncompressed and holds exactly the planned columns: one field node per
+    array with the batch's length (times the width for a fixed-size list's child) and no
+    nulls, every buffer sound (:func:`sound_buffers`), every validity buffer empty and every
+    values buffer exactly ``rows x width x itemsize`` bytes. O(number of buffers). Other
+    batches are left to pyarrow, whose validation reports what is wrong with a corrupt one
+    (or reads a valid but unusual one, e.g. with oversized buffers).
     """
     header = _batch_header(metadata)
     if _field_pos(metadata, header, 3) is not None:  # compressed
         return None
-    length_at = _field_pos(metadata, header, 0)
-    rows = int(struct.unpack_from("<q", metadata, length_at)[0]) if length_at else 0
+    rows = batch_rows(metadata, header)
     nodes, buffers = _structs(metadata, header, 1), _structs(metadata, header, 2)
     last = plan[-1]
-    if len(nodes) != 2 * (last.node + last.nodes) or len(buffers) != 2 * (last.buffer + 1):
+    if rows <= 0 or len(nodes) != 2 * (last.node + last.nodes):
+        return None
+    if len(buffers) != 2 * (last.buffer + 1) or not sound_buffers(buffers, body_size):
         return None
     located: Located = []
     for d in plan:
@@ -129,9 +176,9 @@ def locate(metadata: bytes, body_size: int, plan: list[Direct]) -> Located | Non
         lengths = nodes[2 * d.node : 2 * (d.node + d.nodes)]
         if not count or lengths != ((rows, 0, count, 0) if d.nodes == 2 else (rows, 0)):
             return None
+        validity = buffers[2 * (d.buffer - d.nodes) + 1 : 2 * d.buffer : 2]
         at, size = buffers[2 * d.buffer], buffers[2 * d.buffer + 1]
-        nbytes = count * d.dtype.itemsize
-        if at < 0 or size < nbytes or at + nbytes > body_size:
+        if any(validity) or size != count * d.dtype.itemsize:
             return None
         located.append((d.dtype, count, at, (rows, *d.inner)))
     return located

@@ -50,6 +50,7 @@ META_DESC = "pantheon.desc"
 META_STORAGE = "pantheon.storage"
 USER_PREFIX = "pantheon.user."
 SHARD_NAME = "part-{:05d}.arrow"
+_MAX_WIDTH = 2**31 - 1  # values per element of a fixed-size list (Arrow's int32 list_size)
 
 _ARROW_STORAGE: dict[str, pa.DataType] = {
     "bool": pa.uint8(),
@@ -150,6 +151,12 @@ def _check_shape(path: Path, where: str, shape: Any, lod: Any) -> tuple[int, ...
     inner = shape[1 + lod :]
     if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in inner):
         raise bad_metadata(path, f"{where} has shape {shape!r}; its fixed dimensions must be >= 0")
+    if math.prod(inner) > _MAX_WIDTH:
+        raise bad_metadata(
+            path,
+            f"{where} has shape {shape!r}: its fixed dimensions hold {math.prod(inner)} values "
+            f"per element, more than an Arrow fixed-size list can ({_MAX_WIDTH})",
+        )
     return tuple(shape)
 
 
@@ -212,6 +219,8 @@ def parse_layout(path: Path, schema: pa.Schema) -> Layout:
         storage = json.loads(text[META_STORAGE])
     except (KeyError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise bad_metadata(path, f"missing or unreadable {exc}") from None
+    except RecursionError:
+        raise bad_metadata(path, "its JSON is nested too deeply to be a description") from None
     if not isinstance(storage, dict) or list(storage) != list(desc):
         raise bad_metadata(
             path, f"{META_STORAGE} must list the keys of {META_DESC} in the same order"
@@ -222,7 +231,10 @@ def parse_layout(path: Path, schema: pa.Schema) -> Layout:
         spec = storage[key].get("codec") if isinstance(storage[key], dict) else None
         if spec is not None:
             try:
-                codecs[key] = codec_from_spec(spec)
+                codecs[key] = codec = codec_from_spec(spec)
+                check = getattr(codec, "check", None)
+                if callable(check):  # the codec can store this field (top-k: a vocabulary axis)
+                    check(key, field)
             except ConfigError as exc:
                 raise FileFormatError(f"{path}: the codec of knowledge {key!r}: {exc}") from None
         columns.extend((key, c) for c in _parse_columns(path, key, field, storage[key]))

@@ -264,7 +264,9 @@ class KnowledgeFile:
                     raise ValueError(f"{key!r} holds {len(value)} samples, not {rows}")
             if len(ids) != rows:
                 raise ValueError(f"{len(ids)} sample ids for {rows} samples")
-        except (*READ_ERRORS, TypeError) as exc:
+        except FileFormatError:
+            raise
+        except (*READ_ERRORS, TypeError, IndexError) as exc:
             raise FileFormatError(
                 f"{shard.path}: batch {local} cannot be decoded ({exc}); the file is corrupt, "
                 "dump the knowledge again"

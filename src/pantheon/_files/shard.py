@@ -12,6 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from .._errors import FileFormatError
+from .bounds import buffer_bounds, check_compressed
 from .ipc import batch_info
 from .layout import bad_metadata, parse_layout
 
@@ -65,6 +66,7 @@ class Shard:
             self.layout = parse_layout(path, self.schema)
         except UnicodeDecodeError as exc:
             raise bad_metadata(path, f"a column name or metadata is not UTF-8 ({exc})") from None
+        self.bounds = buffer_bounds(self.layout)
         self.end = 8 + stream.tell()  # where the last complete message ends
         self.stop = self._read_batches(stream, messages)
         self.complete = self._footer_ok(buf, self.stop)
@@ -95,6 +97,7 @@ class Shard:
         """Collect the complete record batch messages; return why reading stopped early."""
         self.messages: list[pa.ipc.Message] = []
         self.sizes: list[int] = []
+        self.compressed: list[bool] = []
         self.compression: str | None = None
         infos: dict[bytes, tuple[int, str | None]] = {}  # batches of one size share metadata
         while True:
@@ -115,6 +118,7 @@ class Shard:
                 return str(exc)
             self.messages.append(msg)
             self.sizes.append(rows)
+            self.compressed.append(self.compression is not None)
             self.end = 8 + stream.tell()
 
     def _footer_ok(self, buf: pa.Buffer, stop: str | None) -> bool:
@@ -133,7 +137,21 @@ class Shard:
         return True
 
     def read(self, index: int) -> pa.RecordBatch:
-        return pa.ipc.read_record_batch(self.messages[index], self.schema)
+        """Batch ``index`` through pyarrow, checked: a compressed batch's claimed sizes against
+        the layout before anything is decompressed (:func:`.bounds.check_compressed`), then
+        pyarrow's full validation (buffer sizes, offsets; O(rows), not O(data)).
+
+        Raises:
+            FileFormatError: a compressed buffer claiming more than the layout allows.
+            pyarrow.ArrowException, ValueError, ...: anything else pyarrow refuses
+                (:data:`READ_ERRORS`; the reader names the file and batch).
+        """
+        message = self.messages[index]
+        if self.compressed[index]:
+            check_compressed(self.path, index, message, self.bounds)
+        batch = pa.ipc.read_record_batch(message, self.schema)
+        batch.validate(full=True)
+        return batch
 
     def close(self) -> None:
         self.messages = []

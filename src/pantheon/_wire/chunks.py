@@ -17,6 +17,7 @@ import numpy as np
 
 from .._errors import KnowledgeError, ProtocolError
 from .._knowledge import Ragged, Value
+from .._util import lengths_total, short_repr
 from .values import array_view, as_frame, wire_array
 
 __all__ = ["decode_parts", "encode_parts"]
@@ -75,7 +76,7 @@ def _check_field(f: Any) -> None:
         and not isinstance(f[4], bool)
     ):
         raise ProtocolError(
-            f"malformed chunk field {f!r:.200}: expected [key, part, dtype, shape list, lod 0|1]"
+            f"malformed chunk field {short_repr(f, 200)}: expected [key, part, dtype, shape list, lod 0|1]"
         )
 
 
@@ -86,7 +87,8 @@ def decode_parts(
 
     Raises:
         ProtocolError: a malformed description, a wrong number of frames, a part given twice,
-            or frame sizes that do not match the described dtypes, shapes and sample counts.
+            ragged lengths that are negative or overflow, or frame sizes that do not match
+            the described dtypes, shapes and sample counts.
     """
     spec = header.get("chunk") if isinstance(header, Mapping) else None
     if not isinstance(spec, dict):
@@ -94,7 +96,7 @@ def decode_parts(
     n = spec.get("samples")
     fields = spec.get("fields")
     if not isinstance(n, int) or isinstance(n, bool) or n < 0 or not isinstance(fields, list):
-        raise ProtocolError(f"malformed chunk description {spec!r:.200}")
+        raise ProtocolError(f"malformed chunk description {short_repr(spec, 200)}")
     for f in fields:
         _check_field(f)
     want = 1 + sum(1 + f[4] for f in fields)
@@ -114,9 +116,10 @@ def decode_parts(
             k += 1
             continue
         lengths = array_view(frames[k + 1], "int64", [n], f"lengths of {where}")
-        if n and int(lengths.min()) < 0:
-            raise ProtocolError(f"{where} has negative lengths")
-        rows = int(lengths.sum())
+        try:
+            rows = lengths_total(lengths)
+        except KnowledgeError as exc:
+            raise ProtocolError(f"{where}: {exc}") from None
         values = array_view(frames[k], dname, [rows, *inner], where)
         parts[(key, part)] = Ragged(values, lengths)
         k += 2

@@ -14,14 +14,16 @@ ext code    payload (itself msgpack)
 ==========  ==========================================================================
 
 Arrays travel in little-endian byte order; received arrays are views of the frames (no copy)
-after their sizes were checked against dtype and shape. Knowledge chunks have their own
-encoding (:mod:`.chunks`).
+after their sizes were checked against dtype and shape. Lists, tuples and dicts nest at most
+:data:`MAX_DEPTH` levels, checked before each level is entered on both sides: a deeper value
+is a ``ConfigError`` when sending and a ``ProtocolError`` when receiving, never a crash.
+Knowledge chunks have their own encoding (:mod:`.chunks`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -29,11 +31,13 @@ import numpy as np
 
 from .._errors import ConfigError, KnowledgeError, ProtocolError
 from .._knowledge import DTYPE_NAMES, dtype_name, to_dtype
+from .._util import short_repr
 
 __all__ = [
     "EXT_NDARRAY",
     "EXT_SCALAR",
     "EXT_TUPLE",
+    "MAX_DEPTH",
     "array_view",
     "as_frame",
     "decode_value",
@@ -44,6 +48,11 @@ __all__ = [
 EXT_TUPLE = 1
 EXT_NDARRAY = 2
 EXT_SCALAR = 3
+
+MAX_DEPTH = 64
+"""Most levels of lists, tuples and dicts in one value (``[[1]]`` has 2): deeper values are
+refused when encoding (``ConfigError`` naming where) and when decoding (``ProtocolError``),
+before the level is entered, so a hostile message cannot exhaust the stack."""
 
 _ALLOWED = (
     "None, bool, int, float, str, bytes, list, tuple, dict and numpy arrays or scalars of dtype "
@@ -89,8 +98,11 @@ def encode_value(obj: Any) -> tuple[bytes, list[np.ndarray]]:
 
     Raises:
         ConfigError: a value of another type (set, object, ...), an int out of range or a
-            structure nested too deeply; the message says the type and where it is.
+            structure nested more than :data:`MAX_DEPTH` levels deep; the message says the
+            type and where it is.
     """
+    if isinstance(obj, _NESTING):
+        _check_depth(obj, 0, "value")
     frames: list[np.ndarray] = []
 
     def default(o: Any) -> Any:
@@ -120,6 +132,35 @@ def encode_value(obj: Any) -> tuple[bytes, list[np.ndarray]]:
     except (_Unsupported, TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise _unsupported_error(obj, exc) from None
     return payload, frames
+
+
+_NESTING = (list, tuple, dict, set, frozenset)
+_LEAVES = frozenset(
+    {type(None), bool, int, float, str, bytes, np.ndarray, *(dt.type for dt in _DTYPES.values())}
+)  # exact types that hold no nested value: whole lists of them are skipped at C speed
+
+
+def _check_depth(obj: Any, depth: int, where: str) -> None:
+    """Raise a ConfigError naming where the container ``obj`` (at nesting ``depth``, 0 for
+    the value itself) holds containers deeper than :data:`MAX_DEPTH`."""
+    if depth >= MAX_DEPTH:
+        raise ConfigError(
+            f"cannot send the value: it nests lists, tuples and dicts more than {MAX_DEPTH} "
+            f"levels deep (MAX_DEPTH) at {where}; flatten it or send an array"
+        )
+    if isinstance(obj, dict):
+        if not _LEAVES.issuperset(map(type, obj)):
+            for key in obj:
+                if isinstance(key, _NESTING):
+                    _check_depth(key, depth + 1, f"a key of {where}")
+        if not _LEAVES.issuperset(map(type, obj.values())):
+            for key, item in obj.items():
+                if isinstance(item, _NESTING):
+                    _check_depth(item, depth + 1, f"{where}[{key!r:.40}]")
+    elif not _LEAVES.issuperset(map(type, obj)):
+        for i, item in enumerate(obj):
+            if isinstance(item, _NESTING):
+                _check_depth(item, depth + 1, f"{where}[{i}]")
 
 
 def _base_type(o: Any) -> Any:
@@ -153,8 +194,8 @@ def _unsupported_error(obj: Any, exc: BaseException) -> ConfigError:
 
 def _find_unsupported(o: Any, where: str, depth: int) -> tuple[str, str] | None:
     """The first place in ``o`` that cannot be encoded, as (path, description)."""
-    if depth > 500:
-        return where, "a structure nested more than 500 levels deep"
+    if depth > MAX_DEPTH:
+        return where, f"a structure nested more than {MAX_DEPTH} levels deep"
     if o is None or isinstance(o, (bool, float, str, bytes, bytearray, memoryview)):
         return None
     if isinstance(o, int):
@@ -193,52 +234,133 @@ def _find_unsupported(o: Any, where: str, depth: int) -> tuple[str, str] | None:
 def decode_value(payload: Any, frames: Sequence[Any]) -> Any:
     """Decode what :func:`encode_value` produced; arrays are views of ``frames``.
 
+    Decoding never recurses on the C stack: msgpack decodes one level of ext types at a time
+    (a tuple's items stay undecoded until their container is reached), and every list, map
+    and tuple is counted against :data:`MAX_DEPTH` before it is entered.
+
     Raises:
-        ProtocolError: a malformed payload, an unknown ext type, a bad frame index, a frame
-            whose size does not match its array's dtype and shape, or unused frames.
+        ProtocolError: a malformed payload, a value nested more than :data:`MAX_DEPTH`
+            levels deep, an unknown ext type, a bad frame index, a frame whose size does not
+            match its array's dtype and shape, or unused frames.
     """
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise ProtocolError(f"a value payload must be msgpack bytes, got {type(payload).__name__}")
-    used: set[int] = set()
+    decoder = _Decoder(frames)
+    try:
+        value = decoder.resolve(decoder.unpack(payload), 0)
+    except ProtocolError:
+        raise
+    except msgpack.StackError:  # plain msgpack nesting past msgpack's own limit (1024)
+        raise _too_deep("a list or map") from None
+    except Exception as exc:  # msgpack raises several unrelated classes on bad input
+        raise ProtocolError(f"malformed value payload: {type(exc).__name__}: {exc}") from None
+    if len(decoder.used) != len(frames):
+        raise ProtocolError(
+            f"the value uses {len(decoder.used)} of the message's {len(frames)} frames"
+        )
+    return value
 
-    def ext_hook(code: int, data: bytes) -> Any:
-        if code == EXT_TUPLE:
-            items = _unpack(data)
-            if not isinstance(items, list):
-                raise ProtocolError("a tuple (ext 1) must hold a msgpack array")
-            return tuple(items)
+
+class _Nested:
+    """A container ext (a tuple) whose msgpack items are not decoded yet."""
+
+    __slots__ = ("code", "data")
+
+    def __init__(self, code: int, data: bytes) -> None:
+        self.code = code
+        self.data = data
+
+
+_CONTAINERS: dict[int, tuple[str, Callable[[list[Any]], Any]]] = {EXT_TUPLE: ("tuple", tuple)}
+"""Container ext types: code -> (name, how the decoded list of items becomes the value)."""
+
+
+def _too_deep(what: str) -> ProtocolError:
+    return ProtocolError(
+        f"malformed value payload: {what} nested more than {MAX_DEPTH} levels deep "
+        f"(MAX_DEPTH); the sender must flatten the value"
+    )
+
+
+class _Decoder:
+    """One value's decoding: msgpack one ext level at a time, then an explicit walk."""
+
+    def __init__(self, frames: Sequence[Any]) -> None:
+        self.frames = frames
+        self.used: set[int] = set()
+
+    def unpack(self, data: Any) -> Any:
+        """One msgpack document; container exts stay :class:`_Nested` (no recursion)."""
+        return msgpack.unpackb(
+            data, ext_hook=self.ext_hook, raw=False, strict_map_key=False, use_list=True
+        )
+
+    def ext_hook(self, code: int, data: bytes) -> Any:
+        if code in _CONTAINERS:
+            return _Nested(code, data)
         if code == EXT_NDARRAY:
-            spec = _unpack(data)
-            if not (isinstance(spec, list) and len(spec) == 3 and isinstance(spec[2], int)):
+            spec = _unpack_leaf(data)
+            if not (isinstance(spec, list) and len(spec) == 3 and type(spec[2]) is int):
                 raise ProtocolError(
-                    f"an array (ext 2) must be [dtype, shape, frame], got {spec!r:.100}"
+                    f"an array (ext 2) must be [dtype, shape, frame], got {short_repr(spec, 100)}"
                 )
             index = spec[2]
-            if not 0 <= index < len(frames) or index in used:
-                raise ProtocolError(f"array refers to frame {index}; the message has {len(frames)}")
-            used.add(index)
-            return array_view(frames[index], spec[0], spec[1], f"array in frame {index}")
+            if not 0 <= index < len(self.frames) or index in self.used:
+                raise ProtocolError(
+                    f"array refers to frame {index}; the message has {len(self.frames)}"
+                )
+            self.used.add(index)
+            return array_view(self.frames[index], spec[0], spec[1], f"array in frame {index}")
         if code == EXT_SCALAR:
-            spec = _unpack(data)
+            spec = _unpack_leaf(data)
             if not (isinstance(spec, list) and len(spec) == 2 and isinstance(spec[1], bytes)):
-                raise ProtocolError(f"a scalar (ext 3) must be [dtype, bytes], got {spec!r:.100}")
+                raise ProtocolError(
+                    f"a scalar (ext 3) must be [dtype, bytes], got {short_repr(spec, 100)}"
+                )
             return array_view(spec[1], spec[0], [], "numpy scalar")[()]
         raise ProtocolError(f"unknown msgpack ext type {code} in a value")
 
-    def _unpack(data: Any) -> Any:
-        return msgpack.unpackb(
-            data, ext_hook=ext_hook, raw=False, strict_map_key=False, use_list=True
-        )
+    def resolve(self, obj: Any, depth: int) -> Any:
+        """``obj`` (at nesting ``depth``) with every :class:`_Nested` inside it decoded."""
+        kind = type(obj)
+        if kind is _Nested:
+            items = self.unpack(obj.data)
+            name, build = _CONTAINERS[obj.code]
+            if type(items) is not list:
+                raise ProtocolError(f"a {name} (ext {obj.code}) must hold a msgpack array")
+            return build(self.resolve(items, depth))
+        if kind is not list and kind is not dict:
+            return obj
+        if depth >= MAX_DEPTH:
+            raise _too_deep("a list, map or tuple")
+        if kind is list:
+            if not _WALKED.isdisjoint(map(type, obj)):
+                for i, item in enumerate(obj):
+                    if type(item) in _WALKED:
+                        obj[i] = self.resolve(item, depth + 1)
+            return obj
+        if not _WALKED.isdisjoint(map(type, obj.values())):
+            for key, item in obj.items():
+                if type(item) in _WALKED:
+                    obj[key] = self.resolve(item, depth + 1)
+        if not _KEYS_WALKED.isdisjoint(
+            map(type, obj)
+        ):  # tuples as keys: decode them, keeping the order
+            return {self.resolve(key, depth + 1): item for key, item in obj.items()}
+        return obj
 
-    try:
-        value = _unpack(payload)
-    except ProtocolError:
-        raise
-    except Exception as exc:  # msgpack raises several unrelated classes on bad input
-        raise ProtocolError(f"malformed value payload: {type(exc).__name__}: {exc}") from None
-    if len(used) != len(frames):
-        raise ProtocolError(f"the value uses {len(used)} of the message's {len(frames)} frames")
-    return value
+
+_WALKED = frozenset({list, dict, _Nested})  # what resolve() enters
+_KEYS_WALKED = frozenset({_Nested})  # map keys it decodes (containers as keys: tuples)
+
+
+def _no_ext(code: int, data: bytes) -> Any:
+    raise ProtocolError(f"ext type {code} inside an array or scalar description")
+
+
+def _unpack_leaf(data: bytes) -> Any:
+    """The msgpack description of an array or scalar: plain msgpack, no ext types."""
+    return msgpack.unpackb(data, ext_hook=_no_ext, raw=False, use_list=True)
 
 
 def array_view(frame: Any, dtype: Any, shape: Any, what: str) -> np.ndarray:
@@ -249,10 +371,14 @@ def array_view(frame: Any, dtype: Any, shape: Any, what: str) -> np.ndarray:
             f"{what}: unsupported dtype {dtype!r}; expected one of {', '.join(DTYPE_NAMES)}"
         )
     if type(shape) is not list:
-        raise ProtocolError(f"{what}: shape must be a list of ints >= 0, got {shape!r:.100}")
+        raise ProtocolError(
+            f"{what}: shape must be a list of ints >= 0, got {short_repr(shape, 100)}"
+        )
     for d in shape:
         if type(d) is not int or d < 0:
-            raise ProtocolError(f"{what}: shape must be a list of ints >= 0, got {shape!r:.100}")
+            raise ProtocolError(
+                f"{what}: shape must be a list of ints >= 0, got {short_repr(shape, 100)}"
+            )
     view = frame if type(frame) is memoryview else memoryview(frame)
     want = dt.itemsize * math.prod(shape)
     if view.nbytes != want:
@@ -262,5 +388,10 @@ def array_view(frame: Any, dtype: Any, shape: Any, what: str) -> np.ndarray:
         )
     if view.ndim != 1 or view.format != "B":
         view = view.cast("B") if want else memoryview(b"")
-    arr: np.ndarray = np.ndarray(shape, dt, view)
+    try:
+        arr: np.ndarray = np.ndarray(shape, dt, view)
+    except ValueError as exc:  # more dimensions, or a larger shape, than numpy supports
+        raise ProtocolError(
+            f"{what}: shape {short_repr(shape, 100)} is not possible: {exc}"
+        ) from None
     return arr
