@@ -246,7 +246,8 @@ class Teacher:
     # -- online messages ------------------------------------------------------------------
 
     def send(self, data: Any, timeout: float | None = None) -> None:
-        """Online: send one message (None/bool/int/float/str/bytes/list/tuple/dict/arrays) to the student."""
+        """Online: send one message (None/bool/int/float/str/bytes/list/tuple/set/dict/arrays or
+        tensors) to the student."""
         self._check_open()
         if self._server is None:
             raise ConfigError("send() needs an online teacher (out_port)")

@@ -1,7 +1,8 @@
 """No-pickle encoding of user values and of knowledge chunks for the wire.
 
 **Values** (``Teacher.send`` / ``Student.send``): None, bool, int (-2**63 .. 2**64-1), float,
-str, bytes, list, tuple, dict and numpy arrays or scalars, nested. :func:`encode_value` gives
+str, bytes, list, tuple, set, frozenset, dict and numpy arrays or scalars, nested (framework
+tensors, torch or paddle, travel as numpy arrays). :func:`encode_value` gives
 a msgpack payload (``bytes``, to put in a message header) and the arrays' frames, sent without
 copies. msgpack extension types carry what msgpack lacks:
 
@@ -11,6 +12,8 @@ ext code    payload (itself msgpack)
 1 tuple     the items as an array
 2 ndarray   ``[dtype name, shape, frame index]``; the data is that frame (C order)
 3 scalar    ``[dtype name, raw bytes]``: a numpy scalar such as ``np.float32(1.5)``
+4 set       the items as an array (each item hashable: no list, dict or array)
+5 frozenset the items as an array, as for a set
 ==========  ==========================================================================
 
 Arrays travel in little-endian byte order; received arrays are views of the frames (no copy)
@@ -28,11 +31,13 @@ import msgpack
 import numpy as np
 
 from .._errors import ConfigError, KnowledgeError, ProtocolError
-from .._knowledge import DTYPE_NAMES, dtype_name, to_dtype
+from .._knowledge import DTYPE_NAMES, dtype_name, to_dtype, to_numpy
 
 __all__ = [
+    "EXT_FROZENSET",
     "EXT_NDARRAY",
     "EXT_SCALAR",
+    "EXT_SET",
     "EXT_TUPLE",
     "array_view",
     "as_frame",
@@ -44,9 +49,12 @@ __all__ = [
 EXT_TUPLE = 1
 EXT_NDARRAY = 2
 EXT_SCALAR = 3
+EXT_SET = 4
+EXT_FROZENSET = 5
 
 _ALLOWED = (
-    "None, bool, int, float, str, bytes, list, tuple, dict and numpy arrays or scalars of dtype "
+    "None, bool, int, float, str, bytes, list, tuple, set, frozenset, dict and numpy arrays "
+    "(or torch / paddle tensors) or scalars of dtype "
     + ", ".join(DTYPE_NAMES)
 )
 _DTYPES = {name: to_dtype(name) for name in DTYPE_NAMES}
@@ -109,8 +117,13 @@ def encode_value(obj: Any) -> tuple[bytes, list[np.ndarray]]:
             except KnowledgeError:
                 raise _Unsupported from None
             return msgpack.ExtType(EXT_SCALAR, _pack([name, arr.tobytes()]))
+        if isinstance(o, (set, frozenset)):
+            code = EXT_FROZENSET if isinstance(o, frozenset) else EXT_SET
+            return msgpack.ExtType(code, _pack(list(o)))
+        tensor = _tensor_array(o)
+        if tensor is not None:
+            return default(tensor)
         return _base_type(o)
-        raise _Unsupported
 
     def _pack(o: Any) -> bytes:
         return msgpack.packb(o, default=default, strict_types=True, use_bin_type=True)  # type: ignore[no-any-return]
@@ -120,6 +133,17 @@ def encode_value(obj: Any) -> tuple[bytes, list[np.ndarray]]:
     except (_Unsupported, TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise _unsupported_error(obj, exc) from None
     return payload, frames
+
+
+def _tensor_array(o: Any) -> np.ndarray | None:
+    """A framework tensor (torch, paddle) as a numpy array, None for anything else."""
+    if isinstance(o, (str, bytes, list, tuple, dict, int, float)):
+        return None
+    try:
+        arr = to_numpy(o)
+    except Exception:  # an object that only looks like a tensor
+        return None
+    return arr if isinstance(arr, np.ndarray) and arr is not o else None
 
 
 def _base_type(o: Any) -> Any:
@@ -173,6 +197,12 @@ def _find_unsupported(o: Any, where: str, depth: int) -> tuple[str, str] | None:
             if found:
                 return found
         return None
+    if isinstance(o, (set, frozenset)):
+        for item in o:
+            found = _find_unsupported(item, f"an item of {where}", depth + 1)
+            if found:
+                return found
+        return None
     if isinstance(o, dict):
         for key, item in o.items():
             found = _find_unsupported(key, f"a key of {where}", depth + 1) or _find_unsupported(
@@ -181,6 +211,9 @@ def _find_unsupported(o: Any, where: str, depth: int) -> tuple[str, str] | None:
             if found:
                 return found
         return None
+    tensor = _tensor_array(o)
+    if tensor is not None:
+        return _find_unsupported(tensor, where, depth + 1)
     kind = type(o)
     name = (
         kind.__qualname__
@@ -218,6 +251,16 @@ def decode_value(payload: Any, frames: Sequence[Any]) -> Any:
                 raise ProtocolError(f"array refers to frame {index}; the message has {len(frames)}")
             used.add(index)
             return array_view(frames[index], spec[0], spec[1], f"array in frame {index}")
+        if code in (EXT_SET, EXT_FROZENSET):
+            items = _unpack(data)
+            if not isinstance(items, list):
+                raise ProtocolError(f"a set (ext {code}) must hold a msgpack array")
+            try:
+                return frozenset(items) if code == EXT_FROZENSET else set(items)
+            except TypeError:
+                raise ProtocolError(
+                    f"a set (ext {code}) holds an unhashable item (a list, dict or array)"
+                ) from None
         if code == EXT_SCALAR:
             spec = _unpack(data)
             if not (isinstance(spec, list) and len(spec) == 2 and isinstance(spec[1], bytes)):
