@@ -101,6 +101,7 @@ class TeacherServer:
         self._credits = 0
         self._sub = -1
         self._done_round = -1
+        self._passes = 0  # rounds acknowledged in full, whichever index (the seed counted these)
         self._times = 0
         self._inbox: queue.Queue[Any] = queue.Queue(maxsize=_USER_INBOX)
         self._closed = False
@@ -203,6 +204,7 @@ class TeacherServer:
         elif t == MsgType.ROUND_DONE:
             with self._cond:
                 self._done_round = max(self._done_round, int(h["round"]))
+                self._passes += 1
                 self._cond.notify_all()
         elif t in (MsgType.SUBSCRIBE, MsgType.QUERY, MsgType.BYE):
             with self._cond:
@@ -267,6 +269,7 @@ class TeacherServer:
         """Serve ``times`` rounds on request; return once the student acknowledged the last."""
         self._times = times
         self._done_round = -1
+        self._passes = 0
         first_producer = Producer(make_round, 0, self._prefetch)
         ahead: tuple[int, Producer] | None = (0, first_producer)
         if self._desc is None:
@@ -275,7 +278,9 @@ class TeacherServer:
                 self._learn_desc(first)
         try:
             while True:
-                request = self._next_request(lambda: self._done_round >= times - 1)
+                request = self._next_request(
+                    lambda: self._done_round >= times - 1 or self._passes >= times
+                )
                 if request is None:
                     return
                 session, msg = request

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -19,6 +20,7 @@ __all__ = ["Student"]
 
 RaggedFormat = Literal["ragged", "padded", "list"]
 _STATE_VERSION = 1
+log = logging.getLogger("pantheon")
 
 
 def _format_batch(data: Knowledge, ragged: RaggedFormat) -> dict[str, Any]:
@@ -138,6 +140,7 @@ class Student:
             self._sources.append(FileSource(index, in_path, sparse_topk=self._sparse_topk))
         else:
             self._sources.append(self._online_source(index, in_address))
+        log.info("registered %s", self._sources[-1].name)
         return index
 
     def _online_source(self, index: int, address: Any) -> Source:
