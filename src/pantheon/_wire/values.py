@@ -54,8 +54,7 @@ EXT_FROZENSET = 5
 
 _ALLOWED = (
     "None, bool, int, float, str, bytes, list, tuple, set, frozenset, dict and numpy arrays "
-    "(or torch / paddle tensors) or scalars of dtype "
-    + ", ".join(DTYPE_NAMES)
+    "(or torch / paddle tensors) or scalars of dtype " + ", ".join(DTYPE_NAMES)
 )
 _DTYPES = {name: to_dtype(name) for name in DTYPE_NAMES}
 _NAME_OF = {dt: name for name, dt in _DTYPES.items()}
