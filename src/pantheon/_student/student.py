@@ -354,7 +354,7 @@ class Student:
     def send(
         self, data: Any, teacher_ids: int | list[int] | None = None, timeout: float | None = None
     ) -> None:
-        """Send one message (None/bool/int/float/str/bytes/list/tuple/dict/arrays) to teachers.
+        """Send one message (None/bool/int/float/str/bytes/list/tuple/set/dict/arrays) to teachers.
 
         Args:
             data: the value (never pickled).
