@@ -8,13 +8,12 @@ online tests pick free ports first.
 from __future__ import annotations
 
 import re
-import socket
 
 import pytest
 
 pytest.importorskip("paddle")
 
-from tests.helpers import ROOT, Proc
+from tests.helpers import ROOT, Proc, free_port
 
 pytestmark = [pytest.mark.paddle, pytest.mark.timeout(300)]
 
@@ -33,18 +32,12 @@ MESSAGES = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _teacher(spawn, n: int, flags: str) -> Proc:
+    return spawn([str(TOY / f"run_teacher{n}.py"), *flags.split()])
 
 
-def _teacher(spawn, n: int, *flags: str) -> Proc:
-    return spawn([str(TOY / f"run_teacher{n}.py"), *flags])
-
-
-def _student(spawn, *flags: str) -> Proc:
-    return spawn([str(TOY / "run_student.py"), *flags])
+def _student(spawn, flags: str) -> Proc:
+    return spawn([str(TOY / "run_student.py"), *flags.split()])
 
 
 def _finish(proc: Proc, timeout: float = 240) -> None:
@@ -75,49 +68,25 @@ def _check_samples(student: Proc, messages: bool = False) -> None:
     ],
 )
 def test_offline(spawn, tmp_path, gen1: str, gen2: str) -> None:
-    t1 = _teacher(spawn, 1, "--out_path", str(tmp_path / "t1.dat"), "--generator_type", gen1)
-    t2 = _teacher(
-        spawn,
-        2,
-        "--out_path",
-        str(tmp_path / "t2.dat"),
-        "--generator_type",
-        gen2,
-        "--batch_size",
-        "50",
-    )
+    t1 = _teacher(spawn, 1, f"--out_path {tmp_path}/t1.dat --generator_type {gen1}")
+    t2 = _teacher(spawn, 2, f"--out_path {tmp_path}/t2.dat --generator_type {gen2} --batch_size 50")
     _finish(t1)
     _finish(t2)
     for t in (t1, t2):
         assert "cut short" not in t.stderr()
-    student = _student(
-        spawn, "--in_path0", str(tmp_path / "t1.dat"), "--in_path1", str(tmp_path / "t2.dat")
-    )
+    student = _student(spawn, f"--in_path0 {tmp_path}/t1.dat --in_path1 {tmp_path}/t2.dat")
     _check_samples(student)
     assert "cut short" not in student.stderr()  # the seed never closes its teachers
 
 
 def test_online_teachers_first_with_send_recv(spawn) -> None:
-    p1, p2 = _free_port(), _free_port()
-    t1 = _teacher(spawn, 1, "--out_port", str(p1), "--test_send_recv", "true")
+    p1, p2 = free_port(), free_port()
+    t1 = _teacher(spawn, 1, f"--out_port {p1} --test_send_recv true")
     t2 = _teacher(
-        spawn,
-        2,
-        "--out_port",
-        str(p2),
-        "--test_send_recv",
-        "true",
-        "--generator_type",
-        "sample_generator",
+        spawn, 2, f"--out_port {p2} --test_send_recv true --generator_type sample_generator"
     )
     student = _student(
-        spawn,
-        "--in_address0",
-        f"127.0.0.1:{p1}",
-        "--in_address1",
-        f"127.0.0.1:{p2}",
-        "--test_send_recv",
-        "true",
+        spawn, f"--in_address0 127.0.0.1:{p1} --in_address1 127.0.0.1:{p2} --test_send_recv true"
     )
     _check_samples(student, messages=True)
     for t in (t1, t2):
@@ -128,33 +97,23 @@ def test_online_teachers_first_with_send_recv(spawn) -> None:
 def test_online_student_first_and_serving_times(spawn) -> None:
     """Teachers serving two rounds, started after the student; the seed's student reads one
     round per run, so it runs twice."""
-    p1, p2 = _free_port(), _free_port()
-    addresses = ["--in_address0", f"127.0.0.1:{p1}", "--in_address1", f"127.0.0.1:{p2}"]
-    first = _student(spawn, *addresses)
-    t1 = _teacher(spawn, 1, "--out_port", str(p1), "--serving_times", "2")
+    p1, p2 = free_port(), free_port()
+    addresses = f"--in_address0 127.0.0.1:{p1} --in_address1 127.0.0.1:{p2}"
+    first = _student(spawn, addresses)
+    t1 = _teacher(spawn, 1, f"--out_port {p1} --serving_times 2")
     t2 = _teacher(
-        spawn,
-        2,
-        "--out_port",
-        str(p2),
-        "--serving_times",
-        "2",
-        "--generator_type",
-        "sample_list_generator",
+        spawn, 2, f"--out_port {p2} --serving_times 2 --generator_type sample_list_generator"
     )
     _check_samples(first)
-    _check_samples(_student(spawn, *addresses))
+    _check_samples(_student(spawn, addresses))
     _finish(t1)
     _finish(t2)
 
 
 def test_hybrid(spawn, tmp_path) -> None:
-    t1 = _teacher(spawn, 1, "--out_path", str(tmp_path / "t1.dat"), "--batch_size", "100")
+    t1 = _teacher(spawn, 1, f"--out_path {tmp_path}/t1.dat --batch_size 100")
     _finish(t1)
-    port = _free_port()
-    t2 = _teacher(spawn, 2, "--out_port", str(port))
-    student = _student(
-        spawn, "--in_path0", str(tmp_path / "t1.dat"), "--in_address1", f"127.0.0.1:{port}"
-    )
-    _check_samples(student)
+    port = free_port()
+    t2 = _teacher(spawn, 2, f"--out_port {port}")
+    _check_samples(_student(spawn, f"--in_path0 {tmp_path}/t1.dat --in_address1 127.0.0.1:{port}"))
     _finish(t2)
