@@ -251,15 +251,7 @@ def decode_value(payload: Any, frames: Sequence[Any]) -> Any:
             used.add(index)
             return array_view(frames[index], spec[0], spec[1], f"array in frame {index}")
         if code in (EXT_SET, EXT_FROZENSET):
-            items = _unpack(data)
-            if not isinstance(items, list):
-                raise ProtocolError(f"a set (ext {code}) must hold a msgpack array")
-            try:
-                return frozenset(items) if code == EXT_FROZENSET else set(items)
-            except TypeError:
-                raise ProtocolError(
-                    f"a set (ext {code}) holds an unhashable item (a list, dict or array)"
-                ) from None
+            return _decode_set(code, _unpack(data))
         if code == EXT_SCALAR:
             spec = _unpack(data)
             if not (isinstance(spec, list) and len(spec) == 2 and isinstance(spec[1], bytes)):
@@ -281,6 +273,22 @@ def decode_value(payload: Any, frames: Sequence[Any]) -> Any:
     if len(used) != len(frames):
         raise ProtocolError(f"the value uses {len(used)} of the message's {len(frames)} frames")
     return value
+
+
+def _decode_set(code: int, items: Any) -> set[Any] | frozenset[Any]:
+    """The set (ext 4) or frozenset (ext 5) of decoded ``items``.
+
+    Raises:
+        ProtocolError: items that are not a msgpack array, or an unhashable item.
+    """
+    if not isinstance(items, list):
+        raise ProtocolError(f"a set (ext {code}) must hold a msgpack array")
+    try:
+        return frozenset(items) if code == EXT_FROZENSET else set(items)
+    except TypeError:
+        raise ProtocolError(
+            f"a set (ext {code}) holds an unhashable item (a list, dict or array)"
+        ) from None
 
 
 def array_view(frame: Any, dtype: Any, shape: Any, what: str) -> np.ndarray:
