@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,demo,minilm,docs]'
+	$(BIN)/python -m pip install --quiet -e '.[test,demo,minilm,docs,paddle]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -37,7 +37,7 @@ bench: $(STAMP)
 	$(BIN)/pantheon bench
 
 docs: $(STAMP)
-	$(BIN)/python -m pdoc --docformat google -o build/api pantheon pantheon.torch pantheon.onnx pantheon.hf
+	PDOC_ALLOW_EXEC=1 $(BIN)/python -m pdoc --docformat google -o build/api pantheon pantheon.torch pantheon.onnx pantheon.hf pantheon.paddle
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -109,6 +110,13 @@ class Proc:
             return ""
         assert self.popen.stderr is not None
         return self.popen.stderr.read()
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for programs that take no port 0 (e.g. the seed's)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def round_factory(

@@ -253,18 +253,22 @@ def to_numpy(value: Any) -> Any:
 
     The one conversion of the package, used for knowledge, messages and service feeds alike:
     a torch tensor is detached and moved to the CPU (a torch ``bfloat16`` tensor becomes a
-    numpy ``bfloat16`` array through its bits, which numpy cannot read directly); objects with
-    a ``numpy()`` method (paddle, tensorflow) or ``__array__`` go through it. Lists, tuples,
+    numpy ``bfloat16`` array through its bits, which numpy cannot read directly); a paddle
+    tensor is copied to the host with ``numpy()`` (bfloat16 too, from the bits Paddle gives);
+    other objects with a ``numpy()`` method (tensorflow) or ``__array__`` go through it. Lists, tuples,
     strings and bytes are returned as they are.
     """
     if isinstance(value, np.ndarray):
         return value
+    if type(value).__module__.startswith("paddle") and callable(getattr(value, "numpy", None)):
+        arr = np.asarray(value.numpy())  # a paddle.Tensor, copied to the host
+        return arr.view(BFLOAT16) if str(value.dtype) == "paddle.bfloat16" else arr
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor
         t = value.detach().cpu()
         if str(getattr(t, "dtype", "")) == "torch.bfloat16":
             return t.view(_torch_int16()).numpy().view(BFLOAT16)
         return t.numpy()
-    if hasattr(value, "numpy") and callable(value.numpy):  # paddle / tf tensors
+    if hasattr(value, "numpy") and callable(value.numpy):  # tensorflow tensors
         return np.asarray(value.numpy())
     if hasattr(value, "__array__") and not isinstance(value, (list, tuple, str, bytes)):
         return np.asarray(value)

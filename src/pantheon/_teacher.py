@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -13,6 +14,8 @@ from ._service import RoundFactory, ServiceSpec, reader_round_factory, with_prog
 from ._util import check_int, check_seconds
 
 __all__ = ["Teacher"]
+
+log = logging.getLogger("pantheon")
 
 
 class Teacher:
@@ -214,12 +217,16 @@ class Teacher:
         Args:
             feed_list: names of the reader's input fields, in order.
             schema: knowledge name -> source: an output of ``program`` or a feed name (passed through).
-            program: a callable ``program(**feeds)``, a ``torch.nn.Module``, or an ``.onnx`` path.
+            program: a callable ``program(**feeds)``, a ``torch.nn.Module``, an ``.onnx`` path,
+                a ``paddle.static.Program`` (``feed_list`` and ``schema`` may then hold its
+                Variables, as in the seed) or a ``paddle.nn.Layer``.
             reader_config: ``{"sample_generator": g, "batch_size": B, "drop_last": True}``,
                 ``{"sample_list_generator": g}`` or ``{"batch_generator": g}``; ``None`` serves
                 queries only (online).
-            exe: ``None`` (CPU), a device such as ``"cuda:0"``, a list of devices, or a number of
-                CPU workers (data-parallel, knowledge still in reader order).
+            exe: ``None`` (CPU), a device such as ``"cuda:0"`` (``"gpu:0"``), a list of
+                devices, or a number of CPU workers (data-parallel, knowledge still in reader
+                order); for Paddle also a place, or an ``Executor`` (as the seed: every visible
+                GPU, or ``CPU_NUM`` CPU workers).
             buf_size: bound on reader batches in the prediction pipeline (read and not yet
                 handed out), default 10: the backpressure of the service.
             use_fp16: store / send float knowledge as float16 (default: the constructor's setting).
@@ -259,12 +266,16 @@ class Teacher:
             return
         label = "dumping knowledge" if self._server is None else "serving knowledge"
         make_round = with_progress(make_round_factory(spec), label, progress)
+        where = f"to {self.out_path}" if self._server is None else f"on {self._server.address}"
+        log.info("knowledge service: %s %s, workers on %s", label, where, spec.devices)
         self.serve_rounds(make_round, times=1 if self._server is None else times, groups=groups)
+        log.info("knowledge service done: %s", self.stats())
 
     # -- online messages ------------------------------------------------------------------
 
     def send(self, data: Any, timeout: float | None = None) -> None:
-        """Online: send one message (None/bool/int/float/str/bytes/list/tuple/dict/arrays) to the student."""
+        """Online: send one message (None/bool/int/float/str/bytes/list/tuple/set/dict/arrays or
+        tensors) to the student."""
         self._check_open()
         if self._server is None:
             raise ConfigError("send() needs an online teacher (out_port)")

@@ -19,6 +19,7 @@ Failures name the file and the line of the block.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -27,6 +28,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,7 +45,8 @@ NOT_RUN: dict[str, str] = {
     "pantheon demo": "the demo trains several models; the demo has its own tests",
     "pantheon bench": "benchmarks take minutes and measure this machine, not correctness",
     "pip install": "installs packages: the test environment already has them",
-    "python -m pdoc": "test_api_reference_builds runs pdoc (when it is installed)",
+    "PDOC_ALLOW_EXEC=1 python -m pdoc": "test_api_reference_builds runs pdoc (when it is "
+    "installed)",
     "python examples/toy/": "tests/test_toy.py runs the toy's scripts in every mode",
     "PANTHEON_TOKEN=": "a teacher listening on every interface of another machine, for a student "
     "elsewhere",
@@ -57,11 +60,26 @@ class Block:
     text: str
 
 
+# Documents whose examples need an extra: document -> the module to import (and test mark).
+NEEDS: dict[str, str] = {"docs/guide/paddle.md": "paddle"}
+
+
 def doc_files() -> list[Path]:
     files = [ROOT / "README.md"]
     files += sorted((ROOT / "docs").rglob("*.md"))
     files.append(ROOT / "examples" / "toy" / "README.md")
+    files.append(ROOT / "examples" / "toy" / "paddle" / "README.md")
     return [f for f in files if f.is_file()]
+
+
+def doc_params() -> list[Any]:
+    """The documents as test parameters, marked with the extra they need."""
+    params = []
+    for path in doc_files():
+        rel = path.relative_to(ROOT).as_posix()
+        marks = [getattr(pytest.mark, NEEDS[rel])] if rel in NEEDS else []
+        params.append(pytest.param(path, marks=marks, id=rel))
+    return params
 
 
 def blocks_of(path: Path) -> list[Block]:
@@ -270,10 +288,11 @@ def isolated(tmp_path, monkeypatch):
     assert not left, f"the examples left threads running: {left}"
 
 
-@pytest.mark.parametrize(
-    "path", doc_files(), ids=lambda p: str(p.relative_to(ROOT)).replace(os.sep, "/")
-)
+@pytest.mark.parametrize("path", doc_params())
 def test_doc_blocks_run(path: Path, isolated: Path, record_property) -> None:
+    needs = NEEDS.get(path.relative_to(ROOT).as_posix())
+    if needs is not None:
+        pytest.importorskip(needs)
     skipped = run_file(path, isolated)
     record_property("not_run", skipped)  # in the JUnit XML report: each line and its reason
     for line in skipped:
@@ -302,9 +321,11 @@ def test_api_reference_builds(tmp_path) -> None:
     """The command of docs/api.md builds a page per public module."""
     pytest.importorskip("pdoc")
     modules = ["pantheon", "pantheon.torch", "pantheon.onnx", "pantheon.hf"]
+    if importlib.util.find_spec("paddle") is not None:
+        modules.append("pantheon.paddle")
     proc = subprocess.run(
         [sys.executable, "-m", "pdoc", "--docformat", "google", "-o", str(tmp_path), *modules],
-        env=child_env(),
+        env={**child_env(), "PDOC_ALLOW_EXEC": "1"},  # paddle runs ldd when imported
         capture_output=True,
         text=True,
         timeout=120,
@@ -318,6 +339,8 @@ def test_api_reference_builds(tmp_path) -> None:
         "pantheon/hf.html",
     } <= pages
     assert "start_knowledge_service" in (tmp_path / "pantheon.html").read_text(encoding="utf-8")
+    if "pantheon.paddle" in modules:
+        assert "pantheon/paddle.html" in pages
 
 
 def _slug(heading: str) -> str:

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, free_port
 
 TOY = ROOT / "examples" / "toy"
 EXPECTED = (
     "round {r}: 1000 samples in 32 batches (31 x 32 + 8), in order: True, result == {f}x: True"
 )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _teacher(spawn, n: int, *flags: str):
@@ -109,7 +101,7 @@ def test_online_teachers_first_with_send_recv_and_two_rounds(spawn):
 
 
 def test_online_student_first(spawn):
-    p1, p2 = _free_port(), _free_port()
+    p1, p2 = free_port(), free_port()
     student = _student(
         spawn, "--in_address0", f"127.0.0.1:{p1}", "--in_address1", f"127.0.0.1:{p2}"
     )

@@ -18,7 +18,7 @@ from hypothesis.extra import numpy as hnp
 from pantheon import ConfigError, ProtocolError
 from pantheon._knowledge import DTYPE_NAMES, to_dtype
 from pantheon._wire import MsgType, decode_value, encode_value, inproc_pair
-from pantheon._wire.values import EXT_NDARRAY, EXT_TUPLE
+from pantheon._wire.values import EXT_FROZENSET, EXT_NDARRAY, EXT_SET, EXT_TUPLE
 
 DTYPES = [to_dtype(n) for n in DTYPE_NAMES]
 
@@ -140,6 +140,40 @@ def test_bfloat16_and_empty_arrays() -> None:
     assert same(roundtrip(obj), obj)
 
 
+hashables = st.recursive(
+    keys | st.floats(allow_nan=False),
+    lambda inner: st.lists(inner, max_size=3).map(tuple) | st.frozensets(inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sets(hashables, max_size=6) | st.frozensets(hashables, max_size=6))
+def test_sets_and_frozensets_round_trip(obj: Any) -> None:
+    got = roundtrip(obj)
+    assert type(got) is type(obj)
+    assert got == obj
+
+
+def test_sets_as_the_seed_sends_them() -> None:
+    """The seed's toy sends ``{3, 5}`` and ``{1, 2, 3}``; sets nest in dicts, frozensets key them."""
+    obj = {"a": {3, 5}, frozenset({1, 2}): [{1, 2, 3}], "e": set(), "t": {(1, "x"), None}}
+    got = roundtrip(obj)
+    assert got == obj
+    assert type(got["a"]) is set and type(list(got)[1]) is frozenset
+    payload, frames = encode_value({3, 5})
+    assert not frames
+    raw = msgpack.unpackb(payload, ext_hook=lambda code, data: (code, msgpack.unpackb(data)))
+    assert raw[0] == EXT_SET and sorted(raw[1]) == [3, 5]
+
+
+def test_torch_tensors_travel_as_arrays() -> None:
+    torch = pytest.importorskip("torch")
+    got = roundtrip({"t": torch.arange(3), "bf": torch.ones(2, dtype=torch.bfloat16)})
+    assert same(got["t"], np.arange(3))
+    assert got["bf"].dtype == ml_dtypes.bfloat16
+
+
 def test_subclasses_of_allowed_types_become_the_base_type() -> None:
     class Color(enum.IntEnum):
         RED = 1
@@ -154,11 +188,11 @@ def test_subclasses_of_allowed_types_become_the_base_type() -> None:
 @pytest.mark.parametrize(
     ("obj", "where", "what"),
     [
-        ({1, 2}, "at value:", "a set object"),
+        ({1, 2j}, "at an item of value:", "a complex object"),
         ({"a": [1, object()]}, r"at value\['a'\]\[1\]", "a object object"),
         ([None, (1, {"k": 1j})], r"at value\[1\]\[1\]\['k'\]", "a complex object"),
         ({"x": np.array(["s"])}, r"at value\['x'\]", "dtype <U1"),
-        ({frozenset(): 1}, "at a key of value", "frozenset"),
+        ({1j: 1}, "at a key of value", "complex"),
         ([2**64], r"at value\[0\]", "outside"),
         (np.complex64(1), "at value", "complex64"),
     ],
@@ -196,6 +230,9 @@ def ext(code: int, obj: Any) -> msgpack.ExtType:
             "refers to frame 0",
         ),
         (msgpack.packb(ext(EXT_TUPLE, {"a": 1})), [], "tuple"),
+        (msgpack.packb(ext(EXT_SET, {"a": 1})), [], "set"),
+        (msgpack.packb(ext(EXT_SET, [[1, 2]])), [], "unhashable"),
+        (msgpack.packb(ext(EXT_FROZENSET, [{"a": 1}])), [], "unhashable"),
         (msgpack.packb(ext(99, 1)), [], "unknown msgpack ext type 99"),
         (msgpack.packb(1), [bytearray(4)], "uses 0 of the message's 1 frames"),
         (b"\xc1", [], "malformed"),

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,31 @@ class _Column:
         return self._dense(value)
 
 
+class _OpenShard:
+    """The Arrow IPC writer and the file of the shard being written.
+
+    Held apart from the :class:`KnowledgeWriter` so that a finalizer can finish the shard
+    (write its footer) when a writer that was never closed is collected or the interpreter
+    exits, without keeping the writer alive.
+    """
+
+    __slots__ = ("ipc", "sink")
+
+    def __init__(self) -> None:
+        self.ipc: Any = None
+        self.sink: Any = None
+
+    def close(self) -> None:
+        ipc, sink = self.ipc, self.sink
+        self.ipc = self.sink = None
+        try:
+            if ipc is not None:
+                ipc.close()
+        finally:
+            if sink is not None:
+                sink.close()
+
+
 def _check_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
     out = dict(metadata or {})
     for k, v in out.items():
@@ -99,7 +125,9 @@ class KnowledgeWriter:
 
     Each :meth:`write` appends one record batch and hands it to the operating system before
     returning (no buffering in Python), so a writer killed later leaves a file whose complete
-    batches can be read. :meth:`close` writes the footer.
+    batches can be read. :meth:`close` writes the footer; a writer that is never closed writes
+    it when it is garbage-collected or when the interpreter exits (a process killed by a
+    signal leaves a file that readers report as cut short).
 
     Args:
         path: the file to write (its parent directory is created), or with
@@ -160,8 +188,8 @@ class KnowledgeWriter:
         self._columns: list[tuple[str, _Column]] = []
         self._part_desc: Description = {}
         self._schema: pa.Schema | None = None
-        self._sink: Any = None
-        self._ipc: Any = None
+        self._open = _OpenShard()
+        self._finalizer = weakref.finalize(self, self._open.close)
         self._shards: list[Path] = []
         self._shard_samples = 0
         self._num_samples = 0
@@ -237,9 +265,9 @@ class KnowledgeWriter:
         arrays = [pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(id_arr)])]
         arrays += [col.array(stored[(key, col.spec.part)]) for key, col in self._columns]
         record = pa.RecordBatch.from_arrays(arrays, schema=self._schema)
-        if self._ipc is None:
+        if self._open.ipc is None:
             self._open_next()
-        self._ipc.write_batch(record)
+        self._open.ipc.write_batch(record)
         self._num_batches += 1
         self._num_samples += n
         self._shard_samples += n
@@ -312,11 +340,11 @@ class KnowledgeWriter:
         options = pa.ipc.IpcWriteOptions(compression=self._compression)
         sink = pa.OSFile(str(target), "wb")
         try:
-            self._ipc = pa.ipc.new_file(sink, self._schema, options=options)
+            self._open.ipc = pa.ipc.new_file(sink, self._schema, options=options)
         except BaseException:
             sink.close()
             raise
-        self._sink = sink
+        self._open.sink = sink
         self._shards.append(target)
         self._shard_samples = 0
 
@@ -327,14 +355,7 @@ class KnowledgeWriter:
                 old.unlink()
 
     def _close_current(self) -> None:
-        ipc, sink = self._ipc, self._sink
-        self._ipc = self._sink = None
-        try:
-            if ipc is not None:
-                ipc.close()
-        finally:
-            if sink is not None:
-                sink.close()
+        self._open.close()
 
     def close(self) -> None:
         """Write the footer and close the file (idempotent).
@@ -345,7 +366,7 @@ class KnowledgeWriter:
         if self._closed:
             return
         self._closed = True
-        self._close_current()
+        self._finalizer()  # closes the current shard, once
 
     def __enter__(self) -> KnowledgeWriter:
         return self

@@ -8,6 +8,11 @@ A ``program`` is one of
   positional arguments in ``feed_list`` order, one copy per device;
 * a path to an ``.onnx`` file (see :class:`pantheon.onnx.OnnxProgram`): one ONNX Runtime
   session per worker, inputs by feed name;
+* a ``paddle.static.Program`` (see :class:`pantheon.paddle.PaddleProgram`): ``feed_list`` and
+  ``schema`` may name its Variables themselves (:func:`adapt_program_args` turns them into
+  names); one clone, scope and executor per worker;
+* a ``paddle.nn.Layer`` (see :class:`pantheon.paddle.PaddleLayerProgram`): called like a torch
+  module, with Paddle tensors, one copy per device;
 * a path to a TorchScript file (``.pt``, ``.pth``, ``.ts``; loaded with ``torch.jit.load``,
   which runs the code the file holds: load only files you trust);
 * any object with a ``for_device(device: str)`` method returning a callable
@@ -20,7 +25,9 @@ tuple or list ``"output0"``, ``"output1"``, ... (a named tuple's field names wor
 A schema source is looked up among the outputs first, then among the feeds.
 
 ``exe`` says where programs run: ``None`` (one CPU worker), a device string (``"cpu"``,
-``"cuda:0"``), a list of devices (one worker each), or an int ``N`` (``N`` CPU workers).
+``"cuda:0"``; Paddle's ``"gpu:0"``), a list of devices (one worker each), an int ``N``
+(``N`` CPU workers), or Paddle's own: a place (``paddle.CUDAPlace(0)``) or an executor (as the
+seed: every visible GPU for a CUDA executor, ``CPU_NUM`` CPU workers for a CPU one).
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ __all__ = [
     "Program",
     "Runner",
     "Worker",
+    "adapt_program_args",
     "build_workers",
     "name_outputs",
     "parse_devices",
@@ -70,7 +78,7 @@ class Program(Protocol):
         ...
 
 
-_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps|xpu(:\d+)?)$")
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|gpu(:\d+)?|mps|xpu(:\d+)?)$")
 _TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts", ".torchscript")
 
 
@@ -91,14 +99,61 @@ def parse_devices(exe: Any) -> list[str]:
         raise ConfigError("exe is an empty list: give at least one device, e.g. ['cuda:0']")
     devices = []
     for item in items:
+        if _is_paddle_object(item):
+            from .paddle_program import paddle_devices
+
+            found = paddle_devices(item)
+            if found is not None:
+                devices.extend(found)
+                continue
         text = str(item)  # a torch.device prints as "cuda:0"
         if not _DEVICE.match(text):
             raise ConfigError(
-                f"exe: unknown device {item!r}; expected 'cpu', 'cuda', 'cuda:N' (or 'mps', "
-                "'xpu:N'), a list of those, or a number of CPU workers"
+                f"exe: unknown device {item!r}; expected 'cpu', 'cuda', 'cuda:N' (or 'gpu:N', "
+                "'mps', 'xpu:N', a Paddle place or executor), a list of those, or a number of "
+                "CPU workers"
             )
         devices.append(text)
     return devices
+
+
+def _is_paddle_object(obj: Any) -> bool:
+    """Whether ``obj`` comes from Paddle (checked without importing it)."""
+    return sys.modules.get("paddle") is not None and type(obj).__module__.startswith("paddle")
+
+
+def _is_paddle_layer(program: Any) -> bool:
+    paddle = sys.modules.get("paddle")
+    nn = getattr(paddle, "nn", None)
+    return nn is not None and isinstance(program, nn.Layer)
+
+
+def adapt_program_args(
+    feed_list: Sequence[Any], schema: Mapping[str, Any], program: Any
+) -> tuple[Sequence[Any], Mapping[str, Any], Any]:
+    """``feed_list``, ``schema`` and ``program`` as the service takes them.
+
+    A ``paddle.static.Program`` names its feeds and knowledge with Variables, as in the seed:
+    they become names, and the program a :class:`pantheon.paddle.PaddleProgram` fetching
+    them. Every other program is returned unchanged.
+
+    Raises:
+        ConfigError: Paddle Variables without the static program they belong to.
+    """
+    named = [*feed_list] if isinstance(feed_list, (list, tuple)) else []
+    named += [*schema.values()] if isinstance(schema, Mapping) else []
+    if not any(_is_paddle_object(v) for v in [program, *named]):
+        return feed_list, schema, program
+    from .paddle_program import adapt_static, is_graph_value, is_static_program
+
+    if is_static_program(program):
+        return adapt_static(feed_list, schema, program)
+    if any(is_graph_value(v) for v in named):
+        raise ConfigError(
+            "feed_list or schema holds Paddle Variables, but program is a "
+            f"{type(program).__name__}; give the paddle.static.Program they belong to"
+        )
+    return feed_list, schema, program
 
 
 def validate_schema(feed_list: Sequence[str], schema: Any) -> None:
@@ -156,8 +211,9 @@ def validate_program(program: Any, feed_list: Sequence[str], schema: Mapping[str
         return
     if not callable(program) and not callable(getattr(program, "for_device", None)):
         raise ConfigError(
-            f"program must be a callable, a torch.nn.Module, a path to an .onnx file or an "
-            f"object with for_device(device); got {type(program).__name__}"
+            f"program must be a callable, a torch.nn.Module, a paddle.nn.Layer or "
+            f"paddle.static.Program, a path to an .onnx file or an object with "
+            f"for_device(device); got {type(program).__name__}"
         )
 
 
@@ -199,6 +255,10 @@ def _device_program(program: Any, feed_list: Sequence[str], threads: int | None)
         from .torch_program import TorchProgram
 
         return TorchProgram(program, feed_list, num_threads=threads)
+    if _is_paddle_layer(program):
+        from .paddle_layer import PaddleLayerProgram
+
+        return PaddleLayerProgram(program, feed_list)
     if isinstance(program, (str, os.PathLike)):
         if Path(program).suffix.lower() == ".onnx":
             try:

@@ -28,6 +28,7 @@ from .._knowledge import Knowledge, Value
 from .._util import check_int
 from .programs import (
     Worker,
+    adapt_program_args,
     build_workers,
     parse_devices,
     predict_batch,
@@ -55,7 +56,8 @@ class ServiceSpec:
         schema: ``{knowledge_name: source}``, source an output name of the program or a feed
             name (the input is then passed through as knowledge).
         program: the teacher (see :mod:`pantheon._service.programs`), ``None`` when every
-            schema source is a feed.
+            schema source is a feed. A ``paddle.static.Program`` may come with Variables in
+            ``feed_list`` and ``schema``; the spec keeps their names and the program wrapped.
         reader_config: the reader (see :mod:`pantheon._service.readers`); ``None``: the
             teacher only answers queries.
         exe: the worker devices: ``None`` (one CPU worker), ``"cuda:0"``, a list, or an int
@@ -77,6 +79,10 @@ class ServiceSpec:
     buf_size: int = 10
 
     def __post_init__(self) -> None:
+        feed_list, schema, program = adapt_program_args(self.feed_list, self.schema, self.program)
+        object.__setattr__(self, "program", program)
+        object.__setattr__(self, "feed_list", feed_list)
+        object.__setattr__(self, "schema", schema)
         validate_schema(self.feed_list, self.schema)
         object.__setattr__(self, "feed_list", tuple(self.feed_list))
         object.__setattr__(self, "schema", dict(self.schema))

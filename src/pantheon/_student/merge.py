@@ -17,6 +17,7 @@ Variable-length (``lod_level`` 1) fields merge their values when every teacher h
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,8 @@ from .._errors import MergeError
 from .._knowledge import Description, Knowledge, Ragged, Value, to_dtype
 
 __all__ = ["MergePlan", "build_plan", "merge_batches"]
+
+log = logging.getLogger("pantheon")
 
 _ELEMENTWISE = {"sum", "mean", "max", "min"}
 Strategy = Callable[[list[np.ndarray]], np.ndarray]
@@ -161,6 +164,8 @@ def build_plan(
     unknown = [k for k in strategies if k not in merged]
     for key in unknown:  # validate the spelling at least, even if no teacher has the key (yet)
         _strategy(key, strategies[key], ["?"] * _weights_len(strategies[key]))
+    log.info("knowledge merging strategy: %s", strategies)
+    log.info("knowledge description after merging: %s", merged)
     return MergePlan(merged, tuple(plans))
 
 

@@ -163,6 +163,7 @@ class Student:
 
                 source = CachedSource(source, cache_path, self._rank, self._world)  # type: ignore[arg-type]
             self._sources.append(source)
+        log.info("registered %s", self._sources[-1].name)
         return index
 
     def _online_source(self, index: int, address: str | list[str]) -> Source:
@@ -392,7 +393,7 @@ class Student:
     def send(
         self, data: Any, teacher_ids: int | list[int] | None = None, timeout: float | None = None
     ) -> None:
-        """Send one message (None/bool/int/float/str/bytes/list/tuple/dict/arrays) to teachers.
+        """Send one message (None/bool/int/float/str/bytes/list/tuple/set/dict/arrays) to teachers.
 
         Args:
             data: the value (never pickled).

@@ -1,9 +1,10 @@
 """No-pickle encoding of user values and of knowledge chunks for the wire.
 
 **Values** (``Teacher.send`` / ``Student.send``): None, bool, int (-2**63 .. 2**64-1), float,
-str, bytes, list, tuple, dict and numpy arrays or scalars, nested. :func:`encode_value` gives
-a msgpack payload (``bytes``, to put in a message header) and the arrays' frames, sent without
-copies. msgpack extension types carry what msgpack lacks:
+str, bytes, list, tuple, set, frozenset, dict and numpy arrays or scalars, nested (framework
+tensors, torch or paddle, travel as numpy arrays). :func:`encode_value` gives a msgpack
+payload (``bytes``, to put in a message header) and the arrays' frames, sent without copies.
+msgpack extension types carry what msgpack lacks:
 
 ==========  ==========================================================================
 ext code    payload (itself msgpack)
@@ -11,6 +12,8 @@ ext code    payload (itself msgpack)
 1 tuple     the items as an array
 2 ndarray   ``[dtype name, shape, frame index]``; the data is that frame (C order)
 3 scalar    ``[dtype name, raw bytes]``: a numpy scalar such as ``np.float32(1.5)``
+4 set       the items as an array (each item hashable: no list, dict or array)
+5 frozenset the items as an array, as for a set
 ==========  ==========================================================================
 
 Arrays travel in little-endian byte order; received arrays are views of the frames (no copy)
@@ -30,12 +33,14 @@ import msgpack
 import numpy as np
 
 from .._errors import ConfigError, KnowledgeError, ProtocolError
-from .._knowledge import DTYPE_NAMES, dtype_name, to_dtype
+from .._knowledge import DTYPE_NAMES, dtype_name, to_dtype, to_numpy
 from .._util import short_repr
 
 __all__ = [
+    "EXT_FROZENSET",
     "EXT_NDARRAY",
     "EXT_SCALAR",
+    "EXT_SET",
     "EXT_TUPLE",
     "MAX_DEPTH",
     "array_view",
@@ -48,6 +53,8 @@ __all__ = [
 EXT_TUPLE = 1
 EXT_NDARRAY = 2
 EXT_SCALAR = 3
+EXT_SET = 4
+EXT_FROZENSET = 5
 
 MAX_DEPTH = 64
 """Most levels of lists, tuples and dicts in one value (``[[1]]`` has 2): deeper values are
@@ -55,8 +62,8 @@ refused when encoding (``ConfigError`` naming where) and when decoding (``Protoc
 before the level is entered, so a hostile message cannot exhaust the stack."""
 
 _ALLOWED = (
-    "None, bool, int, float, str, bytes, list, tuple, dict and numpy arrays or scalars of dtype "
-    + ", ".join(DTYPE_NAMES)
+    "None, bool, int, float, str, bytes, list, tuple, set, frozenset, dict and numpy arrays "
+    "(or torch / paddle tensors) or scalars of dtype " + ", ".join(DTYPE_NAMES)
 )
 _DTYPES = {name: to_dtype(name) for name in DTYPE_NAMES}
 _NAME_OF = {dt: name for name, dt in _DTYPES.items()}
@@ -121,8 +128,13 @@ def encode_value(obj: Any) -> tuple[bytes, list[np.ndarray]]:
             except KnowledgeError:
                 raise _Unsupported from None
             return msgpack.ExtType(EXT_SCALAR, _pack([name, arr.tobytes()]))
+        if isinstance(o, (set, frozenset)):
+            code = EXT_FROZENSET if isinstance(o, frozenset) else EXT_SET
+            return msgpack.ExtType(code, _pack(list(o)))
+        tensor = _tensor_array(o)
+        if tensor is not None:
+            return default(tensor)
         return _base_type(o)
-        raise _Unsupported
 
     def _pack(o: Any) -> bytes:
         return msgpack.packb(o, default=default, strict_types=True, use_bin_type=True)  # type: ignore[no-any-return]
@@ -132,6 +144,17 @@ def encode_value(obj: Any) -> tuple[bytes, list[np.ndarray]]:
     except (_Unsupported, TypeError, ValueError, OverflowError, RecursionError) as exc:
         raise _unsupported_error(obj, exc) from None
     return payload, frames
+
+
+def _tensor_array(o: Any) -> np.ndarray | None:
+    """A framework tensor (torch, paddle) as a numpy array, None for anything else."""
+    if isinstance(o, (str, bytes, list, tuple, dict, int, float)):
+        return None
+    try:
+        arr = to_numpy(o)
+    except Exception:  # an object that only looks like a tensor
+        return None
+    return arr if isinstance(arr, np.ndarray) and arr is not o else None
 
 
 _NESTING = (list, tuple, dict, set, frozenset)
@@ -214,6 +237,12 @@ def _find_unsupported(o: Any, where: str, depth: int) -> tuple[str, str] | None:
             if found:
                 return found
         return None
+    if isinstance(o, (set, frozenset)):
+        for item in o:
+            found = _find_unsupported(item, f"an item of {where}", depth + 1)
+            if found:
+                return found
+        return None
     if isinstance(o, dict):
         for key, item in o.items():
             found = _find_unsupported(key, f"a key of {where}", depth + 1) or _find_unsupported(
@@ -222,6 +251,9 @@ def _find_unsupported(o: Any, where: str, depth: int) -> tuple[str, str] | None:
             if found:
                 return found
         return None
+    tensor = _tensor_array(o)
+    if tensor is not None:
+        return _find_unsupported(tensor, where, depth + 1)
     kind = type(o)
     name = (
         kind.__qualname__
@@ -271,7 +303,25 @@ class _Nested:
         self.data = data
 
 
-_CONTAINERS: dict[int, tuple[str, Callable[[list[Any]], Any]]] = {EXT_TUPLE: ("tuple", tuple)}
+def _build_set(code: int) -> Callable[[list[Any]], Any]:
+    kind = frozenset if code == EXT_FROZENSET else set
+
+    def build(items: list[Any]) -> Any:
+        try:
+            return kind(items)
+        except TypeError:
+            raise ProtocolError(
+                f"a set (ext {code}) holds an unhashable item (a list, dict or array)"
+            ) from None
+
+    return build
+
+
+_CONTAINERS: dict[int, tuple[str, Callable[[list[Any]], Any]]] = {
+    EXT_TUPLE: ("tuple", tuple),
+    EXT_SET: ("set", _build_set(EXT_SET)),
+    EXT_FROZENSET: ("frozenset", _build_set(EXT_FROZENSET)),
+}
 """Container ext types: code -> (name, how the decoded list of items becomes the value)."""
 
 
