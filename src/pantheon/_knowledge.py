@@ -26,10 +26,11 @@ import ml_dtypes
 import numpy as np
 import numpy.typing as npt
 
-from ._errors import KnowledgeError
+from ._errors import ConfigError, KnowledgeError
 
 __all__ = [
     "DTYPE_NAMES",
+    "FINGERPRINT_KEYS",
     "Chunk",
     "Description",
     "FieldDesc",
@@ -37,6 +38,7 @@ __all__ = [
     "Ragged",
     "Value",
     "check_batch",
+    "check_fingerprint",
     "common_batch_size",
     "concat_chunks",
     "concat_values",
@@ -435,3 +437,25 @@ def concat_chunks(parts: Sequence[Chunk]) -> Chunk:
     ids = np.concatenate([p.ids for p in parts])
     data: Knowledge = {key: concat_values([p.data[key] for p in parts]) for key in parts[0].data}
     return Chunk(ids, data)
+
+
+FINGERPRINT_KEYS: tuple[str, ...] = ("fingerprint", "dataset_fingerprint")
+"""What identifies knowledge beyond its description, as files, streams and students name it:
+the teacher's fingerprint (what the program is) and the fingerprint of the data it read."""
+MAX_FINGERPRINT = 1024
+"""Characters a fingerprint may have at most."""
+
+
+def check_fingerprint(name: str, value: Any) -> str | None:
+    """``value`` if it is a usable fingerprint (a non-empty string of at most 1024 characters)
+    or None.
+
+    Raises:
+        ConfigError: anything else, naming the argument.
+    """
+    if value is None or (isinstance(value, str) and 0 < len(value) <= MAX_FINGERPRINT):
+        return value
+    raise ConfigError(
+        f"{name} must be a non-empty string of at most {MAX_FINGERPRINT} characters (or None), "
+        f"got {type(value).__name__} {value!r:.100}"
+    )
