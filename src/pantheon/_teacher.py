@@ -167,7 +167,7 @@ class Teacher:
 
     def serve(
         self,
-        reader: Callable[[], Iterable[Mapping[str, Any]]],
+        reader: Callable[..., Iterable[Mapping[str, Any]]],
         times: int = 1,
     ) -> None:
         """Stream knowledge from your own loop: ``reader()`` yields knowledge batches.
@@ -175,18 +175,22 @@ class Teacher:
         Online, one round per student request, ``times`` rounds, each re-running ``reader()``
         (a round can thus be resumed where the student stands); returns once the student has
         acknowledged the end of the last round. Offline, the one round is dumped to the file.
+        A reader that takes one argument is called as ``reader(round_index)`` (0, 1, ...), so
+        that it can shuffle each round with a seed of its own; sample ids stay the positions
+        in the round.
         """
         self.serve_rounds(reader_round_factory(reader), times=times)
 
     def serve_rounds(self, make_round: RoundFactory, times: int = 1) -> None:
-        """Like :meth:`serve`, from a round factory ``make_round(start_sample) -> chunks``."""
+        """Like :meth:`serve`, from a round factory ``make_round(round_index, start_sample) ->
+        chunks`` (round 0, sample 0 offline)."""
         self._check_open()
         times = check_int("times", times, unit="rounds")
         if self._server is not None:
             self._server.serve_rounds(make_round, times)
             return
         writer = self._offline_writer("serve()")
-        for chunk in make_round(0):
+        for chunk in make_round(0, 0):
             writer.write(chunk.data, chunk.ids)
 
     def start_knowledge_service(

@@ -9,6 +9,7 @@ unacknowledged. See docs/protocol.md for the messages.
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import queue
 import threading
@@ -263,11 +264,13 @@ class TeacherServer:
 
     # -- serving rounds -------------------------------------------------------------------
 
-    def serve_rounds(self, make_round: Callable[[int], Iterator[Chunk]], times: int) -> None:
-        """Serve ``times`` rounds on request; return once the student acknowledged the last."""
+    def serve_rounds(self, make_round: Callable[[int, int], Iterator[Chunk]], times: int) -> None:
+        """Serve ``times`` rounds on request; return once the student acknowledged the last.
+
+        ``make_round(round_index, start_sample)`` produces one round's chunks."""
         self._times = times
         self._done_round = -1
-        first_producer = Producer(make_round, 0, self._prefetch)
+        first_producer = Producer(functools.partial(make_round, 0), 0, self._prefetch)
         ahead: tuple[int, Producer] | None = (0, first_producer)
         if self._desc is None:
             first = first_producer.peek(self._timeout)
@@ -300,11 +303,14 @@ class TeacherServer:
                 else:
                     if ahead is not None:
                         ahead[1].stop()
-                    producer = Producer(make_round, start, self._prefetch)
+                    producer = Producer(functools.partial(make_round, rnd), start, self._prefetch)
                 ahead = None
                 finished = self._stream(session, msg.header, producer)
                 if finished and rnd + 1 < times:
-                    ahead = (rnd + 1, Producer(make_round, 0, self._prefetch))
+                    ahead = (
+                        rnd + 1,
+                        Producer(functools.partial(make_round, rnd + 1), 0, self._prefetch),
+                    )
         finally:
             if ahead is not None:
                 ahead[1].stop()

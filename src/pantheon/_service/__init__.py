@@ -15,7 +15,7 @@ The seam of the service layer, the prediction side of
 from __future__ import annotations
 
 from .programs import Program, Worker, build_workers, parse_devices
-from .rounds import RoundFactory, reader_round_factory, with_progress
+from .rounds import RoundFactory, reader_round_factory, reader_takes_round, with_progress
 from .service import ServiceSpec, make_query_handler, make_round_factory
 from .workers import RoundIterator
 
@@ -30,5 +30,6 @@ __all__ = [
     "make_round_factory",
     "parse_devices",
     "reader_round_factory",
+    "reader_takes_round",
     "with_progress",
 ]
