@@ -8,7 +8,14 @@ from typing import TYPE_CHECKING, Any
 
 from ._errors import ClosedError, ConfigError
 from ._files import KnowledgeWriter
-from ._service import RoundFactory, ServiceSpec, reader_round_factory, with_progress
+from ._knowledge import check_fingerprint
+from ._service import (
+    RoundFactory,
+    ServiceSpec,
+    fingerprint_of,
+    reader_round_factory,
+    with_progress,
+)
 from ._util import check_int, check_seconds
 
 if TYPE_CHECKING:
@@ -41,6 +48,16 @@ class Teacher:
         prefetch_batches: online: knowledge batches (or groups of small ones) produced ahead
             of sending, at most (default 10). The knowledge service's own bound is its
             ``buf_size``.
+        fingerprint: what identifies this teacher, carried with its knowledge (file metadata,
+            the stream's description) so that a student resuming from a checkpoint can tell
+            that the teacher changed: a string, or a model to derive it from (a
+            ``torch.nn.Module``, a ``TorchProgram`` / ``OnnxProgram``, a ``pathlib.Path`` of a
+            model file; a ``str`` is the fingerprint itself). Default None: ``start_knowledge_service`` derives it from its ``program``
+            (the SHA-256 of a torch module's state dict or of an ONNX / TorchScript file;
+            plain callables have none).
+        dataset_fingerprint: what identifies the data the teacher reads (a string, e.g. the
+            dataset's name, version and split). Teachers merged by one student must agree on
+            it. Default None: none.
 
     Exactly one of ``out_path`` and ``out_port`` must be given.
     """
@@ -61,6 +78,8 @@ class Teacher:
         heartbeat_timeout: float = 10.0,
         coalesce_bytes: int = 256 * 1024,
         prefetch_batches: int = 10,
+        fingerprint: Any = None,
+        dataset_fingerprint: str | None = None,
     ) -> None:
         if (out_path is None) == (out_port is None):
             raise ConfigError(
@@ -80,6 +99,11 @@ class Teacher:
         self._writer: KnowledgeWriter | None = None
         self._server: TeacherServer | None = None
         self._closed = False
+        self._fingerprint_given = fingerprint is not None
+        self._fingerprints = {
+            "fingerprint": _fingerprint_arg(fingerprint),
+            "dataset_fingerprint": check_fingerprint("dataset_fingerprint", dataset_fingerprint),
+        }
         if out_port is not None:
             if (
                 isinstance(out_port, bool)
@@ -105,6 +129,7 @@ class Teacher:
                 heartbeat_timeout=heartbeat_timeout,
                 coalesce_bytes=check_int("coalesce_bytes", coalesce_bytes, unit="bytes"),
             )
+            self._server.set_fingerprints(self.fingerprints)
 
     # -- common ---------------------------------------------------------------------------
 
@@ -119,6 +144,24 @@ class Teacher:
         if self._server is None:
             raise ConfigError("an offline teacher (out_path) has no address")
         return str(self._server.address)
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        """The fingerprints this teacher's knowledge carries (``"fingerprint"``,
+        ``"dataset_fingerprint"``; those known so far)."""
+        return {k: v for k, v in self._fingerprints.items() if v is not None}
+
+    @property
+    def fingerprint(self) -> str | None:
+        """This teacher's fingerprint: given, or derived by ``start_knowledge_service``."""
+        return self._fingerprints["fingerprint"]
+
+    def _derive_fingerprint(self, program: Any) -> None:
+        if self._fingerprint_given:
+            return
+        self._fingerprints["fingerprint"] = fingerprint_of(program)
+        if self._server is not None:
+            self._server.set_fingerprints(self.fingerprints)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -141,6 +184,8 @@ class Teacher:
                 use_fp16=self._use_fp16,
                 codecs=self._codecs,
                 max_shard_samples=self._max_shard_samples,
+                fingerprint=self._fingerprints["fingerprint"],
+                dataset_fingerprint=self._fingerprints["dataset_fingerprint"],
             )
         return self._writer
 
@@ -236,6 +281,7 @@ class Teacher:
             self._use_fp16 = bool(use_fp16)
             if self._server is not None:
                 self._server.set_use_fp16(self._use_fp16)
+        self._derive_fingerprint(spec.program)
         if spec.reader_config is None:
             if self._server is None:
                 raise ConfigError(
@@ -296,3 +342,16 @@ class Teacher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _fingerprint_arg(value: Any) -> str | None:
+    """``Teacher(fingerprint=...)``: a string as it is, or one derived from a model."""
+    if value is None or isinstance(value, str):
+        return check_fingerprint("fingerprint", value)
+    derived = fingerprint_of(value)
+    if derived is None:
+        raise ConfigError(
+            f"fingerprint={type(value).__name__}: cannot derive a fingerprint from it; pass a "
+            "string (e.g. the model's name and version), a torch.nn.Module or a model file path"
+        )
+    return derived

@@ -78,6 +78,10 @@ class CausalLMTopK:
         self.pad_token_id = int(pad_token_id)
         self._placer = TorchProgram(model, [feed])
 
+    def fingerprint(self) -> str:
+        """What this teacher is: the model's state dict fingerprint, ``k`` and the temperature."""
+        return f"{self._placer.fingerprint()};k={self.k};T={self.temperature:g}"
+
     def for_device(self, device: str) -> _CausalLMRunner:
         """The runner of one worker on ``device`` (a deep copy of the model there, except for
         the first worker on the model's own device)."""

@@ -94,6 +94,7 @@ class TeacherServer:
         self._heartbeat = Heartbeat(heartbeat_interval, heartbeat_timeout)
         self._coalesce = coalesce_bytes
         self._desc: Description | None = None
+        self._fingerprints: dict[str, str] = {}
         self._cond = threading.Condition()
         self._session: Session | None = None
         self._client = ""  # the current student's id (from its hello)
@@ -240,6 +241,15 @@ class TeacherServer:
         """Change ``use_fp16`` before the description is known."""
         self._use_fp16 = use_fp16
 
+    def set_fingerprints(self, fingerprints: Mapping[str, str]) -> None:
+        """What the DESC message tells about the teacher (``fingerprint``,
+        ``dataset_fingerprint``); sent again if the description is already known."""
+        self._fingerprints = dict(fingerprints)
+        with self._cond:
+            session = self._session
+        if self._desc is not None and session is not None:
+            self._send_desc(session)
+
     def _learn_desc(self, chunk: Chunk) -> None:
         if self._desc is not None:
             return
@@ -256,6 +266,7 @@ class TeacherServer:
             "desc": self._desc,
             "codecs": {k: c.spec() for k, c in self._codecs.items()},
             "times": self._times,
+            **self._fingerprints,
         }
         try:
             session.send(MsgType.DESC, header)

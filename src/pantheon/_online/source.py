@@ -27,7 +27,7 @@ from .._errors import (
     ProtocolError,
     TeacherError,
 )
-from .._knowledge import Chunk, Description
+from .._knowledge import FINGERPRINT_KEYS, Chunk, Description
 from .._util import Deadline, wait_until
 from .._wire import (
     Heartbeat,
@@ -149,6 +149,7 @@ class OnlineSource:
         self.links = [Link(self, a) for a in addresses]
         self.cond = threading.Condition()
         self.desc_: Description | None = None
+        self.fingerprints_: dict[str, str] = {}
         self.codecs: dict[str, Codec] = {}
         self.times = 0
         self.round: _OnlineRound | None = None
@@ -266,6 +267,9 @@ class OnlineSource:
                 }
                 self.desc_ = {k: dict(v) for k, v in dict(h["desc"]).items()}
                 self.times = int(h.get("times", 0))
+                self.fingerprints_ = {
+                    k: h[k] for k in FINGERPRINT_KEYS if isinstance(h.get(k), str)
+                }
                 self.cond.notify_all()
         elif t == MsgType.USER:
             self.inbox.put(decode_value(h.get("value"), msg.frames))
@@ -329,6 +333,10 @@ class OnlineSource:
                 )
             assert self.desc_ is not None
             return self.desc_
+
+    def fingerprints(self) -> dict[str, str]:
+        """The teacher's fingerprints from its DESC message (empty before it, or if none)."""
+        return dict(self.fingerprints_)
 
     def open_round(self, round_index: int, start_sample: int) -> _OnlineRound:
         rnd = _OnlineRound(self, round_index, start_sample)

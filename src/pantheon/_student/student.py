@@ -14,6 +14,7 @@ from .._knowledge import Description, Knowledge, Ragged
 from .._util import check_int, check_seconds
 from .._wire import Heartbeat
 from .assembler import Assembler, QueryAssembler, RoundAssembler
+from .fingerprints import check_resumed, check_teachers, known, parse_recorded
 from .merge import MergePlan, build_plan
 from .sources import FileSource, OnlineCapable, Source
 
@@ -22,8 +23,9 @@ __all__ = ["Student"]
 log = logging.getLogger("pantheon")
 
 RaggedFormat = Literal["ragged", "padded", "list"]
-_STATE_VERSION = 2
-"""Version of :meth:`Student.state_dict`; version 1 (``position`` for ``sample_in_round``) loads."""
+_STATE_VERSION = 3
+"""Version of :meth:`Student.state_dict`; versions 1 (``position`` for ``sample_in_round``) and 2
+(no ``fingerprints``) load."""
 
 
 def _format_batch(data: Knowledge, ragged: RaggedFormat) -> dict[str, Any]:
@@ -105,6 +107,7 @@ class Student:
         self._round = 0  # rounds finished
         self._sample_in_round = 0  # samples of the current round handed to the training loop
         self._assembler: Assembler | None = None
+        self._resumed: list[dict[str, str]] = []  # fingerprints of a loaded state_dict
         self._lock = threading.Lock()
         self._stats = {"batches": 0, "samples": 0, "rounds": 0, "wait_seconds": 0.0}
 
@@ -178,6 +181,7 @@ class Student:
         if self._plan is None:
             wait = self._timeout if timeout is None else float(timeout)
             descs = [s.desc(wait) for s in self._sources]
+            check_teachers(self._sources, self._resumed)
             self._plan = build_plan(descs, [s.name for s in self._sources], self._merge_strategy)
         return self._plan
 
@@ -383,29 +387,33 @@ class Student:
     def state_dict(self) -> dict[str, Any]:
         """The student's position: the round, and the samples of it already handed out.
 
-        ``{"version": 2, "round": int, "sample_in_round": int, "teachers": [names]}``. Save it
-        with your checkpoint; ``load_state_dict`` on a new Student (with the same teachers
-        registered) resumes exactly there.
+        ``{"version": 3, "round": int, "sample_in_round": int, "teachers": [names],
+        "fingerprints": [dict per teacher]}``. Save it with your checkpoint; ``load_state_dict``
+        on a new Student (with the same teachers registered) resumes exactly there.
         """
         return {
             "version": _STATE_VERSION,
             "round": self._round,
             "sample_in_round": self._sample_in_round,
             "teachers": [s.name for s in self._sources],
+            "fingerprints": known(self._sources),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from a :meth:`state_dict`: the next generator starts at that round and sample.
 
-        State dicts of version 1 (whose ``position`` is the sample in the round) load too.
+        Versions 1 (``position`` for ``sample_in_round``) and 2 (no fingerprints) load too.
 
         Raises:
             ConfigError: not a state dict, a version this Pantheon does not know, a round or
-                sample that is not an integer >= 0, or teachers that differ from the ones
-                registered (the message lists both).
+                sample that is not an integer >= 0, teachers that differ from the ones
+                registered (the message lists both), or a teacher fingerprint that differs
+                (now, or once the teacher tells it: :mod:`pantheon._student.fingerprints`).
         """
         self._check_open()
         rnd, sample = _parse_state(state, [s.name for s in self._sources])
+        self._resumed = parse_recorded(state, len(self._sources))
+        check_resumed(self._resumed, self._sources)
         if self._assembler is not None:
             self._assembler.stop()
             self._assembler = None
@@ -455,10 +463,10 @@ def _parse_state(state: Any, teachers: list[str]) -> tuple[int, int]:
             f"{type(state).__name__}"
         )
     version = state.get("version")
-    if version not in (1, _STATE_VERSION) or isinstance(version, bool):
+    if version not in (1, 2, _STATE_VERSION) or isinstance(version, bool):
         raise ConfigError(
             f"state_dict version {version!r} is not supported: this Pantheon reads versions 1 "
-            f"and {_STATE_VERSION}; a newer Pantheon wrote it, upgrade to load it"
+            f"to {_STATE_VERSION}; a newer Pantheon wrote it, upgrade to load it"
         )
     key = "position" if version == 1 else "sample_in_round"
     missing = [k for k in ("round", key, "teachers") if k not in state]
