@@ -126,7 +126,7 @@ def single_run(batch: np.ndarray, row: np.ndarray) -> tuple[int, int] | None:
 def take_rows(value: Value, rows: np.ndarray) -> Value:
     """Samples ``rows`` of a field, in that order (a copy; ragged fields gathered by offsets)."""
     if isinstance(value, np.ndarray):
-        return np.take(value, rows, axis=0)
+        return value.take(rows, axis=0)
     if not isinstance(value, Ragged):
         raise TypeError(f"cannot gather rows of a {type(value).__name__}")
     offsets = value.offsets
@@ -135,7 +135,7 @@ def take_rows(value: Value, rows: np.ndarray) -> Value:
     total = int(lengths.sum())
     out_starts = np.cumsum(lengths) - lengths
     index = np.arange(total, dtype=np.int64) + np.repeat(starts - out_starts, lengths)
-    return Ragged(np.take(value.values, index, axis=0), lengths)
+    return Ragged(value.values.take(index, axis=0), lengths)
 
 
 def run_parts(parts: StoredParts, first: int, count: int) -> StoredParts:
