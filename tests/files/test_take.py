@@ -14,13 +14,14 @@ from hypothesis import strategies as st
 
 from pantheon import ClosedError, ConfigError, KnowledgeError, Ragged, TopK
 from pantheon._files import KnowledgeFile, KnowledgeWriter
-from pantheon._knowledge import DTYPE_NAMES, FINGERPRINT_KEYS
+from pantheon._knowledge import FINGERPRINT_KEYS
 from tests.files.test_files import (
+    _FIELD,
     _mapped_ranges,
     _message_ends,
     _toy_batches,
-    _values,
     assert_same,
+    random_batches,
     read_all,
     write_batches,
 )
@@ -42,13 +43,6 @@ def expected_rows(data, positions):
     return out
 
 
-_FIELD = st.tuples(
-    st.sampled_from(DTYPE_NAMES),
-    st.sampled_from([0, 1]),
-    st.lists(st.integers(1, 3), max_size=2).map(tuple),
-)
-
-
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     fields=st.lists(_FIELD, min_size=1, max_size=3),
@@ -66,17 +60,9 @@ def test_take_matches_direct_reads(
     rng = np.random.default_rng(seed)
     total = sum(sizes)
     file_ids = rng.permutation(total) * 3 + 7 if shuffled_ids else np.arange(total)
-    batches = []
-    for n in sizes:
-        batch = {}
-        for i, (dtype, lod, inner) in enumerate(fields):
-            if lod:
-                lengths = rng.integers(0, 4, size=n)
-                batch[f"k{i}"] = Ragged(_values(dtype, (int(lengths.sum()), *inner), rng), lengths)
-            else:
-                batch[f"k{i}"] = _values(dtype, (n, *inner), rng)
+    batches = random_batches(fields, sizes, rng)
+    for batch, n in zip(batches, sizes):
         batch["logits"] = rng.normal(size=(n, 6)).astype(np.float32)
-        batches.append(batch)
     codecs = {"logits": TopK(2) if codec == "topk" else codec} if codec else None
     asked = data.draw(st.lists(st.integers(0, max(total - 1, 0)), max_size=12)) if total else []
     with tempfile.TemporaryDirectory() as tmp:

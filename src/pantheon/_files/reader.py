@@ -299,7 +299,8 @@ class KnowledgeFile:
             parts = run_parts(self._stored_checked(0), 0, 0)
         else:
             parts = gather_parts(self._stored_checked, self._part_keys, batch, row)
-        return self._decode_parts(parts, len(want), f"samples {want[:3].tolist()}...", self.path)
+        what = f"the {len(want)} samples asked (ids {want[:3].tolist()}{'...' * (len(want) > 3)})"
+        return self._decode_parts(parts, len(want), what, self.path)
 
     def _where(self) -> str:
         cut = self.truncated
