@@ -1,4 +1,4 @@
-"""Offline read throughput: the student's generator, bare pyarrow, and the seed's pickle file.
+"""Offline reads: the student's generator, bare pyarrow, the seed's pickle file; random access.
 
 One run writes the same knowledge twice into a temporary directory: ``--gib`` GiB (default 1)
 of float32 logits in batches of 256 x 1000 (~1 MiB each), as a Pantheon knowledge file
@@ -19,10 +19,25 @@ pyarrow and to pickle. Throughput counts the logits' bytes (MB = 10**6 bytes) ov
 read, opening included. Targets: the student reads at least 0.5x bare pyarrow and at least
 1x pickle; each is reported PASS or FAIL (``--strict`` makes a FAIL exit with status 1).
 
+A second table reads the same knowledge file in random order (shuffled training), each run
+``--takes`` reads (default 10) of 256 random sample ids (the same ids for every reader):
+
+``take``        ``KnowledgeFile.take(ids)``, the file opened (and its id index built) once;
+``pyarrow``     the reference: ``table.take(ids)`` on the memory-mapped file's table
+                (``pa.ipc.open_file(...).read_all()``, opened once), then the logits as a
+                numpy array ``[256, 1000]``;
+``loader-0``,   a torch ``DataLoader`` over ``pantheon.torch.KnowledgeLookup`` with a
+``loader-2``    ``RandomSampler`` (256 samples per batch, ``collate_fn=lookup.collate``) and 0
+                or 2 worker processes, started in each run: ``LOADER_READS`` times as many
+                batches as ``take`` reads, so that starting the workers does not dominate.
+
+Throughput counts the logits' bytes gathered. Target: ``take`` at least 0.8x bare pyarrow.
+
     python benchmarks/offline.py               # 1 GiB, 5 repeats
     python benchmarks/offline.py --quick       # 64 MiB, 3 repeats (smoke test)
 
-``run(quick)`` returns the table's rows as dicts for other callers.
+``run(quick)`` returns the first table's rows as dicts for other callers, ``measure_random``
+the second's.
 """
 
 from __future__ import annotations
@@ -50,6 +65,12 @@ TARGET_PYARROW = 0.5
 TARGET_PICKLE = 1.0
 """The student must read at least this multiple of the pickle format's throughput."""
 QUICK_GIB, QUICK_REPEATS = 64 / 1024, 3
+TAKE = 256
+"""Sample ids per random read."""
+TARGET_TAKE = 0.8
+LOADER_READS = 8
+"""A data loader run reads this many times as many batches as a ``take`` run."""
+"""``KnowledgeFile.take`` must gather at least this fraction of bare pyarrow's throughput."""
 
 
 # -- data ----------------------------------------------------------------------------------
@@ -141,6 +162,137 @@ READERS: dict[str, Callable[[Path, Path], Result]] = {
 """Readers by name; ``pyarrow`` and ``pickle`` are the references of the ratios."""
 
 
+# -- random access -------------------------------------------------------------------------
+
+
+def _random_ids(total: int, takes: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.choice(total, TAKE, replace=False) for _ in range(takes)]
+
+
+def random_take(arrow_path: Path, ids: list[np.ndarray]) -> Result:
+    """``KnowledgeFile.take`` of each id array (the file opened and indexed beforehand)."""
+    from pantheon import KnowledgeFile
+
+    with KnowledgeFile(arrow_path) as kf:
+        kf.take(ids[0][:1])  # builds the id index: once per opened file
+        start = time.perf_counter()
+        nbytes = sum(kf.take(batch)[KEY].nbytes for batch in ids)
+        return Result(nbytes, len(ids), time.perf_counter() - start)
+
+
+def random_pyarrow(arrow_path: Path, ids: list[np.ndarray]) -> Result:
+    """Bare pyarrow: ``table.take`` on the memory-mapped file's table, logits to numpy."""
+    import pyarrow as pa
+
+    with pa.memory_map(str(arrow_path), "r") as source:
+        table = pa.ipc.open_file(source).read_all()
+        start = time.perf_counter()
+        nbytes = 0
+        for batch in ids:
+            column = table.take(batch).column(KEY).combine_chunks()
+            logits = column.flatten().to_numpy(zero_copy_only=False).reshape(len(column), COLS)
+            nbytes += logits.nbytes
+        return Result(nbytes, len(ids), time.perf_counter() - start)
+
+
+def random_loader(arrow_path: Path, ids: list[np.ndarray], workers: int) -> Result:
+    """A DataLoader over KnowledgeLookup with a RandomSampler and ``workers`` processes."""
+    import torch
+    from torch.utils.data import DataLoader, RandomSampler
+
+    from pantheon.torch import KnowledgeLookup
+
+    lookup = KnowledgeLookup(arrow_path)
+    generator = torch.Generator().manual_seed(len(ids))
+    count = TAKE * len(ids) * LOADER_READS
+    sampler = RandomSampler(lookup, num_samples=count, generator=generator)
+    start = time.perf_counter()
+    loader = DataLoader(
+        lookup, batch_size=TAKE, sampler=sampler, num_workers=workers, collate_fn=lookup.collate
+    )
+    nbytes = batches = 0
+    for batch in loader:
+        nbytes += batch[KEY].numel() * batch[KEY].element_size()
+        batches += 1
+    return Result(nbytes, batches, time.perf_counter() - start)
+
+
+def _random_readers() -> dict[str, Callable[[Path, list[np.ndarray]], Result]]:
+    readers: dict[str, Callable[[Path, list[np.ndarray]], Result]] = {
+        "take": random_take,
+        "pyarrow": random_pyarrow,
+    }
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return readers
+    readers["loader-0"] = lambda path, ids: random_loader(path, ids, 0)
+    readers["loader-2"] = lambda path, ids: random_loader(path, ids, 2)
+    return readers
+
+
+def measure_random_file(arrow_path: Path, repeats: int, takes: int) -> list[dict[str, Any]]:
+    """The random-access readers on an existing file, interleaved, after a warm-up each.
+
+    Returns:
+        One dict per reader: ``reader``, ``mb_s`` (median), ``takes_s`` (median reads of 256
+        ids per second), ``x_pyarrow`` (ratio of medians), ``nbytes``, ``takes``.
+    """
+    import pyarrow as pa
+
+    with pa.memory_map(str(arrow_path), "r") as source:
+        total = pa.ipc.open_file(source).read_all().num_rows
+    readers = _random_readers()
+    results: dict[str, list[Result]] = {name: [] for name in readers}
+    for reader in readers.values():
+        reader(arrow_path, _random_ids(total, 1, seed=repeats + 1))
+    for r in range(repeats):
+        ids = _random_ids(total, takes, r)
+        for name, reader in readers.items():
+            results[name].append(reader(arrow_path, ids))
+    mb_s = {name: median([x.mb_s for x in rs]) for name, rs in results.items()}
+    return [
+        {
+            "reader": name,
+            "mb_s": mb_s[name],
+            "takes_s": median([x.batches_s for x in rs]),
+            "x_pyarrow": mb_s[name] / mb_s["pyarrow"],
+            "nbytes": rs[0].nbytes,
+            "takes": rs[0].batches,
+        }
+        for name, rs in results.items()
+    ]
+
+
+def measure_random(
+    gib: float, repeats: int, takes: int = 10, directory: str | None = None
+) -> list[dict[str, Any]]:
+    """Write ``gib`` GiB of logits and run :func:`measure_random_file` on it."""
+    with tempfile.TemporaryDirectory(prefix="pantheon-bench-", dir=directory) as tmp:
+        arrow_path, _, _ = write_data(Path(tmp), gib)
+        return measure_random_file(arrow_path, repeats, takes)
+
+
+def random_report(rows: list[dict[str, Any]], repeats: int) -> tuple[str, bool]:
+    """The random-access table and its PASS/FAIL line, and whether the target was met."""
+    cells = [
+        [r["reader"], f"{r['mb_s']:,.0f}", f"{r['takes_s']:,.1f}", f"{r['x_pyarrow']:.2f}"]
+        for r in rows
+    ]
+    take = next(r for r in rows if r["reader"] == "take")
+    met = take["x_pyarrow"] >= TARGET_TAKE
+    lines = [
+        f"random access, {rows[0]['takes']} reads of {TAKE} random sample ids per run "
+        f"({LOADER_READS}x as many for the loaders); medians of {repeats} interleaved runs "
+        "after a warm-up",
+        table(["reader", "MB/s", "reads/s", "x pyarrow"], cells),
+        f"{'PASS' if met else 'FAIL'}  take >= {TARGET_TAKE:g}x bare pyarrow table.take "
+        f"({take['x_pyarrow']:.2f}x)",
+    ]
+    return "\n".join(lines), met
+
+
 # -- measuring -----------------------------------------------------------------------------
 
 
@@ -160,18 +312,24 @@ def measure(gib: float, repeats: int, directory: str | None = None) -> list[dict
     if gib <= 0 or repeats < 1:
         raise ValueError(f"gib must be > 0 and repeats >= 1, got {gib!r} and {repeats!r}")
     with tempfile.TemporaryDirectory(prefix="pantheon-bench-", dir=directory) as tmp:
-        arrow_path, pickle_path, expected = write_data(Path(tmp), gib)
-        results: dict[str, list[Result]] = {name: [] for name in READERS}
-        for reader in READERS.values():  # warm-up: page cache, imports
-            reader(arrow_path, pickle_path)
-        for _ in range(repeats):
-            for name, reader in READERS.items():
-                result = reader(arrow_path, pickle_path)
-                if result.batches != expected:
-                    raise RuntimeError(
-                        f"reader {name} read {result.batches} batches, expected {expected}"
-                    )
-                results[name].append(result)
+        return measure_files(*write_data(Path(tmp), gib), repeats)
+
+
+def measure_files(
+    arrow_path: Path, pickle_path: Path, expected: int, repeats: int
+) -> list[dict[str, Any]]:
+    """:func:`measure` on files :func:`write_data` wrote (``expected`` batches)."""
+    results: dict[str, list[Result]] = {name: [] for name in READERS}
+    for reader in READERS.values():  # warm-up: page cache, imports
+        reader(arrow_path, pickle_path)
+    for _ in range(repeats):
+        for name, reader in READERS.items():
+            result = reader(arrow_path, pickle_path)
+            if result.batches != expected:
+                raise RuntimeError(
+                    f"reader {name} read {result.batches} batches, expected {expected}"
+                )
+            results[name].append(result)
     mb_s = {name: median([r.mb_s for r in rs]) for name, rs in results.items()}
     rows = []
     for name, rs in results.items():
@@ -253,15 +411,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--quick", action="store_true", help=f"smoke run: {QUICK_GIB * 1024:g} MiB, 3 repeats"
     )
+    parser.add_argument(
+        "--takes", type=int, default=None, help="random reads per run (default 10; 3 with --quick)"
+    )
     parser.add_argument("--strict", action="store_true", help="exit with 1 if a target is missed")
     args = parser.parse_args(argv)
     gib, repeats = (QUICK_GIB, QUICK_REPEATS) if args.quick else (args.gib, 5)
+    takes = args.takes if args.takes is not None else (3 if args.quick else 10)
     if args.repeats is not None:
         repeats = args.repeats
-    rows = measure(gib, repeats, args.dir)
-    text, ok = report(rows, gib, repeats)
+    with tempfile.TemporaryDirectory(prefix="pantheon-bench-", dir=args.dir) as tmp:
+        arrow_path, pickle_path, expected = write_data(Path(tmp), gib)
+        rows = measure_files(arrow_path, pickle_path, expected, repeats)
+        text, ok = report(rows, gib, repeats)
+        print(text, flush=True)
+        random_rows = measure_random_file(arrow_path, repeats, takes)
+    text, met = random_report(random_rows, repeats)
     print(text)
-    return 1 if args.strict and not ok else 0
+    return 1 if args.strict and not (ok and met) else 0
 
 
 if __name__ == "__main__":

@@ -118,6 +118,7 @@ def test_the_seams_are_what_the_rest_of_the_package_imports() -> None:
     allowed = {  # framework programs the service imports lazily and adapters re-export
         ("pantheon.torch", "pantheon._service.torch_program"),
         ("pantheon.torch._data", "pantheon._service.torch_program"),
+        ("pantheon.torch._lookup", "pantheon._service.torch_program"),
         ("pantheon.hf", "pantheon._service.torch_program"),
         ("pantheon.onnx", "pantheon._service.onnx_program"),
     }

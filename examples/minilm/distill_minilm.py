@@ -10,8 +10,10 @@ Python, ``pydoc_data.topics``, split into sentences).
 The student is a bag of hashed word uni-/bigrams and character 4-grams (an ``EmbeddingBag``
 with sparse gradients) followed by one linear layer: about 8 M parameters but one table lookup
 per n-gram, hence fast. It learns the teacher's embeddings by feature distillation (loss
-``1 - cosine``): the first epoch trains on the knowledge as it streams in, later epochs replay
-the received knowledge in a shuffled order. 20 % of the sentences are held out.
+``1 - cosine``): the first epoch trains on the knowledge as it streams in and writes it to a
+knowledge file as it goes; later epochs read that file in a new shuffled order every epoch
+(``pantheon.torch.KnowledgeLookup`` with a seeded sampler), without holding the knowledge in
+memory. 20 % of the sentences are held out.
 
 Usage::
 
@@ -32,6 +34,7 @@ import queue
 import re
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -305,14 +308,22 @@ class Result:
 
 
 class Distiller:
-    """The student, its optimizers and the knowledge received so far.
+    """The student, its optimizers, and the knowledge file it writes while the teacher streams.
 
     Args:
         sentences: the corpus. train_idx: ids the student may train on.
         args: the command line (``buckets``, ``hidden``, ``lr``, ``seed``, ``batch_size``).
+        knowledge: the knowledge file to write the received embeddings to (one record per
+            sentence, sample id = sentence id).
     """
 
-    def __init__(self, sentences: Sequence[str], train_idx: np.ndarray, args: argparse.Namespace):
+    def __init__(
+        self,
+        sentences: Sequence[str],
+        train_idx: np.ndarray,
+        args: argparse.Namespace,
+        knowledge: Path,
+    ):
         self.args = args
         self.train_idx = train_idx
         self.is_train = np.zeros(len(sentences), dtype=bool)
@@ -325,14 +336,13 @@ class Distiller:
             torch.optim.SparseAdam(list(self.model.bag.parameters()), lr=args.lr),
             torch.optim.Adam(self.model.head.parameters(), lr=args.lr),
         ]
-        self.emb = np.zeros((len(sentences), EMBED_DIM), dtype=np.float32)
+        self.knowledge = knowledge
         self.got = np.zeros(len(sentences), dtype=bool)
 
-    def step(self, index: np.ndarray) -> None:
-        """One optimizer step on the sentences ``index`` against their received embeddings."""
+    def step(self, index: np.ndarray, target: torch.Tensor) -> None:
+        """One optimizer step on the sentences ``index`` against their teacher embeddings."""
         if len(index) == 0:
             return
-        target = torch.from_numpy(self.emb[index])
         loss = 1.0 - (self.model(*self.feats.pack(index)) * target).sum(1).mean()
         for opt in self.opts:
             opt.zero_grad()
@@ -341,28 +351,49 @@ class Distiller:
             opt.step()
 
     def stream_epoch(self, batches: Iterator[dict[str, np.ndarray]]) -> float:
-        """Train on the knowledge as it streams in; return the seconds spent waiting for it."""
+        """Train on the knowledge as it streams in, writing it to :attr:`knowledge`; return
+        the seconds spent waiting for it."""
+        from pantheon import KnowledgeWriter
+
         waited = 0.0
-        while True:
-            t0 = time.perf_counter()
-            batch = next(batches, None)
-            waited += time.perf_counter() - t0
-            if batch is None:
-                break
-            index = np.asarray(batch["index"], dtype=np.int64).reshape(-1)
-            self.emb[index], self.got[index] = batch["embedding"], True
-            self.step(index[self.is_train[index]])
+        with KnowledgeWriter(self.knowledge) as writer:
+            while True:
+                t0 = time.perf_counter()
+                batch = next(batches, None)
+                waited += time.perf_counter() - t0
+                if batch is None:
+                    break
+                index = np.asarray(batch["index"], dtype=np.int64).reshape(-1)
+                writer.write(batch, ids=index)  # sample id = sentence id
+                self.got[index] = True
+                train = self.is_train[index]
+                self.step(index[train], torch.from_numpy(batch["embedding"][train]))
         if not self.got.all():
             raise RuntimeError(f"the teacher served {self.got.sum()} of {len(self.got)} sentences")
         return waited
 
     def replay_epochs(self, epochs: int) -> None:
-        """Train ``epochs`` more epochs on the received knowledge, shuffled (seeded)."""
-        rng = np.random.default_rng(self.args.seed)
+        """Train ``epochs`` more epochs on the knowledge file, reshuffled every epoch (seeded)."""
+        from torch.utils.data import DataLoader, SubsetRandomSampler
+
+        from pantheon.torch import KnowledgeLookup
+
+        lookup = KnowledgeLookup(self.knowledge)
+        generator = torch.Generator().manual_seed(self.args.seed)
+        sampler = SubsetRandomSampler(self.train_idx.tolist(), generator=generator)
+        loader = DataLoader(
+            lookup, batch_size=self.args.batch_size, sampler=sampler, collate_fn=lookup.collate
+        )
         for _ in range(epochs):
-            order = rng.permutation(self.train_idx)
-            for b in range(0, len(order), self.args.batch_size):
-                self.step(order[b : b + self.args.batch_size])
+            for batch in loader:
+                self.step(batch["index"].numpy(), batch["embedding"])
+
+    def embeddings(self, index: np.ndarray) -> np.ndarray:
+        """The teacher's embeddings of the sentences ``index``, read from the knowledge file."""
+        from pantheon import KnowledgeFile
+
+        with KnowledgeFile(self.knowledge) as kf:
+            return np.array(kf.take(index)["embedding"])
 
 
 def _student_speed(
@@ -378,17 +409,33 @@ def _student_speed(
     return len(sentences) / (time.perf_counter() - t0)
 
 
+@contextmanager
+def knowledge_path(args: argparse.Namespace) -> Iterator[Path]:
+    """Where the student writes the knowledge it receives: ``--knowledge``, or a temporary
+    file removed at the end."""
+    if args.knowledge:
+        yield Path(args.knowledge)
+        return
+    with tempfile.TemporaryDirectory(prefix="minilm-") as tmp:
+        yield Path(tmp) / "minilm.arrow"
+
+
 def distill(args: argparse.Namespace, teacher: MiniLMTeacher | None = None) -> Result:
     """Run the whole example; see the module docstring.
 
     ``teacher``: an already loaded in-process teacher over the same sentences (reused with
     ``--in-process`` instead of loading the model again), or None.
     """
+    with knowledge_path(args) as knowledge:
+        return _distill(args, teacher, knowledge)
+
+
+def _distill(args: argparse.Namespace, teacher: MiniLMTeacher | None, knowledge: Path) -> Result:
     start = time.perf_counter()
     torch.set_num_threads(args.threads)
     sentences = load_sentences(args.max_sentences or None)
     train_idx, held_idx = split_indices(len(sentences), seed=args.seed)
-    run = Distiller(sentences, train_idx, args)
+    run = Distiller(sentences, train_idx, args, knowledge)
     if args.in_process:
         mode = "in-process teacher"
         if teacher is None or teacher.sentences != sentences:
@@ -404,17 +451,17 @@ def distill(args: argparse.Namespace, teacher: MiniLMTeacher | None = None) -> R
             gen = student.get_knowledge_generator(batch_size=args.batch_size)
             seconds = run.stream_epoch(iter(gen()))
     run.replay_epochs(args.epochs - 1)
-    emb, feats = run.emb, run.feats
-    mean_dir = emb[train_idx].mean(0)
+    feats, held = run.feats, run.embeddings(held_idx)
+    mean_dir = run.embeddings(train_idx).mean(0)
     mean_dir /= np.linalg.norm(mean_dir)
     return Result(
         mode=mode,
         sentences=len(sentences),
         held_out=len(held_idx),
         epochs=args.epochs,
-        cosine_before=mean_cosine(run.untrained, feats, held_idx, emb[held_idx]),
-        cosine_after=mean_cosine(run.model, feats, held_idx, emb[held_idx]),
-        cosine_mean_embedding=float((emb[held_idx] @ mean_dir).mean()),
+        cosine_before=mean_cosine(run.untrained, feats, held_idx, held),
+        cosine_after=mean_cosine(run.model, feats, held_idx, held),
+        cosine_mean_embedding=float((held @ mean_dir).mean()),
         teacher_sentences_per_s=len(sentences) / seconds,
         student_sentences_per_s=_student_speed(run.model, sentences, args),
         seconds=time.perf_counter() - start,
@@ -436,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="split and student seed (default 0)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch threads")
     p.add_argument("--timeout", type=float, default=300.0, help="limit of each wait (s)")
+    p.add_argument("--knowledge", default="", help="knowledge file to keep (default: temporary)")
     return p
 
 

@@ -26,11 +26,12 @@ import ml_dtypes
 import numpy as np
 import numpy.typing as npt
 
-from ._errors import KnowledgeError
+from ._errors import ConfigError, KnowledgeError
 from ._util import lengths_of_offsets, lengths_total
 
 __all__ = [
     "DTYPE_NAMES",
+    "FINGERPRINT_KEYS",
     "Chunk",
     "Description",
     "FieldDesc",
@@ -39,6 +40,7 @@ __all__ = [
     "Value",
     "check_batch",
     "check_desc",
+    "check_fingerprint",
     "common_batch_size",
     "concat_values",
     "describe",
@@ -471,3 +473,25 @@ class Chunk(NamedTuple):
 
     ids: np.ndarray
     data: Knowledge
+
+
+FINGERPRINT_KEYS: tuple[str, ...] = ("fingerprint", "dataset_fingerprint")
+"""What identifies knowledge beyond its description, as files, streams and students name it:
+the teacher's fingerprint (what the program is) and the fingerprint of the data it read."""
+MAX_FINGERPRINT = 1024
+"""Characters a fingerprint may have at most."""
+
+
+def check_fingerprint(name: str, value: Any) -> str | None:
+    """``value`` if it is a usable fingerprint (a non-empty string of at most 1024 characters)
+    or None.
+
+    Raises:
+        ConfigError: anything else, naming the argument.
+    """
+    if value is None or (isinstance(value, str) and 0 < len(value) <= MAX_FINGERPRINT):
+        return value
+    raise ConfigError(
+        f"{name} must be a non-empty string of at most {MAX_FINGERPRINT} characters (or None), "
+        f"got {type(value).__name__} {value!r:.100}"
+    )

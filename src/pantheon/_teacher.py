@@ -9,8 +9,15 @@ from typing import Any
 
 from ._errors import ClosedError, ConfigError
 from ._files import KnowledgeWriter
+from ._knowledge import check_fingerprint
 from ._online import ServeOptions, TeacherServer
-from ._service import RoundFactory, ServiceSpec, reader_round_factory, with_progress
+from ._service import (
+    RoundFactory,
+    ServiceSpec,
+    fingerprint_of,
+    reader_round_factory,
+    with_progress,
+)
 from ._util import check_int, check_seconds
 
 __all__ = ["Teacher"]
@@ -44,6 +51,16 @@ class Teacher:
             bound is its ``buf_size``.
         max_students: online: students (processes: ranks of groups) connected at once at most
             (default 64); more are refused with an error that says so.
+        fingerprint: what identifies this teacher, carried with its knowledge (file metadata,
+            the stream's description) so that a student resuming from a checkpoint can tell
+            that the teacher changed: a string, or a model to derive it from (a
+            ``torch.nn.Module``, a ``TorchProgram`` / ``OnnxProgram``, a ``pathlib.Path`` of a
+            model file; a ``str`` is the fingerprint itself). Default None: ``start_knowledge_service`` derives it from its ``program``
+            (the SHA-256 of a torch module's state dict or of an ONNX / TorchScript file;
+            plain callables have none).
+        dataset_fingerprint: what identifies the data the teacher reads (a string, e.g. the
+            dataset's name, version and split). Teachers merged by one student must agree on
+            it. Default None: none.
 
     Exactly one of ``out_path`` and ``out_port`` must be given.
     """
@@ -65,6 +82,8 @@ class Teacher:
         coalesce_bytes: int = 256 * 1024,
         prefetch_batches: int = 10,
         max_students: int = 64,
+        fingerprint: Any = None,
+        dataset_fingerprint: str | None = None,
     ) -> None:
         if (out_path is None) == (out_port is None):
             raise ConfigError(
@@ -84,6 +103,11 @@ class Teacher:
         self._writer: KnowledgeWriter | None = None
         self._server: TeacherServer | None = None
         self._closed = False
+        self._fingerprint_given = fingerprint is not None
+        self._fingerprints = {
+            "fingerprint": _fingerprint_arg(fingerprint),
+            "dataset_fingerprint": check_fingerprint("dataset_fingerprint", dataset_fingerprint),
+        }
         if out_port is not None:
             if (
                 isinstance(out_port, bool)
@@ -108,6 +132,7 @@ class Teacher:
                 coalesce_bytes=check_int("coalesce_bytes", coalesce_bytes, unit="bytes"),
                 max_students=check_int("max_students", max_students, unit="students"),
             )
+            self._server.set_fingerprints(self.fingerprints)
 
     # -- common ---------------------------------------------------------------------------
 
@@ -122,6 +147,24 @@ class Teacher:
         if self._server is None:
             raise ConfigError("an offline teacher (out_path) has no address")
         return str(self._server.address)
+
+    @property
+    def fingerprints(self) -> dict[str, str]:
+        """The fingerprints this teacher's knowledge carries (``"fingerprint"``,
+        ``"dataset_fingerprint"``; those known so far)."""
+        return {k: v for k, v in self._fingerprints.items() if v is not None}
+
+    @property
+    def fingerprint(self) -> str | None:
+        """This teacher's fingerprint: given, or derived by ``start_knowledge_service``."""
+        return self._fingerprints["fingerprint"]
+
+    def _derive_fingerprint(self, program: Any) -> None:
+        if self._fingerprint_given:
+            return
+        self._fingerprints["fingerprint"] = fingerprint_of(program)
+        if self._server is not None:
+            self._server.set_fingerprints(self.fingerprints)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -144,6 +187,8 @@ class Teacher:
                 use_fp16=self._use_fp16,
                 codecs=self._codecs,
                 max_shard_samples=self._max_shard_samples,
+                fingerprint=self._fingerprints["fingerprint"],
+                dataset_fingerprint=self._fingerprints["dataset_fingerprint"],
             )
         return self._writer
 
@@ -170,7 +215,7 @@ class Teacher:
 
     def serve(
         self,
-        reader: Callable[[], Iterable[Mapping[str, Any]]],
+        reader: Callable[..., Iterable[Mapping[str, Any]]],
         times: int = 1,
         *,
         groups: int = 1,
@@ -181,11 +226,15 @@ class Teacher:
         can thus be resumed where a student stands); every student group gets every round,
         each rank its shard, from one run of the reader. Returns once ``groups`` groups have
         acknowledged the end of the last round. Offline, the one round is dumped to the file.
+        A reader that takes one argument is called as ``reader(round_index)`` (0, 1, ...), so
+        that it can shuffle each round with a seed of its own; sample ids stay the positions
+        in the round.
         """
         self.serve_rounds(reader_round_factory(reader), times=times, groups=groups)
 
     def serve_rounds(self, make_round: RoundFactory, times: int = 1, *, groups: int = 1) -> None:
-        """Like :meth:`serve`, from a round factory ``make_round(start_sample) -> chunks``."""
+        """Like :meth:`serve`, from a round factory ``make_round(round_index, start_sample) ->
+        chunks`` (round 0, sample 0 offline)."""
         self._check_open()
         times = check_int("times", times, unit="rounds")
         options = ServeOptions(groups=check_int("groups", groups, unit="student groups"))
@@ -193,7 +242,7 @@ class Teacher:
             self._server.serve_rounds(make_round, times, options)
             return
         writer = self._offline_writer("serve()")
-        for chunk in make_round(0):
+        for chunk in make_round(0, 0):
             writer.write(chunk.data, chunk.ids)
 
     def start_knowledge_service(
@@ -252,6 +301,7 @@ class Teacher:
             self._use_fp16 = bool(use_fp16)
             if self._server is not None:
                 self._server.set_use_fp16(self._use_fp16)
+        self._derive_fingerprint(spec.program)
         if spec.reader_config is None:
             if self._server is None:
                 raise ConfigError(
@@ -321,3 +371,16 @@ class Teacher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _fingerprint_arg(value: Any) -> str | None:
+    """``Teacher(fingerprint=...)``: a string as it is, or one derived from a model."""
+    if value is None or isinstance(value, str):
+        return check_fingerprint("fingerprint", value)
+    derived = fingerprint_of(value)
+    if derived is None:
+        raise ConfigError(
+            f"fingerprint={type(value).__name__}: cannot derive a fingerprint from it; pass a "
+            "string (e.g. the model's name and version), a torch.nn.Module or a model file path"
+        )
+    return derived

@@ -121,7 +121,7 @@ def test_start_sample_resumes_mid_round(model: Any) -> None:
     cfg = {"sample_generator": iter_sequences, "batch_size": 3, "ragged_feeds": ["input_ids"]}
     make_round = round_factory(["input_ids"], SCHEMA, causal_lm_topk_program(model, k=K), cfg)
     full = list(make_round(0))
-    resumed = list(make_round(4))
+    resumed = list(make_round(0, 4))
     assert [c.ids.tolist() for c in resumed] == [[4, 5]]
     a = full[1].data["topk_logprobs"]
     b = resumed[0].data["topk_logprobs"]

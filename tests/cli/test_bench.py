@@ -42,12 +42,23 @@ def test_quick_run_prints_the_table_and_verdicts(tmp_path):
     by_name = {r[0]: r for r in rows}
     assert by_name["pyarrow"][3] == "1.00"
     assert by_name["pickle"][4] == "1.00"
-    verdicts = lines[6:]
-    assert len(verdicts) == 2
+    verdicts = lines[6:8]
     assert verdicts[0].split()[0] in ("PASS", "FAIL")
     assert "bare pyarrow" in verdicts[0]
     assert verdicts[1].split()[0] in ("PASS", "FAIL")
     assert "pickle format" in verdicts[1]
+    random = lines[8:]
+    assert random[0].startswith("random access, 3 reads of 256 random sample ids per run")
+    assert random[1].split() == ["reader", "MB/s", "reads/s", "x", "pyarrow"]
+    rows = [line.split() for line in random[3:-1]]
+    assert [r[0] for r in rows] == ["take", "pyarrow", "loader-0", "loader-2"]
+    for row in rows:
+        assert len(row) == 4
+        for cell in row[1:]:
+            _number(cell)
+    assert rows[1][3] == "1.00"
+    assert random[-1].split()[0] in ("PASS", "FAIL")
+    assert "take >= 0.8x bare pyarrow table.take" in random[-1]
     assert list(tmp_path.iterdir()) == []  # the data was removed
 
 
@@ -78,4 +89,19 @@ def test_measure_returns_one_row_per_reader(tmp_path):
     verdicts = bench.verdicts(rows)
     assert len(verdicts) == 2
     assert all(isinstance(text, str) and isinstance(met, bool) for text, met in verdicts)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_measure_random_returns_one_row_per_reader(tmp_path):
+    bench = _load()
+    rows = bench.measure_random(4 / 1024, 1, 2, str(tmp_path))
+    assert [r["reader"] for r in rows] == ["take", "pyarrow", "loader-0", "loader-2"]
+    for row in rows:
+        assert set(row) == {"reader", "mb_s", "takes_s", "x_pyarrow", "nbytes", "takes"}
+    assert rows[0]["takes"] == 2
+    assert rows[0]["nbytes"] == 2 * 256 * 1000 * 4
+    assert rows[2]["takes"] == 2 * bench.LOADER_READS
+    text, met = bench.random_report(rows, 1)
+    assert isinstance(met, bool)
+    assert "random access" in text
     assert list(tmp_path.iterdir()) == []

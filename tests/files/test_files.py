@@ -818,6 +818,21 @@ def test_batch_info_agrees_with_pyarrow(tmp_path):
         assert pa.ipc.read_record_batch(msg, schema).num_rows == want
 
 
+def random_batches(fields, sizes, rng):
+    """Batches of ``sizes`` samples with one key ``k<i>`` per ``(dtype, lod, inner)`` field."""
+    batches = []
+    for n in sizes:
+        batch = {}
+        for i, (dtype, lod, inner) in enumerate(fields):
+            if lod:
+                lengths = rng.integers(0, 4, size=n)
+                batch[f"k{i}"] = Ragged(_values(dtype, (int(lengths.sum()), *inner), rng), lengths)
+            else:
+                batch[f"k{i}"] = _values(dtype, (n, *inner), rng)
+        batches.append(batch)
+    return batches
+
+
 _FIELD = st.tuples(
     st.sampled_from(DTYPE_NAMES),
     st.sampled_from([0, 1]),
@@ -834,17 +849,7 @@ _FIELD = st.tuples(
     start=st.integers(0, 25),
 )
 def test_random_batches_round_trip(fields, sizes, compression, seed, start):
-    rng = np.random.default_rng(seed)
-    batches = []
-    for n in sizes:
-        batch = {}
-        for i, (dtype, lod, inner) in enumerate(fields):
-            if lod:
-                lengths = rng.integers(0, 4, size=n)
-                batch[f"k{i}"] = Ragged(_values(dtype, (int(lengths.sum()), *inner), rng), lengths)
-            else:
-                batch[f"k{i}"] = _values(dtype, (n, *inner), rng)
-        batches.append(batch)
+    batches = random_batches(fields, sizes, np.random.default_rng(seed))
     total = sum(sizes)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "k.arrow"

@@ -340,26 +340,26 @@ def test_start_sample_skips_batches_without_predicting_them() -> None:
 
     cfg = {"sample_generator": samples_tuple, "batch_size": 4, "drop_last": False}
     make_round = round_factory(["x", "f"], SCHEMA, prog, cfg)
-    chunks = list(make_round(5))  # batches [0..3] skipped, [4..7] straddles, [8, 9]
+    chunks = list(make_round(0, 5))  # batches [0..3] skipped, [4..7] straddles, [8, 9]
     assert calls == [4, 8]
     assert [c.ids.tolist() for c in chunks] == [[5, 6, 7], [8, 9]]
     np.testing.assert_array_equal(chunks[0].data["x"].ravel(), [5, 6, 7])
     np.testing.assert_array_equal(chunks[0].data["2x-1"].ravel(), [9, 11, 13])
     calls.clear()
-    assert [c.ids.tolist() for c in make_round(8)] == [[8, 9]]
+    assert [c.ids.tolist() for c in make_round(0, 8)] == [[8, 9]]
     assert calls == [8]
     calls.clear()
-    assert list(make_round(10)) == []
-    assert list(make_round(99)) == []
+    assert list(make_round(0, 10)) == []
+    assert list(make_round(0, 99)) == []
     assert calls == []
     with pytest.raises(ConfigError, match="start_sample"):
-        make_round(-1)
+        make_round(0, -1)
 
 
 def test_start_sample_with_ragged_pass_through() -> None:
     seqs = [np.arange(n) for n in (2, 3, 1, 4)]
     cfg = {"sample_generator": lambda: ((s,) for s in seqs), "batch_size": 3, "drop_last": False}
-    chunks = list(round_factory(["t"], {"t": "t"}, None, cfg)(1))
+    chunks = list(round_factory(["t"], {"t": "t"}, None, cfg)(0, 1))
     assert [c.ids.tolist() for c in chunks] == [[1, 2], [3]]
     first = chunks[0].data["t"]
     assert isinstance(first, Ragged)

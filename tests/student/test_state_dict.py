@@ -33,20 +33,21 @@ def test_version_1_state_dicts_still_load(tmp_path) -> None:
         xs = np.concatenate([b["x"].ravel() for b in s.get_knowledge_generator(16)()])
         assert xs.tolist() == list(range(40, 60))
         assert s.state_dict() == {
-            "version": 2,
+            "version": 3,
             "round": 1,
             "sample_in_round": 0,
             "teachers": name,
             "group": "default",
             "rank": 0,
             "world_size": 1,
+            "fingerprints": [{}],
         }
 
 
 @pytest.mark.parametrize(
     ("edit", "match"),
     [
-        ({"version": 3}, "version 3 is not supported"),
+        ({"version": 4}, "version 4 is not supported"),
         ({"version": True}, "not supported"),
         ({"round": 1.5}, r"state_dict\['round'\] must be an integer"),
         ({"round": True}, r"state_dict\['round'\] must be an integer"),

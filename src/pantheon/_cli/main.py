@@ -149,6 +149,8 @@ def inspect_report(path: str | Path, *, stats: bool = True) -> dict[str, Any]:
             "compression": kf.compression,
             "codecs": kf.codecs,
             "metadata": kf.metadata,
+            "fingerprint": kf.fingerprint,
+            "dataset_fingerprint": kf.dataset_fingerprint,
             "truncated": None
             if cut is None
             else {
@@ -209,6 +211,8 @@ def format_report(report: dict[str, Any]) -> str:
                 f"{cut['complete_batches']} complete batches ({cut['complete_samples']} samples)",
             ],
             ["metadata", ", ".join(f"{k}={v}" for k, v in report["metadata"].items()) or "-"],
+            ["teacher fingerprint", report.get("fingerprint") or "-"],
+            ["dataset fingerprint", report.get("dataset_fingerprint") or "-"],
         ]
     )
     rows = [["key", "shape", "dtype", "lod", "stored as", "min", "max", "mean"]]
@@ -237,8 +241,8 @@ def inspect(path: Path, as_json: bool, no_stats: bool) -> None:
 
     PATH is a knowledge file a teacher dumped (or a directory of its shards). Prints the
     description (name, shape, dtype, lod_level of every key), the numbers of samples and
-    batches, bytes on disk and per sample, compression, codecs, per-key min/max/mean, and
-    whether the file was cut short (its teacher stopped before closing it) and where.
+    batches, bytes on disk and per sample, compression, codecs, the teacher's and the
+    dataset's fingerprints, per-key min/max/mean, and whether the file was cut short (its teacher stopped before closing it) and where.
     Exits with status 1 if PATH is not a readable knowledge file.
     """
     try:

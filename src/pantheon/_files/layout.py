@@ -8,6 +8,7 @@ storage layout and codecs as JSON in the schema metadata (``pantheon.*``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -19,13 +20,14 @@ import pyarrow as pa
 
 from .._codecs import Codec, codec_from_spec, column_name
 from .._errors import ConfigError, FileFormatError
-from .._knowledge import DTYPE_NAMES, Description, FieldDesc
+from .._knowledge import DTYPE_NAMES, FINGERPRINT_KEYS, Description, FieldDesc
 
 __all__ = [
     "COMPRESSIONS",
     "FORMAT_VERSION",
     "ID_COLUMN",
     "META_DESC",
+    "META_FINGERPRINTS",
     "META_FORMAT",
     "META_STORAGE",
     "META_VERSION",
@@ -49,6 +51,8 @@ META_VERSION = "pantheon.version"
 META_DESC = "pantheon.desc"
 META_STORAGE = "pantheon.storage"
 USER_PREFIX = "pantheon.user."
+META_FINGERPRINTS = {key: f"pantheon.{key}" for key in FINGERPRINT_KEYS}
+"""``"fingerprint"`` -> ``"pantheon.fingerprint"``, ``"dataset_fingerprint"`` -> ``"pantheon.dataset_fingerprint"``."""
 SHARD_NAME = "part-{:05d}.arrow"
 _MAX_WIDTH = 2**31 - 1  # values per element of a fixed-size list (Arrow's int32 list_size)
 
@@ -129,6 +133,7 @@ class Layout:
     columns: list[tuple[str, ColumnSpec]]
     version: str
     user: dict[str, str]
+    fingerprints: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 def bad_metadata(path: Path, what: str) -> FileFormatError:
@@ -249,4 +254,5 @@ def parse_layout(path: Path, schema: pa.Schema) -> Layout:
         )
     user = {k[len(USER_PREFIX) :]: v for k, v in text.items() if k.startswith(USER_PREFIX)}
     version = text.get(META_VERSION, "")
-    return Layout(desc, storage, codecs, columns, version, user)
+    prints = {key: text[meta] for key, meta in META_FINGERPRINTS.items() if text.get(meta)}
+    return Layout(desc, storage, codecs, columns, version, user, prints)

@@ -21,15 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from .._chunks import slice_chunk
-from .._codecs import PartKey, decode_batch
+from .._codecs import PartKey, StoredParts, decode_batch
 from .._errors import ClosedError, FileFormatError, TruncatedFileError
-from .._knowledge import Chunk, Description, Value
+from .._knowledge import Chunk, Description, Knowledge, Value
 from .._util import check_int
 from .decoders import decode_ids, decoder
 from .ipc import Located, direct_plan, locate
 from .layout import shard_paths
+from .lookup import SampleIndex, as_ids, gather_parts, run_parts, single_run
 from .shard import READ_ERRORS, CutShort, Shard
 
 __all__ = ["KnowledgeFile"]
@@ -77,8 +79,10 @@ class KnowledgeFile:
     ) -> None:
         self.path = Path(path)
         self.sparse_topk = sparse_topk
+        self._allow_truncated = allow_truncated
         self._closed = False
         self._shards: list[Shard] = []
+        self._sample_index: SampleIndex | None = None
         try:
             self._open(allow_truncated)
         except BaseException:
@@ -203,6 +207,22 @@ class KnowledgeFile:
         return dict(self._layout.user)
 
     @property
+    def fingerprints(self) -> dict[str, str]:
+        """The fingerprints the file carries: ``"fingerprint"`` (its teacher's) and
+        ``"dataset_fingerprint"`` (the data it read), each only if the writer was given one."""
+        return dict(self._layout.fingerprints)
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The teacher's fingerprint (``pantheon.fingerprint``), or None."""
+        return self._layout.fingerprints.get("fingerprint")
+
+    @property
+    def dataset_fingerprint(self) -> str | None:
+        """The dataset's fingerprint (``pantheon.dataset_fingerprint``), or None."""
+        return self._layout.fingerprints.get("dataset_fingerprint")
+
+    @property
     def version(self) -> str:
         """The Pantheon version that wrote the file."""
         return self._layout.version
@@ -229,8 +249,7 @@ class KnowledgeFile:
         Raises:
             ClosedError: the file was closed. FileFormatError: a batch that cannot be decoded.
         """
-        if self._closed:
-            raise ClosedError(f"{self.path}: the knowledge file is closed; open it again")
+        self._check_open()
         start_sample = check_int("start_sample", start_sample, minimum=0, unit="samples")
         first = max(bisect.bisect_right(self._starts, start_sample) - 1, 0)
         sizes, starts = self._sizes, self._starts
@@ -244,34 +263,146 @@ class KnowledgeFile:
             elif skip < sizes[b]:
                 yield slice_chunk(self._decode(b), skip, sizes[b])
 
+    @property
+    def sample_ids(self) -> np.ndarray:
+        """The sample ids the file holds, in file order (read-only int64 ``[num_samples]``).
+
+        The first use reads every batch's ids once (and :meth:`take` reuses them).
+        """
+        return self._index_of_ids().ids
+
+    def take(self, ids: Any) -> Knowledge:
+        """The knowledge of any sample ids, in the order asked: a knowledge batch.
+
+        Args:
+            ids: sample ids (a list, range, 1-D numpy array or tensor of integers), in any
+                order; duplicates are allowed. An id held twice by the file gives its first
+                occurrence.
+
+        Returns:
+            ``{key: value}`` with ``len(ids)`` samples: dense fields as arrays, ragged fields
+            as :class:`~pantheon.Ragged`, codecs decoded (top-k kept sparse with
+            ``sparse_topk``). When the ids are one increasing run inside one stored batch the
+            values are read-only views of the mapped file; otherwise each needed batch is
+            read once and its rows copied out.
+
+        Raises:
+            KnowledgeError: an id the file does not hold (or lost to a cut-short file), named.
+            ConfigError: ``ids`` is not a 1-D sequence of integers. ClosedError: after close.
+        """
+        self._check_open()
+        want = as_ids(ids)
+        batch, row = self._index_of_ids().locate(want, self._where())
+        run = single_run(batch, row)
+        if run is not None:
+            parts = run_parts(self._stored_checked(run[0]), run[1], len(want))
+        elif len(want) == 0:
+            parts = run_parts(self._stored_checked(0), 0, 0)
+        else:
+            parts = gather_parts(self._stored_checked, self._part_keys, batch, row)
+        what = f"the {len(want)} samples asked (ids {want[:3].tolist()}{'...' * (len(want) > 3)})"
+        return self._decode_parts(parts, len(want), what, self.path)
+
+    def _where(self) -> str:
+        cut = self.truncated
+        if cut is None:
+            return str(self.path)
+        return (
+            f"{self.path} (cut short: only its {cut.complete_batches} complete batches, "
+            f"{cut.complete_samples} samples, could be read; the rest was lost when its writer "
+            "stopped, dump the knowledge again to get it)"
+        )
+
+    def _stored_checked(self, index: int) -> StoredParts:
+        try:
+            return self._stored(index)[1]
+        except FileFormatError:
+            raise
+        except (*READ_ERRORS, TypeError, IndexError) as exc:
+            shard, local = self._index[index]
+            raise self._corrupt(f"batch {local}", shard.path, exc) from None
+
+    def _index_of_ids(self) -> SampleIndex:
+        self._check_open()
+        if self._sample_index is None:
+            ids = []
+            for b in range(len(self._sizes)):
+                shard, local = self._index[b]
+                try:
+                    ids.append(self._stored(b)[0] if self._sizes[b] else np.zeros(0, np.int64))
+                except FileFormatError:
+                    raise
+                except (*READ_ERRORS, TypeError, IndexError) as exc:
+                    raise self._corrupt(f"batch {local}", shard.path, exc) from None
+            self._sample_index = SampleIndex(ids)
+        return self._sample_index
+
+    def to_arrow(self) -> pa.Table:
+        """The stored columns as a ``pyarrow.Table`` built on the mapped file (no copy).
+
+        Columns as stored (``docs/format.md``): ``__sample_id__``, then one per stored part of
+        every key (``key`` or ``key@part``, in storage dtypes: a cast key as float16, bool as
+        uint8, bfloat16 as its uint16 bits; ``[-1, d1, d2]`` fields flattened to
+        ``fixed_size_list[d1*d2]``). The schema keeps the ``pantheon.*`` metadata. A
+        cut-short file gives its complete batches.
+        """
+        self._check_open()
+        batches = [shard.read(i) for shard in self._shards for i in range(len(shard.messages))]
+        return pa.Table.from_batches(batches, schema=self._shards[0].schema)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError(f"{self.path}: the knowledge file is closed; open it again")
+
     def _decode(self, index: int) -> Chunk:
         shard, local = self._index[index]
-        rows = self._sizes[index]
         try:
-            direct = self._read_direct(shard, local)
-            if direct is None:
-                batch = shard.read(local)
-                ids = decode_ids(batch.column(0))
-                values = [ids, *(d(batch.column(i)) for i, d in enumerate(self._decoders, 1))]
-            else:
-                ids, values = direct
-            parts = {pk: values[i] for i, pk in enumerate(self._part_keys, 1)}
+            ids, parts = self._stored(index)
+        except FileFormatError:
+            raise
+        except (*READ_ERRORS, TypeError, IndexError) as exc:
+            raise self._corrupt(f"batch {local}", shard.path, exc) from None
+        if len(ids) != self._sizes[index]:
+            raise self._corrupt(
+                f"batch {local}",
+                shard.path,
+                f"{len(ids)} sample ids for {self._sizes[index]} samples",
+            )
+        return Chunk(ids, self._decode_parts(parts, len(ids), f"batch {local}", shard.path))
+
+    def _stored(self, index: int) -> tuple[np.ndarray, StoredParts]:
+        """Batch ``index``'s sample ids and stored parts (before the codecs), views if plain."""
+        shard, local = self._index[index]
+        direct = self._read_direct(shard, local)
+        if direct is None:
+            batch = shard.read(local)
+            ids = decode_ids(batch.column(0))
+            values = [ids, *(d(batch.column(i)) for i, d in enumerate(self._decoders, 1))]
+        else:
+            ids, values = direct
+        return ids, {pk: values[i] for i, pk in enumerate(self._part_keys, 1)}
+
+    def _decode_parts(self, parts: StoredParts, rows: int, what: str, where: Path) -> Knowledge:
+        """The knowledge of ``rows`` samples from their stored parts (codecs decoded)."""
+        try:
             data = decode_batch(
                 parts, self._layout.desc, self._layout.codecs, sparse=self.sparse_topk
             )
             for key, value in data.items():
                 if len(value) != rows:
                     raise ValueError(f"{key!r} holds {len(value)} samples, not {rows}")
-            if len(ids) != rows:
-                raise ValueError(f"{len(ids)} sample ids for {rows} samples")
         except FileFormatError:
             raise
         except (*READ_ERRORS, TypeError, IndexError) as exc:
-            raise FileFormatError(
-                f"{shard.path}: batch {local} cannot be decoded ({exc}); the file is corrupt, "
-                "dump the knowledge again"
-            ) from None
-        return Chunk(ids, data)
+            raise self._corrupt(what, where, exc) from None
+        return data
+
+    @staticmethod
+    def _corrupt(what: str, where: Path, exc: object) -> FileFormatError:
+        return FileFormatError(
+            f"{where}: {what} cannot be decoded ({exc}); the file is corrupt, dump the "
+            "knowledge again"
+        )
 
     def _read_direct(self, shard: Shard, local: int) -> tuple[np.ndarray, list[Value]] | None:
         """A plain batch's ids and columns as views of its mapped body, or None (not plain).
@@ -315,6 +446,10 @@ class KnowledgeFile:
         for shard in self._shards:
             shard.close()
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled by path only: a copy (e.g. in a data loader worker) maps the file again."""
+        return (_reopen, (str(self.path), self._allow_truncated, self.sparse_topk))
+
     def __enter__(self) -> KnowledgeFile:
         return self
 
@@ -324,3 +459,7 @@ class KnowledgeFile:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self.num_samples} samples"
         return f"KnowledgeFile({str(self.path)!r}, {state}, keys={list(self._layout.desc)})"
+
+
+def _reopen(path: str, allow_truncated: bool, sparse_topk: bool) -> KnowledgeFile:
+    return KnowledgeFile(path, allow_truncated=allow_truncated, sparse_topk=sparse_topk)

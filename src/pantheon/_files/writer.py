@@ -17,13 +17,22 @@ import pyarrow as pa
 
 from .._codecs import Codec, StoredParts, column_name, encode_batch, resolve_codecs
 from .._errors import ClosedError, ConfigError, KnowledgeError
-from .._knowledge import Description, Ragged, Value, check_batch, describe, normalize_batch
+from .._knowledge import (
+    Description,
+    Ragged,
+    Value,
+    check_batch,
+    check_fingerprint,
+    describe,
+    normalize_batch,
+)
 from .._version import __version__
 from .layout import (
     COMPRESSIONS,
     FORMAT_VERSION,
     ID_COLUMN,
     META_DESC,
+    META_FINGERPRINTS,
     META_FORMAT,
     META_STORAGE,
     META_VERSION,
@@ -142,6 +151,10 @@ class KnowledgeWriter:
             (``part-00000.arrow``, ...; a batch is never split, so a shard closes at the
             first batch that reaches the limit). Default None: one file.
         metadata: user str -> str metadata, stored as ``pantheon.user.<name>``.
+        fingerprint: what identifies the teacher that wrote the knowledge (a string, e.g. a
+            hash of its weights), stored as ``pantheon.fingerprint``. Default None: none.
+        dataset_fingerprint: what identifies the data the teacher read, stored as
+            ``pantheon.dataset_fingerprint``. Default None: none.
 
     Raises:
         ConfigError: bad arguments.
@@ -156,6 +169,8 @@ class KnowledgeWriter:
         codecs: Mapping[str, Codec | str] | None = None,
         max_shard_samples: int | None = None,
         metadata: Mapping[str, str] | None = None,
+        fingerprint: str | None = None,
+        dataset_fingerprint: str | None = None,
     ) -> None:
         if compression not in COMPRESSIONS:
             raise ConfigError(f"compression must be None, 'lz4' or 'zstd', got {compression!r}")
@@ -183,6 +198,11 @@ class KnowledgeWriter:
         self._codec_args = dict(codecs) if codecs else None
         self._max_shard = max_shard_samples
         self._user = _check_metadata(metadata)
+        given = {
+            "fingerprint": check_fingerprint("fingerprint", fingerprint),
+            "dataset_fingerprint": check_fingerprint("dataset_fingerprint", dataset_fingerprint),
+        }
+        self._fingerprints = {k: v for k, v in given.items() if v is not None}
         self._desc: Description | None = None
         self._codecs: dict[str, Codec] = {}
         self._columns: list[tuple[str, _Column]] = []
@@ -321,6 +341,7 @@ class KnowledgeWriter:
             META_DESC: json.dumps(desc),
             META_STORAGE: json.dumps(storage),
         }
+        meta.update({META_FINGERPRINTS[k]: v for k, v in self._fingerprints.items()})
         meta.update({USER_PREFIX + k: v for k, v in self._user.items()})
         fields = [pa.field(ID_COLUMN, pa.int64(), nullable=False)]
         fields += [pa.field(c.spec.name, c.type, nullable=False) for _, c in columns]

@@ -23,8 +23,8 @@ from .teacher_machine import TeacherMachine
 
 __all__ = ["CursorRunner", "RoundFactory", "check_chunk"]
 
-RoundFactory = Callable[[int], Iterator[Chunk]]
-"""``make_round(start_sample)``: a round's chunks from ``start_sample`` on, in order."""
+RoundFactory = Callable[[int, int], Iterator[Chunk]]
+"""``make_round(round_index, start_sample)``: a round's chunks from ``start_sample`` on."""
 
 
 def check_chunk(chunk: Chunk, desc: Description, expected: int, rnd: int, start: int) -> int:
@@ -132,7 +132,7 @@ class CursorRunner:
     def _produce(self, action: StartCursor, stop: threading.Event) -> None:
         cid, machine = action.id, self._machine
         expected = action.start
-        it = self._make_round(action.start)
+        it = self._make_round(action.round, action.start)
         try:
             for chunk in it:
                 expected = check_chunk(

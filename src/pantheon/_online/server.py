@@ -125,6 +125,7 @@ class TeacherServer:
         self._early: dict[int, list[tuple[Message, Event]]] = {}
         self._next_cid = 0
         self._runner: CursorRunner | None = None
+        self._fingerprints: dict[str, str] = {}
         self._batcher: QueryBatcher | None = None
         self._inbox: queue.Queue[Any] = queue.Queue(maxsize=_USER_INBOX)
         self._closed = False
@@ -299,7 +300,18 @@ class TeacherServer:
 
     def _desc_event(self, times: int) -> Desc:
         assert self._desc is not None
-        return Desc(self._desc, {k: c.spec() for k, c in self._codecs.items()}, times)
+        codecs = {k: c.spec() for k, c in self._codecs.items()}
+        return Desc(self._desc, codecs, times, dict(self._fingerprints))
+
+    def set_fingerprints(self, fingerprints: Mapping[str, str]) -> None:
+        """What the DESC message tells of the teacher (``fingerprint``,
+        ``dataset_fingerprint``); sent again if the description is already known."""
+        with self._cond:
+            self._fingerprints = dict(fingerprints)
+            machine = self._machine
+            known = self._desc is not None and machine is not None
+            actions = machine.set_desc(self._desc_event(machine.times)) if known else []  # type: ignore[union-attr]
+        self._run(actions)
 
     # ------------------------------------------------------------------ serving
 

@@ -27,7 +27,7 @@ from .._errors import (
     ProtocolError,
     TeacherError,
 )
-from .._knowledge import Chunk, Description, check_batch
+from .._knowledge import FINGERPRINT_KEYS, Chunk, Description, check_batch
 from .._util import Deadline, wait_until
 from .._wire import (
     Heartbeat,
@@ -312,10 +312,10 @@ class OnlineSource:
             assert m.desc is not None
             return m.desc
 
-    @property
-    def extra(self) -> dict[str, Any]:
-        """Extra fields of the teacher's description message (fingerprints, ...)."""
-        return dict(self.machine.extra)
+    def fingerprints(self) -> dict[str, str]:
+        """The teacher's fingerprints from its DESC message (empty before it, or if none)."""
+        extra = self.machine.extra
+        return {k: extra[k] for k in FINGERPRINT_KEYS if isinstance(extra.get(k), str)}
 
     def open_round(self, round_index: int, start_sample: int) -> OnlineRound:
         """Stream round ``round_index`` from this rank's position ``start_sample``."""

@@ -9,13 +9,15 @@ The seam of the service layer, the prediction side of
 * :func:`reader_round_factory`: a round factory from a reader of knowledge batches
   (``Teacher.serve``); :func:`with_progress`: a progress bar around one;
 * readers (:mod:`.readers`), programs and devices (:mod:`.programs`), ordered multi-worker
-  prediction (:mod:`.workers`), torch and ONNX programs (imported only when used).
+  prediction (:mod:`.workers`), torch and ONNX programs (imported only when used);
+* :func:`fingerprint_of`: what a teacher program is, as a short string (:mod:`.fingerprint`).
 """
 
 from __future__ import annotations
 
+from .fingerprint import fingerprint_of
 from .programs import Program, Worker, build_workers, parse_devices
-from .rounds import RoundFactory, reader_round_factory, with_progress
+from .rounds import RoundFactory, reader_round_factory, reader_takes_round, with_progress
 from .service import ServiceSpec, make_query_handler, make_round_factory
 from .workers import RoundIterator
 
@@ -26,9 +28,11 @@ __all__ = [
     "ServiceSpec",
     "Worker",
     "build_workers",
+    "fingerprint_of",
     "make_query_handler",
     "make_round_factory",
     "parse_devices",
     "reader_round_factory",
+    "reader_takes_round",
     "with_progress",
 ]

@@ -18,6 +18,7 @@ import numpy as np
 
 from .._errors import ConfigError, missing_extra
 from .._knowledge import Ragged, Value
+from .fingerprint import file_fingerprint
 
 __all__ = ["OnnxProgram"]
 
@@ -97,6 +98,10 @@ class OnnxProgram:
             str(self.path), sess_options=options, providers=self._providers_for(device)
         )
         return _OnnxRunner(session)
+
+    def fingerprint(self) -> str:
+        """What this teacher is: ``"sha256:..."`` of the ``.onnx`` file's bytes."""
+        return file_fingerprint(self.path)
 
     def output_names(self) -> list[str]:
         """The graph's output names (opens a CPU session)."""

@@ -7,7 +7,8 @@ A ``reader_config`` is one of (as the seed)::
     {"batch_generator": g}                                         # g() yields batches
 
 ``g`` is a *reader creator*: a callable returning a fresh iterator, so a round can be re-run from
-its start. A *sample* is a tuple (or list) of fields in ``feed_list`` order, or a dict keyed by
+its start. It is called as ``g()``, or as ``g(round_index)`` if it takes one argument (the
+round, 0-based: a reader can then shuffle each round with a seed of its own). A *sample* is a tuple (or list) of fields in ``feed_list`` order, or a dict keyed by
 feed name; with a single feed a bare array or scalar is accepted too. A *batch* is the same with
 one array per feed whose first dimension is the batch size.
 
@@ -33,12 +34,14 @@ import numpy as np
 from .._errors import ConfigError, KnowledgeError
 from .._knowledge import Ragged, Value, common_batch_size, to_numpy
 from .._util import check_int
+from .rounds import reader_takes_round
 
 __all__ = [
     "RawBatch",
     "batch_size_of",
     "initial_ragged",
     "iter_raw_batches",
+    "reader_takes_round_index",
     "to_feed_value",
     "validate_reader_config",
 ]
@@ -81,6 +84,7 @@ def validate_reader_config(feed_list: Sequence[str], reader_config: Any) -> None
             f"(a reader creator), got {type(reader_config[kind]).__name__}; pass the "
             "generator function itself, not the generator it returns"
         )
+    reader_takes_round(reader_config[kind], f"reader_config[{kind!r}]")
     if kind == "sample_generator":
         check_int(
             "reader_config['batch_size'] (needed with 'sample_generator')",
@@ -98,6 +102,12 @@ def validate_reader_config(feed_list: Sequence[str], reader_config: Any) -> None
             f"reader_config['ragged_feeds'] must be a list of feed names from {list(feed_list)}, "
             f"got {ragged!r}"
         )
+
+
+def reader_takes_round_index(reader_config: Mapping[str, Any]) -> bool:
+    """Whether the generator of a (valid) ``reader_config`` takes the round index."""
+    kind = next(k for k in _KINDS if k in reader_config)
+    return reader_takes_round(reader_config[kind], f"reader_config[{kind!r}]")
 
 
 def initial_ragged(reader_config: Mapping[str, Any]) -> set[str]:
@@ -144,18 +154,23 @@ class RawBatch:
 
 
 def iter_raw_batches(
-    feed_list: Sequence[str], reader_config: Mapping[str, Any], ragged: set[str] | None = None
+    feed_list: Sequence[str],
+    reader_config: Mapping[str, Any],
+    ragged: set[str] | None = None,
+    round_index: int | None = None,
 ) -> Iterator[RawBatch]:
     """Run the reader once from its start and yield its batches (empty batches are dropped).
 
     ``ragged`` is the set of feeds known to be variable-length; feeds found ragged are added
-    to it (share one set between the rounds of a service so that they stay ragged).
+    to it (share one set between the rounds of a service so that they stay ragged). The
+    generator is called as ``g()``, or as ``g(round_index)`` when ``round_index`` is given
+    (see :func:`reader_takes_round_index`).
 
     Raises:
         ConfigError: the generator returned no iterator, or a batch is malformed.
     """
     kind = next(k for k in _KINDS if k in reader_config)
-    source = _start(reader_config[kind], kind)
+    source = _start(reader_config[kind], kind, round_index)
     try:
         rag = initial_ragged(reader_config) if ragged is None else ragged
         yield from _batches(kind, feed_list, reader_config, source, rag)
@@ -203,8 +218,8 @@ def _batches(
         yield RawBatch(index, len(pending), ragged, samples=pending)
 
 
-def _start(creator: Callable[[], Any], kind: str) -> Iterator[Any]:
-    it = creator()
+def _start(creator: Callable[..., Any], kind: str, round_index: int | None) -> Iterator[Any]:
+    it = creator() if round_index is None else creator(round_index)
     if isinstance(it, (str, bytes, Mapping)) or not isinstance(it, Iterable):
         raise ConfigError(
             f"reader_config[{kind!r}]() returned a {type(it).__name__}; expected an iterator "

@@ -4,7 +4,7 @@ This is the prediction side of :meth:`pantheon.Teacher.start_knowledge_service`.
 turns a *round factory* into a knowledge file or a TCP stream::
 
     make_round = make_round_factory(ServiceSpec(feed_list, schema, program, reader_config))
-    for chunk in make_round(start_sample=0):   # Chunk(ids, data), in reader order
+    for chunk in make_round(round_index=0, start_sample=0):   # Chunk(ids, data), in reader order
         ...
 
 and answers the student's query batches with :func:`make_query_handler`.
@@ -39,6 +39,7 @@ from .readers import (
     batch_size_of,
     initial_ragged,
     iter_raw_batches,
+    reader_takes_round_index,
     to_feed_value,
     validate_reader_config,
 )
@@ -99,13 +100,15 @@ class ServiceSpec:
         return parse_devices(self.exe)
 
 
-def make_round_factory(spec: ServiceSpec) -> Callable[[int], RoundIterator]:
-    """Build the teacher's round factory ``make_round(start_sample) -> iterator of Chunk``.
+def make_round_factory(spec: ServiceSpec) -> Callable[[int, int], RoundIterator]:
+    """Build the teacher's round factory ``make_round(round_index, start_sample) -> iterator
+    of Chunk``.
 
     The program is placed on its devices once, here (one copy or session per worker), and
-    reused by every round. Each call of ``make_round`` re-runs the reader from its start and
-    returns a :class:`~pantheon._service.workers.RoundIterator` of ``Chunk(ids, data)`` in
-    reader order, ``ids`` being the samples' positions ``0..N-1`` in the round. Batches that
+    reused by every round. Each call of ``make_round`` re-runs the reader from its start (a
+    generator that takes an argument is given ``round_index``) and returns a
+    :class:`~pantheon._service.workers.RoundIterator` of ``Chunk(ids, data)`` in reader
+    order, ``ids`` being the samples' positions ``0..N-1`` in the round. Batches that
     end at or below ``start_sample`` are read but not predicted; a batch that straddles it is
     predicted and sliced. At most ``spec.buf_size`` batches are in flight.
 
@@ -122,10 +125,12 @@ def make_round_factory(spec: ServiceSpec) -> Callable[[int], RoundIterator]:
     schema_d = dict(spec.schema)
     workers = build_workers(spec.program, feeds, spec.devices)
     ragged = initial_ragged(reader_config)  # grows as variable-length feeds are seen
+    per_round = reader_takes_round_index(reader_config)
 
-    def make_round(start_sample: int = 0) -> RoundIterator:
+    def make_round(round_index: int = 0, start_sample: int = 0) -> RoundIterator:
+        rnd = check_int("round_index", round_index, minimum=0, unit="rounds")
         start = check_int("start_sample", start_sample, minimum=0, unit="samples")
-        raw = iter_raw_batches(feeds, reader_config, ragged)
+        raw = iter_raw_batches(feeds, reader_config, ragged, rnd if per_round else None)
         return RoundIterator(raw, workers, feeds, schema_d, spec.buf_size, start)
 
     return make_round

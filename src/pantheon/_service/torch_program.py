@@ -23,6 +23,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without torch
     raise missing_extra("torch", "torch", feature="a torch program") from _exc
 
 from .._knowledge import BFLOAT16, Ragged, Value
+from .fingerprint import file_fingerprint, state_dict_fingerprint
 
 __all__ = ["TorchProgram", "to_tensor"]
 
@@ -94,6 +95,7 @@ class TorchProgram:
         self._loader = loader
         self._lock = threading.Lock()
         self._original_used = False
+        self._file: str | None = None
 
     @classmethod
     def from_torchscript(
@@ -111,7 +113,16 @@ class TorchProgram:
             module: torch.nn.Module = torch.jit.load(file, map_location=device)  # type: ignore[no-untyped-call]
             return module
 
-        return cls(torch.nn.Identity(), feed_list, num_threads=num_threads, loader=load)
+        program = cls(torch.nn.Identity(), feed_list, num_threads=num_threads, loader=load)
+        program._file = file
+        return program
+
+    def fingerprint(self) -> str:
+        """What this teacher is: ``"sha256:..."`` of the module's state dict (names, dtypes,
+        shapes, values), or of the TorchScript file's bytes."""
+        if self._file is not None:
+            return file_fingerprint(self._file)
+        return state_dict_fingerprint(self._module.state_dict())
 
     def module_for(self, device: torch.device) -> torch.nn.Module:
         """The module for one worker on ``device``: the original (first use on its own device)

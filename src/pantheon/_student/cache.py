@@ -254,6 +254,12 @@ class CachedSource:
     def stats(self) -> Mapping[str, Any]:
         return self._online.stats()
 
+    def fingerprints(self) -> dict[str, str]:
+        """The teacher's fingerprints, or the cache's when the teacher is gone."""
+        if self._connected:
+            return self._online.fingerprints()  # type: ignore[attr-defined, no-any-return]
+        return self._file.fingerprints if self._file is not None else {}
+
     # queries and messages go to the teacher itself
     def submit(self, qid: int, query: Chunk) -> None:
         self._online.submit(qid, query)

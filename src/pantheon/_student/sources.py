@@ -165,6 +165,10 @@ class FileSource:
     def desc(self, timeout: float) -> Description:
         return self._opened().desc
 
+    def fingerprints(self) -> dict[str, str]:
+        """The file's fingerprints (empty before :meth:`start`, or for a file without any)."""
+        return self._file.fingerprints if self._file is not None else {}
+
     def open_round(self, round_index: int, start_sample: int) -> RoundStream:
         """This rank's shard of the file from its position ``start_sample``.
 

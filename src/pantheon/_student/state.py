@@ -13,8 +13,9 @@ __all__ = ["STATE_VERSION", "parse_state"]
 
 log = logging.getLogger("pantheon")
 
-STATE_VERSION = 2
-"""Version of ``Student.state_dict()``; version 1 (``position`` for ``sample_in_round``) loads."""
+STATE_VERSION = 3
+"""Version of ``Student.state_dict()``; versions 1 (``position`` for ``sample_in_round``) and 2
+(no ``fingerprints``) load."""
 
 
 def parse_state(state: Any, teachers: list[str], shard: tuple[str, int, int]) -> tuple[int, int]:
@@ -30,10 +31,10 @@ def parse_state(state: Any, teachers: list[str], shard: tuple[str, int, int]) ->
             f"{type(state).__name__}"
         )
     version = state.get("version")
-    if version not in (1, STATE_VERSION) or isinstance(version, bool):
+    if version not in (1, 2, STATE_VERSION) or isinstance(version, bool):
         raise ConfigError(
             f"state_dict version {version!r} is not supported: this Pantheon reads versions 1 "
-            f"and {STATE_VERSION}; a newer Pantheon wrote it, upgrade to load it"
+            f"to {STATE_VERSION}; a newer Pantheon wrote it, upgrade to load it"
         )
     key = "position" if version == 1 else "sample_in_round"
     missing = [k for k in ("round", key, "teachers") if k not in state]

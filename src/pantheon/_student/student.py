@@ -14,6 +14,7 @@ from .._knowledge import Description
 from .._util import check_int, check_seconds
 from .._wire import Heartbeat
 from .assembler import Assembler, QueryAssembler, RoundAssembler
+from .fingerprints import check_resumed, check_teachers, known, parse_recorded
 from .formats import RaggedFormat, format_batch
 from .merge import MergePlan, build_plan
 from .sources import FileSource, OnlineCapable, Source
@@ -110,6 +111,7 @@ class Student:
         self._round = 0  # rounds finished
         self._sample_in_round = 0  # samples of the current round handed to the training loop
         self._assembler: Assembler | None = None
+        self._resumed: list[dict[str, str]] = []  # fingerprints of a loaded state_dict
         self._lock = threading.Lock()
         self._stats = {"batches": 0, "samples": 0, "rounds": 0, "wait_seconds": 0.0}
 
@@ -204,6 +206,7 @@ class Student:
         if self._plan is None:
             wait = self._timeout if timeout is None else float(timeout)
             descs = [s.desc(wait) for s in self._sources]
+            check_teachers(self._sources, self._resumed)
             self._plan = build_plan(descs, [s.name for s in self._sources], self._merge_strategy)
         return self._plan
 
@@ -422,10 +425,11 @@ class Student:
     def state_dict(self) -> dict[str, Any]:
         """The student's position: the round, and the samples of it already handed out.
 
-        ``{"version": 2, "round": int, "sample_in_round": int, "teachers": [names], "group",
-        "rank", "world_size"}``; ``sample_in_round`` counts this rank's samples. Save it with
-        your checkpoint (each rank its own); ``load_state_dict`` on a new Student (the same
-        teachers registered, the same rank) resumes exactly there.
+        ``{"version": 3, "round": int, "sample_in_round": int, "teachers": [names], "group",
+        "rank", "world_size", "fingerprints": [dict per teacher]}``; ``sample_in_round``
+        counts this rank's samples. Save it with your checkpoint (each rank its own);
+        ``load_state_dict`` on a new Student (the same teachers registered, the same rank)
+        resumes exactly there.
         """
         return {
             "version": STATE_VERSION,
@@ -435,21 +439,25 @@ class Student:
             "group": self._group,
             "rank": self._rank,
             "world_size": self._world,
+            "fingerprints": known(self._sources),
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from a :meth:`state_dict`: the next generator starts at that round and sample.
 
-        State dicts of version 1 (whose ``position`` is the sample in the round) load too.
+        Versions 1 (``position`` for ``sample_in_round``) and 2 (no fingerprints) load too.
 
         Raises:
             ConfigError: not a state dict, a version this Pantheon does not know, a round or
-                sample that is not an integer >= 0, or teachers that differ from the ones
-                registered (the message lists both).
+                sample that is not an integer >= 0, teachers that differ from the ones
+                registered (the message lists both), or a teacher fingerprint that differs
+                (now, or once the teacher tells it: :mod:`pantheon._student.fingerprints`).
         """
         self._check_open()
         shard = (self._group, self._rank, self._world)
         rnd, sample = parse_state(state, [s.name for s in self._sources], shard)
+        self._resumed = parse_recorded(state, len(self._sources))
+        check_resumed(self._resumed, self._sources)
         if self._assembler is not None:
             self._assembler.stop()
             self._assembler = None

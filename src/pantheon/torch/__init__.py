@@ -7,6 +7,8 @@ Pantheon never does unless a torch program is used.
   service program; ``Teacher.start_knowledge_service`` wraps a module in it automatically.
 * :class:`KnowledgeDataset` wraps a student's knowledge generator as an ``IterableDataset``.
 * :func:`distributed_rank`: a data-parallel student's rank and world size.
+* :class:`KnowledgeLookup` is a knowledge file as a map-style ``Dataset`` (any sampler, any
+  number of loader workers); :class:`WithKnowledge` pairs your own dataset with it.
 * Losses: :func:`soft_target_kl`, :func:`topk_kl`, :func:`feature_mse`.
 """
 
@@ -22,11 +24,15 @@ except ImportError as _exc:  # pragma: no cover - exercised only without torch
 from .._service.torch_program import TorchProgram, to_tensor
 from ._data import KnowledgeDataset
 from ._distributed import distributed_rank
+from ._lookup import KnowledgeLookup, KnowledgeSamples, WithKnowledge
 from ._losses import feature_mse, soft_target_kl, topk_kl
 
 __all__ = [
     "KnowledgeDataset",
+    "KnowledgeLookup",
+    "KnowledgeSamples",
     "TorchProgram",
+    "WithKnowledge",
     "distributed_rank",
     "feature_mse",
     "soft_target_kl",
