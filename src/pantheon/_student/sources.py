@@ -9,7 +9,7 @@ round; online sources ask their teacher for the round (see ``_online_student.py`
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -17,8 +17,9 @@ from .._chunks import shard_positions, stride_chunk
 from .._errors import ConfigError
 from .._files import KnowledgeFile
 from .._knowledge import Chunk, Description
+from .._util import check_int
 
-__all__ = ["FileSource", "OnlineCapable", "RoundStream", "Source"]
+__all__ = ["FileSource", "OnlineCapable", "RoundStream", "Source", "online_sources"]
 
 
 @runtime_checkable
@@ -194,3 +195,26 @@ class FileSource:
         if self._file is not None:
             self._file.close()
             self._file = None
+
+
+def online_sources(
+    sources: Sequence[Source], ids: int | Sequence[int] | None
+) -> list[OnlineCapable]:
+    """The online teachers ``ids`` names (a teacher id, a list of them, or None: every online
+    teacher), for ``send`` / ``recv``.
+
+    Raises:
+        ConfigError: an id that is not registered, or names an offline teacher.
+    """
+    if ids is None:
+        return [s for s in sources if isinstance(s, OnlineCapable)]
+    out: list[OnlineCapable] = []
+    for teacher_id in [ids] if isinstance(ids, int) else list(ids):
+        i = check_int("teacher_id", teacher_id, minimum=0)
+        if i >= len(sources):
+            raise ConfigError(f"no teacher with id {i}: registered ids are 0..{len(sources) - 1}")
+        source = sources[i]
+        if not isinstance(source, OnlineCapable):
+            raise ConfigError(f"{source.name} is offline: send()/recv() need an online teacher")
+        out.append(source)
+    return out

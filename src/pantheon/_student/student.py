@@ -17,7 +17,7 @@ from .assembler import Assembler, QueryAssembler, RoundAssembler
 from .fingerprints import check_resumed, check_teachers, known, parse_recorded
 from .formats import RaggedFormat, format_batch
 from .merge import MergePlan, build_plan
-from .sources import FileSource, OnlineCapable, Source
+from .sources import FileSource, OnlineCapable, Source, online_sources
 from .state import STATE_VERSION, parse_state
 
 __all__ = ["Student"]
@@ -380,19 +380,6 @@ class Student:
 
     # -- messages -------------------------------------------------------------------------
 
-    def _online(self, teacher_id: int) -> OnlineCapable:
-        teacher_id = check_int("teacher_id", teacher_id, minimum=0)
-        if not 0 <= teacher_id < len(self._sources):
-            raise ConfigError(
-                f"no teacher with id {teacher_id}: registered ids are 0..{len(self._sources) - 1}"
-            )
-        source = self._sources[teacher_id]
-        if not isinstance(source, OnlineCapable):
-            raise ConfigError(f"{source.name} is offline: send()/recv() need an online teacher")
-        if not self._started:
-            self.start()
-        return source
-
     def send(
         self, data: Any, teacher_ids: int | list[int] | None = None, timeout: float | None = None
     ) -> None:
@@ -404,21 +391,19 @@ class Student:
             timeout: seconds to wait for a connection (default: the student's ``timeout``).
         """
         self._check_open()
-        if teacher_ids is None:
-            ids = [i for i, s in enumerate(self._sources) if isinstance(s, OnlineCapable)]
-        elif isinstance(teacher_ids, int):
-            ids = [teacher_ids]
-        else:
-            ids = list(teacher_ids)
+        if not self._started:
+            self.start()
         wait = self._timeout if timeout is None else float(timeout)
-        for i in ids:
-            self._online(i).send_user(data, wait)
+        for source in online_sources(self._sources, teacher_ids):
+            source.send_user(data, wait)
 
     def recv(self, teacher_id: int, timeout: float | None = None) -> Any:
         """Receive one message that teacher ``teacher_id`` sent with ``Teacher.send``."""
         self._check_open()
+        if not self._started:
+            self.start()
         wait = self._timeout if timeout is None else float(timeout)
-        return self._online(teacher_id).recv_user(wait)
+        return online_sources(self._sources, teacher_id)[0].recv_user(wait)
 
     # -- resume ---------------------------------------------------------------------------
 
