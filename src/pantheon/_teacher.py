@@ -302,6 +302,8 @@ class Teacher:
             if self._server is not None:
                 self._server.set_use_fp16(self._use_fp16)
         self._derive_fingerprint(spec.program)
+        if self._server is not None:
+            self._server.program_name = _program_name(program)
         if spec.reader_config is None:
             if self._server is None:
                 raise ConfigError(
@@ -384,3 +386,13 @@ def _fingerprint_arg(value: Any) -> str | None:
             "string (e.g. the model's name and version), a torch.nn.Module or a model file path"
         )
     return derived
+
+
+def _program_name(program: Any) -> str:
+    """How ``pantheon status`` names a teacher's program."""
+    if program is None:
+        return "none (inputs passed through)"
+    if isinstance(program, (str, os.PathLike)):
+        return os.fspath(program)
+    kind = type(program)
+    return f"{kind.__module__}.{kind.__qualname__}"

@@ -16,7 +16,8 @@ import pytest
 paddle = pytest.importorskip("paddle")
 
 from pantheon import ConfigError, KnowledgeFile, Student, Teacher, WorkerError  # noqa: E402
-from pantheon._knowledge import BFLOAT16, concat_chunks  # noqa: E402
+from pantheon._chunks import concat_chunks  # noqa: E402
+from pantheon._knowledge import BFLOAT16  # noqa: E402
 from pantheon._service import parse_devices  # noqa: E402
 from pantheon._wire import decode_value, encode_value  # noqa: E402
 from pantheon.paddle import PaddleLayerProgram, PaddleProgram  # noqa: E402
@@ -231,7 +232,7 @@ def test_legacy_programs_work_too(tmp_path: Path) -> None:
         """
         import numpy as np
         import paddle
-        from pantheon._knowledge import concat_chunks
+        from pantheon._chunks import concat_chunks
         from tests.helpers import round_factory
 
         paddle.enable_static()

@@ -11,6 +11,7 @@ from __future__ import annotations
 from .payload import decode_payload, decode_plain, encode_chunks
 from .server import ServeOptions, TeacherServer
 from .source import OnlineSource
+from .status import fetch_status
 
 __all__ = [
     "OnlineSource",
@@ -19,4 +20,5 @@ __all__ = [
     "decode_payload",
     "decode_plain",
     "encode_chunks",
+    "fetch_status",
 ]

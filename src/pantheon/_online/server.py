@@ -41,7 +41,7 @@ from .._wire import (
 )
 from .acceptor import Acceptor
 from .fanout import Action, Close, ProtocolViolation, Send, SendData, StartCursor, StopCursor
-from .messages import Desc, ErrorCode, Event, Fail, Hello, header, parse
+from .messages import Desc, ErrorCode, Event, Fail, Hello, StatusRequest, header, parse
 from .payload import decode_plain, encode_chunks
 from .peer import Peer
 from .producer import CursorRunner, RoundFactory
@@ -126,6 +126,7 @@ class TeacherServer:
         self._next_cid = 0
         self._runner: CursorRunner | None = None
         self._fingerprints: dict[str, str] = {}
+        self.program_name = ""  # what the teacher runs, for pantheon status
         self._batcher: QueryBatcher | None = None
         self._inbox: queue.Queue[Any] = queue.Queue(maxsize=_USER_INBOX)
         self._closed = False
@@ -198,6 +199,9 @@ class TeacherServer:
         event = parse(t, msg.header)  # ProtocolError: the session logs it and closes
         if t == MsgType.QUERY:
             self._on_query(peer, msg, event)
+        if isinstance(event, StatusRequest) and self._machine is None:
+            peer.send(MsgType.STATUS_INFO, {"status": {"mode": "idle", **self._status_extra()}})
+            return
         with self._cond:
             machine = self._machine
             if machine is None:
@@ -244,8 +248,12 @@ class TeacherServer:
                 self._send_data(action)
             elif isinstance(action, Send):
                 peer = self._peers.get(action.cid)
-                if peer is not None:
-                    peer.send(action.type, action.header)
+                if peer is None:
+                    continue
+                head = action.header
+                if action.type == MsgType.STATUS_INFO:
+                    head = {"status": {**head["status"], **self._status_extra()}}
+                peer.send(action.type, head)
             elif isinstance(action, Close):
                 peer = self._peers.get(action.cid)
                 if peer is not None:
@@ -279,6 +287,17 @@ class TeacherServer:
     def set_use_fp16(self, use_fp16: bool) -> None:
         """Change ``use_fp16`` before the description is known."""
         self._use_fp16 = use_fp16
+
+    def _status_extra(self) -> dict[str, Any]:
+        """What the teacher adds to its machine's status: where it is, what it serves."""
+        return {
+            "address": self.address,
+            "desc": self._desc,
+            "codecs": {k: c.spec() for k, c in self._codecs.items()},
+            "fingerprints": dict(self._fingerprints),
+            "stats": self.stats(),
+            "program": self.program_name,
+        }
 
     def _known_desc(self, chunk: Chunk) -> Description:
         """The description, learned from ``chunk`` if this is the first."""

@@ -199,7 +199,7 @@ def server_handshake(
         The client's hello map, with ``"version"`` set to its protocol version.
 
     Raises:
-        AuthenticationError: the client's proof is wrong (logged as a warning, AUTH_FAIL sent).
+        AuthenticationError: the client's proof is wrong (AUTH_FAIL sent; the caller logs it).
         ProtocolError: another protocol version, or malformed handshake messages.
         PantheonTimeoutError: the handshake took longer than ``timeout``.
         On any failure the connection is closed.
@@ -218,11 +218,6 @@ def server_handshake(
             msg = _expect(conn, deadline, "AUTH", MsgType.AUTH)
             proof = _field(msg, "proof", bytes, conn.peer)
             if not hmac.compare_digest(proof, _proof(token, "client", nc, ns)):
-                log.warning(
-                    "authentication failed for a client at %s: wrong or missing token (%s)",
-                    conn.peer,
-                    _HOW_TO_FIX,
-                )
                 conn.send(MsgType.AUTH_FAIL, {"reason": "token", "version": PROTOCOL_VERSION})
                 raise AuthenticationError(
                     f"the client at {conn.peer} did not prove it holds this side's token; "
