@@ -10,9 +10,9 @@ marker. Methods:
              ``queue.Queue`` (maxsize 100) in its own server process, as the seed's teacher
              started it; the sender puts dicts of numpy arrays through a proxy and the
              receiver gets them through another (both pickled by the manager).
-``wire``     ``pantheon._wire``: a handshake, then each batch as a chunk (``encode_chunk``:
+``wire``     ``pantheon._wire``: a handshake, then each batch as a chunk (``encode_parts``:
              sample ids + the array as raw frames) in one DATA message, decoded on arrival
-             with ``decode_chunk``; receive buffers freshly allocated per message.
+             with ``decode_parts``; receive buffers freshly allocated per message.
 ``wire-pool`` the same, receiving into buffers recycled by ``pantheon._wire.BufferPool``.
 ``pantheon`` the public API end to end: ``Teacher.serve`` in the child, the student's
              ``get_knowledge_generator(batch_size=...)`` here (credits, re-batching, read-ahead).
@@ -170,10 +170,7 @@ def run_manager(shape: tuple[int, int], seconds: float) -> Result:
 
 
 def _wire_sender(address: str, shape: tuple[int, int], seconds: float) -> None:
-    from pantheon._values import encode_chunk
-
-    from pantheon._knowledge import Chunk
-    from pantheon._wire import MsgType, client_handshake, connect
+    from pantheon._wire import MsgType, client_handshake, connect, encode_parts
 
     arr = _batch(shape)
     with connect(address, timeout=30) as conn:
@@ -183,16 +180,14 @@ def _wire_sender(address: str, shape: tuple[int, int], seconds: float) -> None:
         while time.perf_counter() < end:
             ids = np.arange(start_id, start_id + shape[0], dtype=np.int64)
             start_id += shape[0]
-            header, frames = encode_chunk(Chunk(ids, {"x": arr}))
+            header, frames = encode_parts(ids, {("x", ""): arr})
             conn.send(MsgType.DATA, header, frames)
         conn.send(MsgType.END_ROUND)
         conn.recv(timeout=60)  # BYE: the receiver got everything
 
 
 def run_wire(shape: tuple[int, int], seconds: float, *, pool: bool = False) -> Result:
-    from pantheon._values import decode_chunk
-
-    from pantheon._wire import BufferPool, MsgType, listen, server_handshake
+    from pantheon._wire import BufferPool, MsgType, decode_parts, listen, server_handshake
 
     alloc = BufferPool() if pool else None
 
@@ -204,11 +199,11 @@ def run_wire(shape: tuple[int, int], seconds: float, *, pool: bool = False) -> R
         total = batches = 0
         start = 0.0
         while (msg := conn.recv(timeout=60, alloc=alloc)).type == MsgType.DATA:
-            chunk = decode_chunk(msg.header, msg.frames)
+            _, parts = decode_parts(msg.header, msg.frames)
             if not batches:
                 start = time.perf_counter()
             else:
-                total += chunk.data["x"].nbytes
+                total += parts[("x", "")].nbytes
             batches += 1
         elapsed = time.perf_counter() - start
         conn.send(MsgType.BYE)

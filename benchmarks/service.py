@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch
 
 from pantheon._codecs import Cast, TopK
-from pantheon._service import make_round_factory
+from pantheon._service import ServiceSpec, make_round_factory
 from pantheon.torch import TorchProgram
 
 
@@ -113,15 +113,17 @@ def run_service(setup: Setup) -> int:
         # the same intra-op threads as the bare loop (set in each worker thread)
         program = TorchProgram(setup.model, ["x"], num_threads=setup.threads)
         _FACTORIES[key] = make_round_factory(
-            ["x"],
-            {"logits": "output"},
-            program,
-            {"batch_generator": setup.reader},
-            exe=setup.exe,
-            buf_size=setup.buf_size,
+            ServiceSpec(
+                ("x",),
+                {"logits": "output"},
+                program,
+                {"batch_generator": setup.reader},
+                exe=setup.exe,
+                buf_size=setup.buf_size,
+            )
         )
     n = 0
-    for chunk in _FACTORIES[key](0):
+    for chunk in _FACTORIES[key](0, 0):
         _FP16.encode(chunk.data["logits"])
         n += len(chunk.ids)
     return n

@@ -283,7 +283,8 @@ class Teacher:
             progress: show a progress bar of samples (default: only when stderr is a terminal).
             groups: online: student groups (training jobs, each with all its ranks) a round
                 waits for before it starts, so that one prediction serves them all; the call
-                returns once that many groups finished ``times`` rounds (default 1).
+                returns once that many groups finished ``times`` rounds (default 1). In query
+                mode, once that many groups came and every student said goodbye.
             max_batch: query mode: merge the queries of several students into one program call
                 of at most this many samples (default ``None``: a call per query).
             max_delay: query mode: seconds to wait for more queries to merge (default 0.002).

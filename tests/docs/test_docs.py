@@ -5,7 +5,8 @@ working directory:
 
 * ```python blocks run in order, in one namespace per file. A block whose first line is
   ``# file: NAME`` is also saved as ``NAME`` in the working directory (a module that later
-  blocks or commands import).
+  blocks or commands import); with ``# file: NAME (script)`` it is saved and compiled but not
+  run (a script that a shell line of the page runs).
 * ```bash / ```sh / ```console blocks: lines that start with ``pantheon `` run through the real
   command (the ``pantheon`` script next to ``sys.executable``) and must exit with status 0;
   ``pantheon serve --port ...`` is run in the background and read to the end by a Student.
@@ -44,6 +45,8 @@ NOT_RUN: dict[str, str] = {
     "make test": "`make test` is what CI runs (lint, type check, the whole test suite)",
     "pantheon demo": "the demo trains several models; the demo has its own tests",
     "pantheon bench": "benchmarks take minutes and measure this machine, not correctness",
+    "python -m torch.distributed.run": "tests/online/test_many_students.py runs this DDP student "
+    "with torchrun against a live teacher",
     "pip install": "installs packages: the test environment already has them",
     "PDOC_ALLOW_EXEC=1 python -m pdoc": "test_api_reference_builds runs pdoc (when it is "
     "installed)",
@@ -215,9 +218,12 @@ def run_file(path: Path, workdir: Path) -> list[str]:
         where = f"{rel}:{block.line}"
         if block.lang == "python":
             first = block.text.lstrip().splitlines()[0] if block.text.strip() else ""
-            m = re.match(r"#\s*file:\s*(\S+)", first)
+            m = re.match(r"#\s*file:\s*(\S+)(\s+\(script\))?", first)
             if m:
                 (workdir / m.group(1)).write_text(block.text, encoding="utf-8")
+                if m.group(2):  # a script that a shell line runs: saved, not run here
+                    compile(block.text, where, "exec")
+                    continue
             code = compile(block.text, where, "exec")
             exec(code, namespace)
         elif block.lang in SHELL:

@@ -5,8 +5,11 @@ Real sockets on 127.0.0.1; students run as separate processes where one is kille
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -258,25 +261,21 @@ def test_a_student_leaving_early_ends_the_teacher_with_the_reason() -> None:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo on CPU")
-def test_torchrun_ddp_two_ranks_train_from_one_teacher(spawn, tmp_path) -> None:
+def test_torchrun_ddp_two_ranks_train_from_one_teacher(tmp_path) -> None:
     pytest.importorskip("torch")
     script = TESTS / "ddp_student.py"
     reader = CountingReader()
     with Teacher(out_port=0, timeout=120) as teacher:
         runner = serve(teacher, reader, times=2)
-        proc = spawn(
-            [
-                "-m",
-                "torch.distributed.run",
-                "--standalone",
-                "--nproc_per_node",
-                "2",
-                str(script),
-                teacher.address,
-                str(tmp_path),
-            ]
-        )
-        assert proc.finish(180) == 0, proc.stderr()
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        cmd += ["--nproc_per_node", "2", str(script), teacher.address, str(tmp_path)]
+        proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            _, err = proc.communicate(timeout=180)
+        finally:  # torchrun's workers are in its session: none outlives the test
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.returncode == 0, err[-3000:]
         runner.join(60)
     out = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert out[0]["batches"] == out[1]["batches"] > 0

@@ -379,3 +379,13 @@ def test_query_mode_ends_when_every_student_said_goodbye() -> None:
     assert not d.m.finished()
     d.send(2, Bye())
     assert d.m.finished()
+
+
+def test_query_mode_waits_for_the_groups_it_was_told_of() -> None:
+    d = Driver(TeacherMachine(queries=True, groups=2))
+    d.connect(1, hello(group="a"))
+    d.send(1, Bye())  # a fast student is done before the second one connected
+    assert not d.m.finished()
+    d.connect(2, hello(group="b"))
+    d.send(2, Bye())
+    assert d.m.finished()

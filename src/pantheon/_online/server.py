@@ -125,6 +125,7 @@ class TeacherServer:
         self._early: dict[int, list[tuple[Message, Event]]] = {}
         self._next_cid = 0
         self._runner: CursorRunner | None = None
+        self._failed: str | None = None  # why the last serve call failed: told to newcomers
         self._fingerprints: dict[str, str] = {}
         self.program_name = ""  # what the teacher runs, for pantheon status
         self._batcher: QueryBatcher | None = None
@@ -170,6 +171,8 @@ class TeacherServer:
             if machine is None:
                 self._early[cid] = []
                 actions: list[Action] = []
+                if self._failed is not None and hello.role == "student":
+                    actions = [Send(cid, *header(Fail(self._failed, ErrorCode.FAILED)))]
             else:
                 actions = machine.connect(cid, hello, conn.peer)
             self._cond.notify_all()
@@ -361,6 +364,7 @@ class TeacherServer:
         """The serving loop: until the machine is done, failed, abandoned or starved."""
         deadline = Deadline(self._timeout)
         with self._cond:
+            self._failed = None
             actions = self._start_machine(machine)
         self._run(actions)
         try:
@@ -387,6 +391,10 @@ class TeacherServer:
                         )
                     actions = machine.tick(time.monotonic())
                 self._run(actions)
+        except BaseException as exc:
+            with self._cond:
+                self._failed = machine.failure or f"the teacher stopped: {exc}"
+            raise
         finally:
             with self._cond:
                 self._machine = None

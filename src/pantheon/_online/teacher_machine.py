@@ -435,8 +435,9 @@ class TeacherMachine:
 
     def finished(self) -> bool:
         """Whether the service is done (see the module docstring)."""
-        if self.queries:
-            return self._ever_connected and not self._consumers and self._all_left()
+        if self.queries:  # every student came (groups of them) and said goodbye
+            gone = not self._consumers and self._all_left()
+            return self._ever_connected and gone and len(self._groups) >= self.groups
         done = set(self.done_groups)
         if len(done) < self.groups:
             return False
