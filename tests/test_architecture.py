@@ -121,6 +121,8 @@ def test_the_seams_are_what_the_rest_of_the_package_imports() -> None:
         ("pantheon.torch._lookup", "pantheon._service.torch_program"),
         ("pantheon.hf", "pantheon._service.torch_program"),
         ("pantheon.onnx", "pantheon._service.onnx_program"),
+        ("pantheon.paddle", "pantheon._service.paddle_program"),
+        ("pantheon.paddle", "pantheon._service.paddle_layer"),
     }
     bad = []
     for seam in SEAMS:

@@ -136,11 +136,12 @@ def test_times_counts_full_passes_of_students_run_one_after_another():
     try:
         for _ in range(2):
             assert not done.is_set()
-            with Student(timeout=30) as student:  # a fresh student, as a new process is
-                student.register_teacher(in_address=teacher.address)
-                student.start()
-                xs = np.concatenate([b["x"].ravel() for b in student.get_knowledge_generator(8)()])
-                assert np.array_equal(xs, np.arange(20))
+            student = Student(timeout=30)  # a fresh student, as a new process is
+            student.register_teacher(in_address=teacher.address)
+            student.start()
+            xs = np.concatenate([b["x"].ravel() for b in student.get_knowledge_generator(8)()])
+            assert np.array_equal(xs, np.arange(20))
+            del student  # the seed's process ends without a goodbye: the teacher waits
         runner.join(30)
         assert done.is_set()
     finally:

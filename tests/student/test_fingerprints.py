@@ -9,7 +9,15 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pantheon import AlignmentError, ClosedError, ConfigError, KnowledgeFile, Student, Teacher
+from pantheon import (
+    AlignmentError,
+    ClosedError,
+    ConfigError,
+    KnowledgeFile,
+    Student,
+    Teacher,
+    TeacherError,
+)
 from pantheon._cli.main import format_report, inspect_report
 from pantheon._service import fingerprint_of
 from tests.helpers import Runner
@@ -153,6 +161,6 @@ def test_online_the_description_carries_the_fingerprints(tmp_path: Path) -> None
         s.register_teacher(in_path=offline)
         with pytest.raises(AlignmentError, match=r"'other-data' but teacher 0 .* 'numbers'"):
             s.get_knowledge_desc()
+    with pytest.raises(TeacherError, match="said goodbye before the last round"):
+        served.join()  # the student left before reading: the teacher ends, saying so
     hybrid.close()
-    with pytest.raises(ClosedError):
-        served.join()

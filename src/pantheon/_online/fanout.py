@@ -132,7 +132,7 @@ class Consumer:
 class Group:
     world_size: int
     done: dict[int, int] = field(default_factory=dict)  # rank -> highest ROUND_DONE
-    passes: dict[int, int] = field(default_factory=dict)  # rank -> ROUND_DONEs received
+    passes: dict[int, set[tuple[str, int]]] = field(default_factory=dict)  # rank -> acks seen
     left: set[int] = field(default_factory=set)  # ranks that said BYE
 
 

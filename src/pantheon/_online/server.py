@@ -15,17 +15,15 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from .._codecs import Codec, resolve_codecs
 from .._errors import (
     ClosedError,
     PantheonTimeoutError,
     ProtocolError,
     TeacherError,
 )
-from .._knowledge import Chunk, Description, describe
+from .._knowledge import Chunk, Description
 from .._util import Deadline, wait_until
 from .._wire import (
     Connection,
@@ -40,8 +38,10 @@ from .._wire import (
     take_message,
 )
 from .acceptor import Acceptor
+from .described import Described
 from .fanout import Action, Close, ProtocolViolation, Send, SendData, StartCursor, StopCursor
-from .messages import Desc, ErrorCode, Event, Fail, Hello, StatusRequest, header, parse
+from .messages import ErrorCode, Event, Fail, Hello, StatusRequest, header, parse
+from .options import ServeOptions
 from .payload import decode_plain, encode_chunks
 from .peer import Peer
 from .producer import CursorRunner, RoundFactory
@@ -55,22 +55,6 @@ log = logging.getLogger("pantheon")
 _USER_INBOX = 1024  # unread user messages before the sender is cut off
 _EARLY_EVENTS = 64  # messages a client may send before the teacher starts serving
 _TICK = 0.25  # seconds between the serving loop's checks (gates, parked cursors, the end)
-
-
-@dataclass(frozen=True)
-class ServeOptions:
-    """How many students a serve call waits for and how queries are batched.
-
-    Attributes:
-        groups: complete student groups a round waits for, and that must finish (>= 1).
-        max_batch: query mode: merge queries of several students into program calls of at
-            most this many samples (``None``: one call per query).
-        max_delay: query mode: seconds to wait for more queries to merge (default 0.002).
-    """
-
-    groups: int = 1
-    max_batch: int | None = None
-    max_delay: float = 0.002
 
 
 class TeacherServer:
@@ -111,14 +95,11 @@ class TeacherServer:
         self._token = resolve_token(token)
         check_bind(host, self._token)
         self._timeout = timeout
-        self._use_fp16 = use_fp16
-        self._codec_args = dict(codecs)
-        self._codecs: dict[str, Codec] = {}
+        self._described = Described(codecs, use_fp16)
         self._prefetch = prefetch_batches
         self._heartbeat = Heartbeat(heartbeat_interval, heartbeat_timeout)
         self._coalesce = coalesce_bytes
         self._max_students = max_students
-        self._desc: Description | None = None
         self._cond = threading.Condition()
         self._machine: TeacherMachine | None = None
         self._peers: dict[int, Peer] = {}
@@ -126,7 +107,6 @@ class TeacherServer:
         self._next_cid = 0
         self._runner: CursorRunner | None = None
         self._failed: str | None = None  # why the last serve call failed: told to newcomers
-        self._fingerprints: dict[str, str] = {}
         self.program_name = ""  # what the teacher runs, for pantheon status
         self._batcher: QueryBatcher | None = None
         self._inbox: queue.Queue[Any] = queue.Queue(maxsize=_USER_INBOX)
@@ -268,7 +248,7 @@ class TeacherServer:
                     runner.apply(action)
 
     def _send_data(self, action: SendData) -> None:
-        head, frames = encode_chunks(list(action.chunks), self._codecs)
+        head, frames = encode_chunks(list(action.chunks), self._described.codecs)
         nbytes = sum(memoryview(f).nbytes for f in frames)
         samples = sum(len(c.ids) for c in action.chunks)
         for cid, sub in action.targets:
@@ -289,50 +269,36 @@ class TeacherServer:
 
     def set_use_fp16(self, use_fp16: bool) -> None:
         """Change ``use_fp16`` before the description is known."""
-        self._use_fp16 = use_fp16
+        self._described.use_fp16 = use_fp16
 
     def _status_extra(self) -> dict[str, Any]:
         """What the teacher adds to its machine's status: where it is, what it serves."""
-        return {
-            "address": self.address,
-            "desc": self._desc,
-            "codecs": {k: c.spec() for k, c in self._codecs.items()},
-            "fingerprints": dict(self._fingerprints),
-            "stats": self.stats(),
-            "program": self.program_name,
-        }
+        extra = {"address": self.address, "stats": self.stats(), "program": self.program_name}
+        return {**extra, **self._described.status()}
 
     def _known_desc(self, chunk: Chunk) -> Description:
         """The description, learned from ``chunk`` if this is the first."""
-        if self._desc is None:
-            self._learn_desc(chunk)
-        assert self._desc is not None
-        return self._desc
+        self._learn_desc(chunk)
+        assert self._described.desc is not None
+        return self._described.desc
 
     def _learn_desc(self, chunk: Chunk) -> None:
-        desc = describe(chunk.data)
-        codecs = resolve_codecs(desc, self._codec_args, self._use_fp16)
+        if not self._described.learn(chunk):
+            return
         with self._cond:
-            if self._desc is not None:
-                return
-            self._codecs, self._desc = codecs, desc
             machine = self._machine
-            actions = machine.set_desc(self._desc_event(machine.times)) if machine else []
+            actions = machine.set_desc(self._described.event(machine.times)) if machine else []
         self._run(actions)
-
-    def _desc_event(self, times: int) -> Desc:
-        assert self._desc is not None
-        codecs = {k: c.spec() for k, c in self._codecs.items()}
-        return Desc(self._desc, codecs, times, dict(self._fingerprints))
 
     def set_fingerprints(self, fingerprints: Mapping[str, str]) -> None:
         """What the DESC message tells of the teacher (``fingerprint``,
         ``dataset_fingerprint``); sent again if the description is already known."""
         with self._cond:
-            self._fingerprints = dict(fingerprints)
+            self._described.fingerprints = dict(fingerprints)
             machine = self._machine
-            known = self._desc is not None and machine is not None
-            actions = machine.set_desc(self._desc_event(machine.times)) if known else []  # type: ignore[union-attr]
+            if machine is None or self._described.desc is None:
+                return
+            actions = machine.set_desc(self._described.event(machine.times))
         self._run(actions)
 
     # ------------------------------------------------------------------ serving
@@ -341,8 +307,8 @@ class TeacherServer:
         """Make ``machine`` current; hand it the clients that came before it, and their
         requests. Holds the lock."""
         self._machine = machine
-        if self._desc is not None:
-            machine.desc = self._desc_event(machine.times)
+        if self._described.desc is not None:
+            machine.desc = self._described.event(machine.times)
         actions: list[Action] = []
         now = time.monotonic()
         for cid, peer in list(self._peers.items()):
@@ -440,9 +406,8 @@ class TeacherServer:
                 fail = Fail(error or "the query failed", ErrorCode.FAILED, query.qid)
                 peer.send(*header(fail))
                 return
-            if self._desc is None:
-                self._learn_desc(answer)
-            head, frames = encode_chunks([answer], self._codecs)
+            self._learn_desc(answer)
+            head, frames = encode_chunks([answer], self._described.codecs)
             head["qid"] = query.qid
             peer.send(MsgType.ANSWER, head, frames)
             self._stats["batches"] += 1

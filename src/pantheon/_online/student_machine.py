@@ -110,6 +110,7 @@ class StudentMachine:
         self.round: RoundState | None = None
         self.error: BaseException | None = None
         self.answers: dict[int, Chunk | BaseException] = {}
+        self.acked: list[int] = []  # rounds acknowledged: told again on every new connection
         self.closed = False
 
     # ------------------------------------------------------------------ positions
@@ -145,6 +146,8 @@ class StudentMachine:
                 other.outstanding.clear()
         for qid in sorted(parked):
             actions += self._send_query(qid, parked[qid])
+        # acknowledgements may have been lost with the old connection (they are idempotent)
+        actions += [Transmit(link, RoundDone(r)) for r in self.acked]
         return actions + self._resume(link)
 
     def link_down(self, link: int, reason: BaseException | None) -> list[Action]:
@@ -315,7 +318,10 @@ class StudentMachine:
             self.round = None
 
     def ack_round(self, rnd: int) -> list[Action]:
-        """The training loop consumed all of round ``rnd``: tell every live link."""
+        """The training loop consumed all of round ``rnd``: tell every live link (and every
+        link that comes up later: a link down now may be the one that serves it)."""
+        if rnd not in self.acked:
+            self.acked.append(rnd)
         return [Transmit(i, RoundDone(rnd)) for i, lk in enumerate(self.links) if lk.up]
 
     # ------------------------------------------------------------------ queries

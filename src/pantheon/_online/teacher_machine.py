@@ -325,7 +325,9 @@ class TeacherMachine:
         group = self._groups[consumer.hello.group]
         rank = consumer.hello.rank
         group.done[rank] = max(group.done.get(rank, -1), event.round)
-        group.passes[rank] = group.passes.get(rank, 0) + 1
+        # distinct (process, round) acknowledgements: a repeated ack counts once, each new
+        # student process reading a round again (the seed's way) counts as a pass
+        group.passes.setdefault(rank, set()).add((consumer.hello.client, event.round))
         return []
 
     # ------------------------------------------------------------------ cursors
@@ -430,7 +432,7 @@ class TeacherMachine:
             name
             for name, g in self._groups.items()
             if len(g.done) == g.world_size
-            and all(g.done[r] >= last or g.passes.get(r, 0) >= self.times for r in g.done)
+            and all(g.done[r] >= last or len(g.passes.get(r, ())) >= self.times for r in g.done)
         ]
 
     def finished(self) -> bool:

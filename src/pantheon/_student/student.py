@@ -488,7 +488,7 @@ class Student:
 
     def __del__(self) -> None:
         try:
-            if not self._closed:
-                self.close()
+            if not self._closed:  # dropped without close(): it may be coming back
+                self.close(resume=True)
         except Exception:  # noqa: S110 - best effort at interpreter shutdown
             pass
