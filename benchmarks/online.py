@@ -257,13 +257,82 @@ def run_pantheon(shape: tuple[int, int], seconds: float) -> Result:
     return Result(total, batches - 1, elapsed)
 
 
+def _service_sender(port: int, shape: tuple[int, int], seconds: float) -> None:
+    from pantheon import Teacher
+
+    arr = _batch(shape)
+
+    def batches():  # one round: the same input batch for `seconds`
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            yield (arr,)
+
+    with Teacher(out_port=port, timeout=60) as teacher:
+        teacher.start_knowledge_service(
+            feed_list=["x"],
+            schema={"x": "x"},  # the input passed through as knowledge
+            program=None,
+            reader_config={"batch_generator": batches},
+        )
+
+
+def run_service(shape: tuple[int, int], seconds: float, transport: str = "tcp") -> Result:
+    """The knowledge service (``start_knowledge_service``) in the child, the student here."""
+    return _receive(_service_sender, shape, seconds, transport)
+
+
+def run_service_shm(shape: tuple[int, int], seconds: float) -> Result:
+    """The same, over the same-host path (shared memory)."""
+    return _receive(_service_sender, shape, seconds, "auto")
+
+
+def _receive(
+    sender: Callable[..., None], shape: tuple[int, int], seconds: float, transport: str
+) -> Result:
+    from pantheon import Student
+
+    with socket.socket() as probe:  # a free port for the child to listen on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = spawn(sender, port, shape, seconds)
+    total = batches = 0
+    start = 0.0
+    kwargs = {"transport": transport} if transport != "tcp" or _HAS_TRANSPORT else {}
+    with Student(timeout=60, **kwargs) as student:
+        student.register_teacher(in_address=f"127.0.0.1:{port}")
+        student.start()
+        for batch in student.get_knowledge_generator(batch_size=shape[0])():
+            if not batches:
+                start = time.perf_counter()
+            else:
+                total += batch["x"].nbytes
+            batches += 1
+        elapsed = time.perf_counter() - start
+    finish(proc)
+    return Result(total, batches - 1, elapsed)
+
+
+def _has_transport() -> bool:
+    import inspect
+
+    from pantheon import Student
+
+    return "transport" in inspect.signature(Student).parameters
+
+
+_HAS_TRANSPORT = _has_transport()
+
+
 METHODS: dict[str, Callable[[tuple[int, int], float], Result]] = {
     "raw": run_raw,
     "manager": run_manager,
     "wire": run_wire,
     "wire-pool": run_wire_pool,
     "pantheon": run_pantheon,
+    "service": run_service,
 }
+if _HAS_TRANSPORT:
+    METHODS["service-shm"] = run_service_shm
 """Receivers by method name; ``raw`` is the reference the ratios are computed against."""
 
 

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from .._codecs import Codec, resolve_codecs
+from .._codecs import Codec, encode_batch, resolve_codecs
 from .._knowledge import Chunk, Description, describe
 from .messages import Desc
 
@@ -39,11 +39,14 @@ class Described:
 
         Raises:
             ConfigError: codecs that do not fit the description.
+            KnowledgeError: a key whose codec's parts clash with another key (found by
+                encoding the first chunk once, here, where it can still fail the round).
         """
         if self.desc is not None:
             return False
         desc = describe(chunk.data)
         codecs = resolve_codecs(desc, self._codec_args, self.use_fp16)
+        encode_batch(chunk.data, codecs, where="the teacher's first batch")
         with self._lock:
             if self.desc is not None:
                 return False

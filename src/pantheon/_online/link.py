@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import threading
 from typing import Any, Protocol
 
@@ -35,6 +36,8 @@ class Link:
         self.address = address
         self.index = index
         self.session: Session | None = None
+        self.pending: collections.deque[Any] = collections.deque()  # messages to send, in order
+        self.send_lock = threading.Lock()
 
     def _handshake(self, conn: Connection, deadline: Deadline) -> None:
         src = self.source

@@ -18,7 +18,8 @@ __all__ = ["Peer"]
 
 log = logging.getLogger("pantheon")
 
-_Item = tuple[int, dict[str, Any], Sequence[Any]] | None  # None: close after what came before
+Outgoing = tuple[int, dict[str, Any], Sequence[Any]]
+_Item = Outgoing | Callable[[], Outgoing] | None  # a message, one to build, or None: close
 
 
 class Peer:
@@ -78,6 +79,14 @@ class Peer:
 
     def send(self, type: int, header: dict[str, Any], frames: Sequence[Any] = ()) -> None:
         """Queue one message (never blocks); a peer whose outbox overflows is closed."""
+        self._queue((type, header, frames))
+
+    def send_lazy(self, build: Callable[[], Outgoing]) -> None:
+        """Queue a message that the sender thread builds when its turn comes (the encoding
+        of knowledge happens there, not in the thread that decided to send it)."""
+        self._queue(build)
+
+    def _queue(self, item: _Item) -> None:
         with self._cond:
             if self._closing:
                 return
@@ -85,7 +94,7 @@ class Peer:
                 overflow = True
             else:
                 overflow = False
-                self._outbox.append((type, header, frames))
+                self._outbox.append(item)
                 self._cond.notify()
         if overflow:
             self.session.close(
@@ -134,6 +143,11 @@ class Peer:
                 self.session.close()
                 return
             try:
-                self.session.send(MsgType(item[0]), item[1], item[2])
+                message = item() if callable(item) else item
+                self.session.send(MsgType(message[0]), message[1], message[2])
             except ConnectionLostError:
                 return  # the session closed itself and called on_close
+            except Exception as exc:  # encoding failed: this student cannot be served
+                log.error("closing %s: its knowledge could not be sent: %s", self.name, exc)
+                self.session.close(exc)
+                return

@@ -72,7 +72,7 @@ class CursorRunner:
         make_round: the round factory.
         cond: the lock (condition) that guards ``machine``.
         desc_of: the teacher's description, learned from the first chunk ever produced.
-        run: carries out actions (called without the lock).
+        run: carries out actions (called with the lock held: their order is the machine's).
     """
 
     def __init__(
@@ -141,14 +141,12 @@ class CursorRunner:
                 with self._cond:
                     if stop.is_set():
                         return
-                    actions = machine.add_chunks(cid, [chunk])
-                self._run(actions)
-                with self._cond:
+                    self._run(machine.add_chunks(cid, [chunk]))
                     if not self._go_on(cid, stop):
                         return
             with self._cond:
-                actions = [] if stop.is_set() else machine.end_cursor(cid)
-            self._run(actions)
+                if not stop.is_set():
+                    self._run(machine.end_cursor(cid))
         except BaseException as exc:
             self._fail(exc, action)
         finally:
@@ -162,6 +160,5 @@ class CursorRunner:
         with self._cond:
             if self.failure is None:
                 self.failure = exc
-            actions = self._machine.fail(message)
+            self._run(self._machine.fail(message))
             self._cond.notify_all()
-        self._run(actions)

@@ -10,11 +10,12 @@ before it are held (their messages queued) and handed to it when it starts. See
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .._errors import (
@@ -155,10 +156,10 @@ class TeacherServer:
                     actions = [Send(cid, *header(Fail(self._failed, ErrorCode.FAILED)))]
             else:
                 actions = machine.connect(cid, hello, conn.peer)
+            peer.start()
+            self._run(actions)
             self._cond.notify_all()
-        peer.start()
         log.info("%s connected", peer.name)
-        self._run(actions)
 
     def _on_close(self, peer: Peer, reason: BaseException | None) -> None:
         with self._cond:
@@ -168,10 +169,10 @@ class TeacherServer:
             actions = machine.disconnect(peer.cid) if machine is not None else []
             if self._batcher is not None:
                 self._batcher.drop(peer.cid)
+            self._run(actions)
             self._cond.notify_all()
         if not self._closed:
             log.info("%s is gone%s", peer.name, f": {reason}" if reason else "")
-        self._run(actions)
 
     def _on_message(self, peer: Peer, msg: Message) -> None:
         """Reader thread: validate at the edge; a bad message closes only that connection."""
@@ -200,8 +201,8 @@ class TeacherServer:
                 actions = machine.receive(peer.cid, event, time.monotonic())
             except ProtocolViolation as exc:
                 raise ProtocolError(f"{peer.name}: {exc}") from None
+            self._run(actions)
             self._cond.notify_all()
-        self._run(actions)
 
     def _on_user(self, msg: Message) -> None:
         value = decode_value(msg.header.get("value"), msg.frames)
@@ -225,7 +226,9 @@ class TeacherServer:
     # ------------------------------------------------------------------ actions
 
     def _run(self, actions: list[Action]) -> None:
-        """Carry out the machine's actions (never while holding the lock)."""
+        """Carry out the machine's actions, called with the lock held: the messages go to the
+        peers' outboxes in the order the machine decided them (nothing here blocks; the
+        encoding and the sending happen in each peer's sender thread)."""
         for action in actions:
             if isinstance(action, SendData):
                 self._send_data(action)
@@ -248,22 +251,12 @@ class TeacherServer:
                     runner.apply(action)
 
     def _send_data(self, action: SendData) -> None:
-        head, frames = encode_chunks(list(action.chunks), self._described.codecs)
-        nbytes = sum(memoryview(f).nbytes for f in frames)
-        samples = sum(len(c.ids) for c in action.chunks)
+        encoded = _Encoded(action.chunks, self._described.codecs, self._stats)
         for cid, sub in action.targets:
             peer = self._peers.get(cid)
-            if peer is None:
-                continue
-            peer.send(
-                MsgType.DATA,
-                {**head, "sub": sub, "round": action.round, "upto": action.upto},
-                frames,
-            )
-            self._stats["messages"] += 1
-            self._stats["bytes"] += nbytes
-            self._stats["samples"] += samples
-            self._stats["batches"] += len(action.chunks)
+            if peer is not None:
+                extra = {"sub": sub, "round": action.round, "upto": action.upto}
+                peer.send_lazy(functools.partial(encoded.message, extra))
 
     # ------------------------------------------------------------------ description
 
@@ -288,7 +281,7 @@ class TeacherServer:
         with self._cond:
             machine = self._machine
             actions = machine.set_desc(self._described.event(machine.times)) if machine else []
-        self._run(actions)
+            self._run(actions)
 
     def set_fingerprints(self, fingerprints: Mapping[str, str]) -> None:
         """What the DESC message tells of the teacher (``fingerprint``,
@@ -299,7 +292,7 @@ class TeacherServer:
             if machine is None or self._described.desc is None:
                 return
             actions = machine.set_desc(self._described.event(machine.times))
-        self._run(actions)
+            self._run(actions)
 
     # ------------------------------------------------------------------ serving
 
@@ -331,8 +324,7 @@ class TeacherServer:
         deadline = Deadline(self._timeout)
         with self._cond:
             self._failed = None
-            actions = self._start_machine(machine)
-        self._run(actions)
+            self._run(self._start_machine(machine))
         try:
             while True:
                 with self._cond:
@@ -355,8 +347,7 @@ class TeacherServer:
                             f"{self._timeout:g} s; giving up (raise Teacher(timeout=...) to wait "
                             "longer)"
                         )
-                    actions = machine.tick(time.monotonic())
-                self._run(actions)
+                    self._run(machine.tick(time.monotonic()))
         except BaseException as exc:
             with self._cond:
                 self._failed = machine.failure or f"the teacher stopped: {exc}"
@@ -386,7 +377,8 @@ class TeacherServer:
             park_timeout=self._heartbeat.timeout,
         )
         self._runner = CursorRunner(machine, make_round, self._cond, self._known_desc, self._run)
-        self._run(machine.prefetch(0))  # the description is known before anyone asks
+        with self._cond:
+            self._run(machine.prefetch(0))  # the description is known before anyone asks
         self._serve(machine)
 
     def serve_queries(
@@ -486,3 +478,28 @@ class TeacherServer:
         self._listener.close()
         for peer in peers:
             peer.close_after_sends()
+
+
+class _Encoded:
+    """One DATA message's chunks, encoded once (by the first sender thread that needs them)
+    for every student it goes to; counted when encoded."""
+
+    def __init__(self, chunks: Sequence[Chunk], codecs: Mapping[str, Any], stats: dict[str, Any]):
+        self._chunks: Sequence[Chunk] | None = chunks
+        self._codecs = codecs
+        self._stats = stats
+        self._lock = threading.Lock()
+        self._done: tuple[dict[str, Any], list[Any]] | None = None
+
+    def message(self, extra: dict[str, Any]) -> tuple[int, dict[str, Any], list[Any]]:
+        with self._lock:
+            if self._done is None:
+                assert self._chunks is not None
+                self._done = encode_chunks(list(self._chunks), self._codecs)
+                self._stats["batches"] += len(self._chunks)
+                self._stats["samples"] += sum(len(c.ids) for c in self._chunks)
+                self._chunks = None
+            head, frames = self._done
+            self._stats["messages"] += 1
+            self._stats["bytes"] += sum(memoryview(f).nbytes for f in frames)
+        return MsgType.DATA, {**head, **extra}, frames

@@ -87,7 +87,8 @@ class OnlineRound:
             if not state.chunks:
                 return None
             chunk, actions = machine.take()
-        src.run(actions)
+            src.queue(actions)
+        src.flush()
         return chunk
 
     def known_samples(self) -> int:
@@ -164,13 +165,24 @@ class OnlineSource:
 
     # ------------------------------------------------------------------ actions
 
-    def run(self, actions: list[Action]) -> None:
-        """Carry out the machine's actions (never while holding the lock)."""
+    def queue(self, actions: list[Action]) -> None:
+        """Take the machine's actions, with the lock held: messages wait on their link in the
+        order the machine decided them (a SUBSCRIBE before the CREDITs of its subscription);
+        :meth:`flush` sends them, without the lock."""
         for action in actions:
             if isinstance(action, Reconnect):
                 threading.Thread(target=self._reconnect, args=(action.link,), daemon=True).start()
+            else:
+                self.links[action.link].pending.append(action)
+
+    def flush(self) -> None:
+        """Send what waits on every link, in order (one thread at a time per link)."""
+        for link in self.links:
+            if not link.pending:
                 continue
-            self._transmit(action)
+            with link.send_lock:
+                while link.pending:
+                    self._transmit(link.pending.popleft())
 
     def _transmit(self, action: Transmit) -> None:
         session = self.links[action.link].session
@@ -206,13 +218,13 @@ class OnlineSource:
         with self.cond:
             if link.session is None or not link.session.alive:
                 return  # it closed already: its on_close took care of it
-            actions = self.machine.link_up(link.index)
+            self.queue(self.machine.link_up(link.index))
             if self._down_since is not None:
                 gone = time.monotonic() - self._down_since
                 log.info("%s: reconnected to %s after %.1f s", self.name, link.address, gone)
                 self._down_since = None
             self.cond.notify_all()
-        self.run(actions)
+        self.flush()
 
     def _reconnect(self, index: int) -> None:
         link = self.links[index]
@@ -235,10 +247,11 @@ class OnlineSource:
             actions = self.machine.link_down(link.index, reason)
             if any(isinstance(a, Reconnect) for a in actions) and self._down_since is None:
                 self._down_since = time.monotonic()
+            self.queue(actions)
             self.cond.notify_all()
         if actions:
             log.warning("%s: %s; reconnecting", self.name, reason or f"lost {link.address}")
-        self.run(actions)
+        self.flush()
 
     # ------------------------------------------------------------------ messages
 
@@ -320,23 +333,23 @@ class OnlineSource:
     def open_round(self, round_index: int, start_sample: int) -> OnlineRound:
         """Stream round ``round_index`` from this rank's position ``start_sample``."""
         with self.cond:
-            actions = self.machine.open_round(round_index, start_sample)
+            self.queue(self.machine.open_round(round_index, start_sample))
             assert self.machine.round is not None
             rnd = OnlineRound(self, self.machine.round)
-        self.run(actions)
+        self.flush()
         return rnd
 
     def ack_round(self, round_index: int) -> None:
         """Tell the teacher(s) that the training loop holds every sample of ``round_index``."""
         with self.cond:
-            actions = self.machine.ack_round(round_index)
-        self.run(actions)
+            self.queue(self.machine.ack_round(round_index))
+        self.flush()
 
     def submit(self, qid: int, query: Chunk) -> None:
         """Send a query (the student's own feed batch); the answer comes from :meth:`answer`."""
         with self.cond:
-            actions = self.machine.submit(qid, query)
-        self.run(actions)
+            self.queue(self.machine.submit(qid, query))
+        self.flush()
 
     def answer(self, qid: int, timeout: float) -> Chunk:
         """The knowledge answering query ``qid`` (waits at most ``timeout`` s)."""
