@@ -285,12 +285,67 @@ def test_buf_size_bounds_batches_in_flight() -> None:
             read[0] += 1
             yield (np.array([[i]]),)
 
-    make_round = round_factory(["x"], {"x": "x"}, None, {"batch_generator": batches}, 2, 3)
-    consumed = 0
-    for _ in make_round(0):
-        consumed += 1
-        assert read[0] - consumed <= 3
-    assert consumed == 30
+    def double(x: np.ndarray) -> dict[str, np.ndarray]:
+        return {"y": 2 * x}
+
+    for exe in (1, 2):
+        read[0] = 0
+        make_round = round_factory(["x"], {"y": "y"}, double, {"batch_generator": batches}, exe, 3)
+        consumed = 0
+        for _ in make_round(0):
+            consumed += 1
+            assert read[0] - consumed <= 3
+        assert consumed == 30
+
+
+def test_pass_through_reads_on_demand_and_merges_small_batches() -> None:
+    """Without a program there is no read-ahead: the reader runs as chunks are taken, and
+    consecutive small batches come out merged, ids and values in order."""
+    read = [0]
+
+    def batches() -> Iterator[tuple[np.ndarray]]:
+        for i in range(30):
+            read[0] += 1
+            yield (np.full((4, 2), i, dtype=np.int64),)
+
+    make_round = round_factory(["x"], {"x": "x"}, None, {"batch_generator": batches}, 1, 3)
+    chunks, samples = [], 0
+    for chunk in make_round(0, 6):
+        samples += len(chunk.ids)
+        assert read[0] * 4 - 6 - samples in (0, 4)  # at most one batch held (not mergeable)
+        chunks.append(chunk)
+    assert len(chunks) < 30  # merged
+    ids = np.concatenate([c.ids for c in chunks])
+    np.testing.assert_array_equal(ids, np.arange(6, 120))
+    x = np.concatenate([c.data["x"] for c in chunks])
+    np.testing.assert_array_equal(x[:, 0], np.arange(6, 120) // 4)
+
+
+def test_pass_through_never_merges_batches_that_differ() -> None:
+    """A batch of another dtype is not merged into its neighbours (which would upcast it):
+    the fields stay as the reader gave them."""
+
+    def batches() -> Iterator[tuple[np.ndarray]]:
+        yield (np.zeros((2, 3), np.float32),)
+        yield (np.zeros((2, 3), np.float32),)
+        yield (np.zeros((2, 3), np.float64),)
+        yield (np.zeros((2, 4), np.float64),)
+
+    chunks = list(round_factory(["x"], {"x": "x"}, None, {"batch_generator": batches})(0))
+    got = [(len(c.ids), c.data["x"].dtype.name, c.data["x"].shape[1]) for c in chunks]
+    assert got == [(4, "float32", 3), (2, "float64", 3), (2, "float64", 4)]
+
+
+def test_pass_through_hands_out_samples_before_a_reader_error() -> None:
+    def batches() -> Iterator[tuple[np.ndarray]]:
+        yield (np.zeros((2, 3), np.float32),)
+        yield (np.zeros((2, 3), np.float32),)
+        raise OSError("disk gone")
+
+    it = round_factory(["x"], {"x": "x"}, None, {"batch_generator": batches})(0)
+    assert len(next(it).ids) == 4
+    with pytest.raises(OSError, match="disk gone"):
+        next(it)
 
 
 def test_worker_error_names_device_and_batch_and_stops_everything() -> None:
@@ -360,10 +415,11 @@ def test_start_sample_with_ragged_pass_through() -> None:
     seqs = [np.arange(n) for n in (2, 3, 1, 4)]
     cfg = {"sample_generator": lambda: ((s,) for s in seqs), "batch_size": 3, "drop_last": False}
     chunks = list(round_factory(["t"], {"t": "t"}, None, cfg)(0, 1))
-    assert [c.ids.tolist() for c in chunks] == [[1, 2], [3]]
+    assert [c.ids.tolist() for c in chunks] == [[1, 2, 3]]  # the two batches merged
     first = chunks[0].data["t"]
     assert isinstance(first, Ragged)
-    assert first.lengths.tolist() == [3, 1]
+    assert first.lengths.tolist() == [3, 1, 4]
+    np.testing.assert_array_equal(first.values, np.concatenate(seqs[1:]))
 
 
 def test_close_mid_round_and_garbage_collection_stop_the_threads() -> None:
@@ -443,10 +499,9 @@ def test_declared_ragged_feeds_are_ragged_from_the_first_batch() -> None:
         yield {"t": [np.arange(1), np.arange(3)]}
 
     cfg2 = {"batch_generator": batches, "ragged_feeds": ["t"]}
-    first, second = round_factory(["t"], {"t": "t"}, None, cfg2)(0)
-    assert isinstance(first.data["t"], Ragged)
-    assert first.data["t"].lengths.tolist() == [4, 4]
-    assert isinstance(second.data["t"], Ragged)
+    (both,) = round_factory(["t"], {"t": "t"}, None, cfg2)(0)  # merged: both ragged
+    assert isinstance(both.data["t"], Ragged)
+    assert both.data["t"].lengths.tolist() == [4, 4, 1, 3]
     with pytest.raises(ConfigError, match="ragged_feeds"):
         round_factory(["t"], {"t": "t"}, None, {"batch_generator": batches, "ragged_feeds": 1})
     with pytest.raises(ConfigError, match="ragged_feeds"):

@@ -3,6 +3,7 @@ into one message, and back."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -10,9 +11,9 @@ from .._chunks import concat_chunks
 from .._codecs import Codec, decode_batch, encode_batch
 from .._errors import ProtocolError
 from .._knowledge import Chunk, Description, Knowledge
-from .._wire import decode_parts, encode_parts
+from .._wire import MsgType, decode_parts, encode_parts
 
-__all__ = ["decode_payload", "decode_plain", "encode_chunks"]
+__all__ = ["EncodedData", "decode_payload", "decode_plain", "encode_chunks"]
 
 
 def encode_chunks(
@@ -54,3 +55,34 @@ def decode_plain(header: Mapping[str, Any], frames: Sequence[Any]) -> Chunk:
             raise ProtocolError(f"a query carries only plain fields, got part {part!r} of {key!r}")
         data[key] = value
     return Chunk(ids, data)
+
+
+class EncodedData:
+    """One DATA message's chunks, encoded once (by the first sender thread that needs them)
+    for every student it goes to; counted in ``stats`` (batches, samples, messages, bytes).
+
+    Args:
+        chunks: consecutive chunks, coalesced into one message.
+        codecs: the teacher's codecs.
+        stats: the teacher's counters, updated under this object's lock.
+    """
+
+    def __init__(self, chunks: Sequence[Chunk], codecs: Mapping[str, Any], stats: dict[str, Any]):
+        self._chunks: Sequence[Chunk] | None = chunks
+        self._codecs = codecs
+        self._stats = stats
+        self._lock = threading.Lock()
+        self._done: tuple[dict[str, Any], list[Any]] | None = None
+
+    def message(self, extra: dict[str, Any]) -> tuple[int, dict[str, Any], list[Any]]:
+        with self._lock:
+            if self._done is None:
+                assert self._chunks is not None
+                self._done = encode_chunks(list(self._chunks), self._codecs)
+                self._stats["batches"] += len(self._chunks)
+                self._stats["samples"] += sum(len(c.ids) for c in self._chunks)
+                self._chunks = None
+            head, frames = self._done
+            self._stats["messages"] += 1
+            self._stats["bytes"] += sum(memoryview(f).nbytes for f in frames)
+        return MsgType.DATA, {**head, **extra}, frames

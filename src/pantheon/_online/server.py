@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .._errors import (
@@ -43,7 +43,7 @@ from .described import Described
 from .fanout import Action, Close, ProtocolViolation, Send, SendData, StartCursor, StopCursor
 from .messages import ErrorCode, Event, Fail, Hello, StatusRequest, header, parse
 from .options import ServeOptions
-from .payload import decode_plain, encode_chunks
+from .payload import EncodedData, decode_plain, encode_chunks
 from .peer import Peer
 from .producer import CursorRunner, RoundFactory
 from .queries import PendingQuery, QueryBatcher
@@ -251,7 +251,7 @@ class TeacherServer:
                     runner.apply(action)
 
     def _send_data(self, action: SendData) -> None:
-        encoded = _Encoded(action.chunks, self._described.codecs, self._stats)
+        encoded = EncodedData(action.chunks, self._described.codecs, self._stats)
         for cid, sub in action.targets:
             peer = self._peers.get(cid)
             if peer is not None:
@@ -478,28 +478,3 @@ class TeacherServer:
         self._listener.close()
         for peer in peers:
             peer.close_after_sends()
-
-
-class _Encoded:
-    """One DATA message's chunks, encoded once (by the first sender thread that needs them)
-    for every student it goes to; counted when encoded."""
-
-    def __init__(self, chunks: Sequence[Chunk], codecs: Mapping[str, Any], stats: dict[str, Any]):
-        self._chunks: Sequence[Chunk] | None = chunks
-        self._codecs = codecs
-        self._stats = stats
-        self._lock = threading.Lock()
-        self._done: tuple[dict[str, Any], list[Any]] | None = None
-
-    def message(self, extra: dict[str, Any]) -> tuple[int, dict[str, Any], list[Any]]:
-        with self._lock:
-            if self._done is None:
-                assert self._chunks is not None
-                self._done = encode_chunks(list(self._chunks), self._codecs)
-                self._stats["batches"] += len(self._chunks)
-                self._stats["samples"] += sum(len(c.ids) for c in self._chunks)
-                self._chunks = None
-            head, frames = self._done
-            self._stats["messages"] += 1
-            self._stats["bytes"] += sum(memoryview(f).nbytes for f in frames)
-        return MsgType.DATA, {**head, **extra}, frames

@@ -311,6 +311,10 @@ def to_feed_value(name: str, value: Any, where: str, ragged: set[str] | None = N
 def _batch_feeds(
     feed_list: Sequence[str], batch: Any, index: int, ragged: set[str]
 ) -> tuple[dict[str, Value], int]:
+    if not ragged and type(batch) is tuple and len(batch) == len(feed_list):
+        n = _dense_size(batch)  # the common case, checked in a few operations
+        if n:
+            return dict(zip(feed_list, batch, strict=True)), n
     where = f"batch_generator: batch {index}"
     fields = _sample_fields(feed_list, batch, where)
     feeds = {
@@ -318,6 +322,20 @@ def _batch_feeds(
         for name, v in zip(feed_list, fields, strict=True)
     }
     return feeds, batch_size_of(feeds, where)
+
+
+def _dense_size(batch: tuple[Any, ...]) -> int:
+    """The batch size of a tuple of numpy arrays that share a first dimension (> 0), else 0
+    (the caller then takes the general path, which explains what is wrong)."""
+    n = 0
+    for v in batch:
+        if type(v) is not np.ndarray or not v.ndim:
+            return 0
+        if not n:
+            n = v.shape[0]
+        elif v.shape[0] != n:
+            return 0
+    return n
 
 
 def batch_size_of(feeds: Mapping[str, Value], where: str) -> int:

@@ -1,10 +1,12 @@
 """Ordered multi-worker prediction: one round of the knowledge service.
 
-One *dispatcher* thread runs the reader and queues batches; each :class:`~._programs.Worker`
-has a thread that takes the next queued batch as soon as it is idle (so a faster device takes
-more batches), predicts it and files the result under the batch's sequence number. The consumer
-(:class:`RoundIterator`) hands chunks out strictly in reader order, whatever order the workers
-finish in. At most ``buf_size`` batches are in flight (read and not yet handed out), so a slow
+One *dispatcher* thread runs the reader and queues batches. With several workers, each
+:class:`~._programs.Worker` has a thread that takes the next queued batch as soon as it is idle
+(so a faster device takes more batches), predicts it and files the result under the batch's
+sequence number; the consumer (:class:`RoundIterator`) hands chunks out strictly in reader
+order, whatever order the workers finish in. With one worker, the consumer's thread predicts
+each batch itself (one hand-off, reader to consumer, instead of two). A service without a
+program has no threads at all (:mod:`pantheon._service.passthrough`). At most ``buf_size`` batches are in flight (read and not yet handed out), so a slow
 consumer holds the reader back, and prediction of the next batches overlaps the consumer's work
 on the current one.
 
@@ -27,6 +29,7 @@ import numpy as np
 from .._errors import ConfigError, PantheonError, WorkerError
 from .._knowledge import Chunk, slice_value
 from .._util import Deadline
+from .passthrough import PassThroughRound
 from .programs import Worker, predict_batch
 from .readers import RawBatch
 
@@ -79,12 +82,17 @@ class _RoundState:
         self.fail_seq: int | None = None  # the earliest batch that failed (its error in results)
         self.closed = False
         self.threads: list[threading.Thread] = []
+        self.inline = len(workers) == 1
+        self._inited: set[int] = set()  # consumer threads that ran the worker's init_thread
 
     # ---- threads -------------------------------------------------------------------------
     def start(self) -> None:
         self.threads.append(
             threading.Thread(target=self._dispatch, name="pantheon-service-reader", daemon=True)
         )
+        if self.inline:  # one worker: the consumer predicts (see next_chunk)
+            self.threads[0].start()
+            return
         for w in self.workers:
             self.threads.append(
                 threading.Thread(
@@ -218,8 +226,30 @@ class _RoundState:
                     raise StopIteration
                 if self.closed:
                     raise StopIteration
+                if self.inline and self.pending:
+                    self._predict_inline()
+                    continue
                 self.cond.wait(_POLL_S)
                 self._check_alive()
+
+    def _predict_inline(self) -> None:
+        """Called with the lock held, by the consumer of a one-worker round: predict the next
+        queued batch (lock released meanwhile) and file its result as a worker thread would."""
+        job, feeds = self.pending.popleft()
+        worker = self.workers[0]
+        self.cond.release()
+        try:
+            me = threading.get_ident()
+            if worker.init_thread is not None and me not in self._inited:
+                worker.init_thread()
+                self._inited.add(me)
+            result: Chunk | BaseException = self._predict(worker, job, feeds)
+        except BaseException as exc:
+            result = _wrap(exc, worker, job)
+        finally:
+            self.cond.acquire()
+        self.results[job.seq] = result
+        self.cond.notify_all()
 
     def _check_alive(self) -> None:
         """Called with the lock held: turn threads that vanished into a failure."""
@@ -286,6 +316,11 @@ class RoundIterator(Iterator[Chunk]):
         buf_size: int,
         start_sample: int,
     ) -> None:
+        self._passthrough: PassThroughRound | None = None
+        if all(w.run is None for w in workers):  # no program: no threads (see passthrough)
+            self._passthrough = PassThroughRound(raw, workers[0], feed_list, schema, start_sample)
+            self._finalizer = weakref.finalize(self, self._passthrough.close)
+            return
         self._state = _RoundState(raw, workers, feed_list, schema, buf_size, start_sample)
         self._finalizer = weakref.finalize(self, self._state.close)
         self._state.start()
@@ -294,6 +329,8 @@ class RoundIterator(Iterator[Chunk]):
         return self
 
     def __next__(self) -> Chunk:
+        if self._passthrough is not None:
+            return next(self._passthrough)
         return self._state.next_chunk()
 
     def close(self) -> None:
@@ -303,6 +340,8 @@ class RoundIterator(Iterator[Chunk]):
     def join(self, timeout: float = 10.0) -> bool:
         """Wait up to ``timeout`` seconds for the round's threads to end (after :meth:`close`
         or the end of the round); returns whether they all did."""
+        if self._passthrough is not None:
+            return True
         return self._state.join(timeout)
 
     def __enter__(self) -> RoundIterator:

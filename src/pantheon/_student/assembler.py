@@ -77,6 +77,23 @@ class _Handoff:
                 self._cond.notify_all()
         return True
 
+    def put_many(self, items: list[_Item], stop: threading.Event) -> bool:
+        """Append ``items`` together, waiting for room for the first, and wake the consumer
+        once for all of them (so a chunk cut into many small batches costs one wake-up, not
+        one per batch); the hand-off may then hold up to ``maxsize + len(items) - 1`` items.
+        False (nothing appended) once ``stop`` is set."""
+        if len(items) == 1:
+            return self.put(items[0], stop)
+        if not items:
+            return not stop.is_set()
+        if not self.put(items[0], stop):
+            return False
+        self._items.extend(items[1:])
+        if self._consumer_waiting:
+            with self._cond:
+                self._cond.notify_all()
+        return True
+
     def put_back(self, item: _Item) -> None:
         """Return a final item (end or error) to the front, so that later gets see it again."""
         self._items.appendleft(item)
@@ -222,14 +239,21 @@ class RoundAssembler(Assembler):
         self._held.append(batch)
         return self._release()
 
+    def _put_batches(self, batches: list[Chunk]) -> bool:
+        """Hand on the batches cut from one chunk, together (see :meth:`_Handoff.put_many`)."""
+        if not self._equalize:
+            return self._queue.put_many([("batch", b) for b in batches], self._stop)
+        self._held.extend(batches)
+        return self._release()
+
     def _release(self) -> bool:
         limit = min(s.known_samples() for s in self._streams) // self._world
+        ready: list[_Item] = []
         while self._held and self._position + len(self._held[0].ids) <= limit:
             batch = self._held.popleft()
             self._position += len(batch.ids)
-            if not self._put(("batch", batch)):
-                return False
-        return True
+            ready.append(("batch", batch))
+        return self._queue.put_many(ready, self._stop)
 
     def _end_round(self) -> None:
         if self._equalize:
@@ -301,9 +325,11 @@ class RoundAssembler(Assembler):
                     return
                 continue
             rebatcher.push(chunk)
+            batches = []
             while (batch := rebatcher.pop()) is not None:
-                if not self._put_batch(batch):
-                    return
+                batches.append(batch)
+            if not self._put_batches(batches):
+                return
 
     def _check_aligned(self, pieces: Sequence[Chunk | None], done: int) -> None:
         ref = pieces[0]
