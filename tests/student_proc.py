@@ -34,13 +34,20 @@ def main() -> int:
     p.add_argument("--drop-last", action="store_true")
     p.add_argument("--delay", type=float, default=0.0, help="seconds per training step")
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--transport", default="auto")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
 
     path = Path(args.checkpoint)
     saved = json.loads(path.read_text()) if path.exists() else None
     seen: list[list[int]] = saved["seen"] if saved else [[] for _ in range(args.rounds)]
-    student = Student(timeout=args.timeout, group=args.group, rank=args.rank, world_size=args.world)
+    student = Student(
+        timeout=args.timeout,
+        group=args.group,
+        rank=args.rank,
+        world_size=args.world,
+        transport=args.transport,
+    )
     student.register_teacher(in_address=args.address, cache_path=args.cache)
     if saved is not None:
         student.load_state_dict(saved["state"])
@@ -64,6 +71,8 @@ def main() -> int:
         tmp.write_text(json.dumps({"state": student.state_dict(), "seen": seen}))
         os.replace(tmp, path)
         print(f"ROUND {rnd}", flush=True)
+    transports = sorted(set(student.stats().get("transport", {}).values()))
+    print(f"TRANSPORT {','.join(transports)} {student.stats().get('shm_messages', 0)}", flush=True)
     student.close()
     print("DONE", flush=True)
     return 0

@@ -79,7 +79,7 @@ def test_teacher_killed_mid_round_and_restarted_resumes_exactly(teacher_proc):
     first = teacher_proc("--samples", "2000", "--batch", "10", "--delay", "0.002")
     address = first.address()
     port = address.rsplit(":", 1)[1]
-    with Student(timeout=60) as student:
+    with Student(timeout=60, transport="tcp") as student:  # shared memory: tests/online/test_shm
         student.register_teacher(in_address=address)
         student.start()
         gen = student.get_knowledge_generator(batch_size=64)

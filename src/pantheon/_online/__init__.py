@@ -8,12 +8,14 @@ student sees it, reconnecting and resuming from the first sample it does not hol
 
 from __future__ import annotations
 
+from .link import TRANSPORTS
 from .payload import decode_payload, decode_plain, encode_chunks
 from .server import ServeOptions, TeacherServer
 from .source import OnlineSource
 from .status import fetch_status
 
 __all__ = [
+    "TRANSPORTS",
     "OnlineSource",
     "ServeOptions",
     "TeacherServer",

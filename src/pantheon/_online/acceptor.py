@@ -11,7 +11,7 @@ from typing import Any
 
 from .._errors import PantheonError, PantheonTimeoutError
 from .._util import Backoff, Deadline
-from .._wire import Connection, Heartbeat, Listener, server_handshake
+from .._wire import Connection, Heartbeat, Listener, accept_offer, server_handshake
 from .messages import Hello, parse_hello
 
 __all__ = ["Acceptor", "RateLimitedLog"]
@@ -110,6 +110,8 @@ class Acceptor:
         try:
             raw = server_handshake(conn, self._token, timeout=self._heartbeat.timeout)
             hello = parse_hello(raw)
+            if "shm" in raw:  # only now, the client authenticated: map its ring or say why not
+                conn = accept_offer(conn, raw["shm"], self._heartbeat.timeout)
         except (OSError, PantheonError) as exc:
             self.warn.warning("refused", "refused a connection from %s: %s", conn.peer, exc)
             conn.close()

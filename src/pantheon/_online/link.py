@@ -3,14 +3,40 @@
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 from typing import Any, Protocol
 
-from .._errors import ClosedError, ConnectionLostError, PantheonTimeoutError, TeacherError
+from .._errors import (
+    ClosedError,
+    ConfigError,
+    ConnectionLostError,
+    PantheonTimeoutError,
+    TeacherError,
+)
 from .._util import Deadline
-from .._wire import BufferPool, Connection, Heartbeat, Message, Session, client_handshake, connect
+from .._wire import (
+    BufferPool,
+    Connection,
+    Heartbeat,
+    Message,
+    Ring,
+    Session,
+    ShmReceiver,
+    client_handshake,
+    connect,
+    is_local,
+    read_ready,
+    shm_unavailable,
+)
 
-__all__ = ["Link", "LinkOwner"]
+__all__ = ["TRANSPORTS", "Link", "LinkOwner"]
+
+log = logging.getLogger("pantheon")
+
+TRANSPORTS = ("auto", "tcp", "shm")
+"""How a student gets its knowledge: ``auto`` (shared memory with a teacher on the same host,
+TCP otherwise), ``tcp`` (always the socket) or ``shm`` (shared memory, or an error)."""
 
 
 class LinkOwner(Protocol):
@@ -21,6 +47,7 @@ class LinkOwner(Protocol):
     hello: dict[str, Any]
     credits: int
     heartbeat: Heartbeat
+    transport: str
     stopped: threading.Event
 
     def on_message(self, link: Link, session: Session, msg: Message) -> None: ...
@@ -38,15 +65,59 @@ class Link:
         self.session: Session | None = None
         self.pending: collections.deque[Any] = collections.deque()  # messages to send, in order
         self.send_lock = threading.Lock()
+        self.ring: Ring | None = None  # the shared-memory ring of the current connection
+        self._shm: ShmReceiver | None = None
+        self._shm_before = 0  # messages that came through the rings of earlier connections
+
+    @property
+    def transport(self) -> str:
+        """``"shm"`` when the current connection carries knowledge through shared memory."""
+        return "shm" if self._shm is not None and not self._shm.closed else "tcp"
+
+    @property
+    def shm_messages(self) -> int:
+        """Messages that came through shared memory, over all connections of this link."""
+        return self._shm_before + (self._shm.received if self._shm is not None else 0)
+
+    def _offer_ring(self, conn: Connection) -> Ring | None:
+        """A fresh ring to offer on this connection, or None (TCP only)."""
+        mode = self.source.transport
+        if mode == "tcp" or (mode == "auto" and not is_local(conn)):
+            return None
+        why = shm_unavailable()
+        if why is None:
+            try:
+                return Ring()
+            except OSError as exc:
+                why = f"could not create shared memory ({exc})"
+        if mode == "shm":
+            raise ConfigError(f"{self.source.name}: transport='shm' but {why}; use 'auto'")
+        log.info("%s: knowledge over TCP: %s", self.source.name, why)
+        return None
 
     def _handshake(self, conn: Connection, deadline: Deadline) -> None:
         src = self.source
-        client_handshake(
-            conn,
-            src.token,
-            timeout=max(0.1, deadline.cap(src.heartbeat.timeout)),
-            hello=src.hello,
-        )
+        timeout = max(0.1, deadline.cap(src.heartbeat.timeout))
+        ring = self._offer_ring(conn)
+        hello = src.hello if ring is None else {**src.hello, "shm": ring.offer()}
+        try:
+            client_handshake(conn, src.token, timeout=timeout, hello=hello)
+            ok, why = (False, "") if ring is None else read_ready(conn, timeout)
+        except BaseException:
+            if ring is not None:
+                ring.close()
+            raise
+        if ring is not None and not ok:
+            ring.close()
+            ring = None
+            if src.transport == "shm":
+                raise ConfigError(
+                    f"{src.name}: transport='shm' but the teacher at {self.address} cannot use "
+                    f"this student's shared memory: {why}; use transport='auto' to fall back "
+                    "to TCP"
+                )
+            log.info("%s: knowledge over TCP: %s", src.name, why)
+        self.ring = ring
 
     def connect(self, deadline: Deadline) -> Session:
         """Connect and authenticate, retrying until ``deadline``; start the session.
@@ -60,7 +131,7 @@ class Link:
         if src.stopped.is_set():
             raise ClosedError(f"{src.name} is closed")
         try:
-            conn = connect(
+            conn: Connection = connect(
                 self.address,
                 timeout=max(deadline.left(), 0.001),
                 setup=self._handshake,
@@ -74,6 +145,12 @@ class Link:
                 f"(last error: {exc}); is the teacher running and reachable? Raise "
                 "Student(timeout=...) to wait longer"
             ) from None
+        if self._shm is not None:
+            self._shm_before += self._shm.received
+            self._shm = None
+        if self.ring is not None:
+            conn = self._shm = ShmReceiver(conn, self.ring, send_timeout=src.heartbeat.timeout)
+            log.debug("%s: knowledge through shared memory", src.name)
         session = Session(
             conn,
             name=f"{src.name} at {self.address}",

@@ -40,7 +40,7 @@ from .._wire import (
     resolve_token,
     take_message,
 )
-from .link import Link
+from .link import TRANSPORTS, Link
 from .messages import Bye, Data, Desc, EndRound, Fail, Query, header, parse
 from .payload import decode_payload, encode_chunks
 from .student_machine import Action, Reconnect, RoundState, StudentMachine, Transmit
@@ -116,6 +116,9 @@ class OnlineSource:
         heartbeat: liveness settings.
         sparse_topk: hand top-k knowledge in its sparse form.
         group / rank / world_size: this student's job, and its shard of every round.
+        transport: ``"auto"`` (default: shared memory with a teacher on this host, TCP
+            otherwise), ``"tcp"`` or ``"shm"`` (shared memory or an error); see
+            :data:`~pantheon._online.link.TRANSPORTS`.
     """
 
     def __init__(
@@ -131,7 +134,10 @@ class OnlineSource:
         group: str = "default",
         rank: int = 0,
         world_size: int = 1,
+        transport: str = "auto",
     ) -> None:
+        if transport not in TRANSPORTS:
+            raise ConfigError(f"transport must be one of {list(TRANSPORTS)}, got {transport!r}")
         addresses = [address] if isinstance(address, str) else list(address)
         if not addresses:
             raise ConfigError("in_address needs at least one 'host:port'")
@@ -145,6 +151,7 @@ class OnlineSource:
         self.timeout = timeout
         self.credits = max(1, credits)
         self.heartbeat = heartbeat or Heartbeat()
+        self.transport = transport
         self.hello = {
             "client": self.client_id,
             "role": "student",
@@ -407,8 +414,16 @@ class OnlineSource:
         return take_message(self.inbox, timeout, f"{self.name} (Student.recv)")
 
     def stats(self) -> Mapping[str, Any]:
-        """Bytes received and reconnections."""
-        return dict(self._stats)
+        """Bytes received, reconnections, messages through shared memory, and the transport
+        of each connected address (``{name: "shm" | "tcp"}``)."""
+        out: dict[str, Any] = dict(self._stats)
+        out["shm_messages"] = sum(link.shm_messages for link in self.links)
+        out["transport"] = {
+            f"{self.name} at {link.address}": link.transport
+            for link in self.links
+            if link.session is not None
+        }
+        return out
 
     def close(self, goodbye: bool = True) -> None:
         """Disconnect; with ``goodbye`` the teacher is told this student is gone for good,

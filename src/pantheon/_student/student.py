@@ -52,6 +52,11 @@ class Student:
             :func:`pantheon.torch.distributed_rank` reads them from ``torch.distributed``.
         credits: online: knowledge messages a teacher may have in flight to this student
             (default 8): the student's receive buffer.
+        transport: online: ``"auto"`` (default) gets knowledge through shared memory from a
+            teacher on the same host (Linux; the knowledge arrays are views of it, valid as
+            long as they are held) and over TCP otherwise; ``"tcp"`` always uses the socket;
+            ``"shm"`` requires shared memory and fails with the reason when the teacher cannot
+            use it. ``PANTHEON_SHM=0`` in the environment of either side turns it off.
 
     Usage, as the seed::
 
@@ -78,6 +83,7 @@ class Student:
         rank: int = 0,
         world_size: int = 1,
         credits: int = 8,
+        transport: str = "auto",
     ) -> None:
         if merge_strategy is not None and not isinstance(merge_strategy, Mapping):
             raise ConfigError(
@@ -104,6 +110,14 @@ class Student:
                 f"ranks are 0..{self._world - 1}"
             )
         self._credits = check_int("credits", credits, unit="messages")
+        from .._online import TRANSPORTS
+
+        if transport not in TRANSPORTS:
+            raise ConfigError(
+                f"transport must be one of {list(TRANSPORTS)} (how online knowledge travels), "
+                f"got {transport!r}"
+            )
+        self._transport = transport
         self._sources: list[Source] = []
         self._plan: MergePlan | None = None
         self._started = False
@@ -182,6 +196,7 @@ class Student:
             rank=self._rank,
             world_size=self._world,
             credits=self._credits,
+            transport=self._transport,
         )
 
     def start(self, timeout: float | None = None) -> None:
@@ -449,12 +464,18 @@ class Student:
         self._round, self._sample_in_round = rnd, sample
 
     def stats(self) -> dict[str, Any]:
-        """Counters: batches, samples and rounds handed out, seconds the training loop waited."""
+        """Counters: batches, samples and rounds handed out, seconds the training loop waited
+        for knowledge (``wait_seconds``), bytes received, reconnections, knowledge messages
+        that came through shared memory (``shm_messages``) and, for online teachers, the
+        transport of each connection (``transport``: ``{teacher: "shm" | "tcp"}``)."""
         out: dict[str, Any] = dict(self._stats)
         out["qsize"] = self.get_knowledge_qsize()
         for source in self._sources:
             for key, value in source.stats().items():
-                out[key] = out.get(key, 0) + value if isinstance(value, (int, float)) else value
+                if isinstance(value, Mapping):
+                    out[key] = {**out.get(key, {}), **value}
+                else:
+                    out[key] = out.get(key, 0) + value
         return out
 
     # -- lifetime -------------------------------------------------------------------------

@@ -5,7 +5,8 @@ interfaces (:class:`Connection`, :class:`ByteStream`, :class:`MsgType`, :class:`
 never imports a transport; :mod:`.framing` puts the message framing on any byte stream;
 :mod:`.tcp` and :mod:`.inproc` are the transports; this module wires them together. Above
 them: no-pickle values (:mod:`.values`), knowledge chunks (:mod:`.chunks`), the token
-handshake (:mod:`.auth`) and live sessions with heartbeats (:mod:`.session`).
+handshake (:mod:`.auth`), live sessions with heartbeats (:mod:`.session`) and the same-host
+transport through a shared-memory ring (:mod:`.ring`, :mod:`.shm`).
 ``docs/protocol.md`` gives every byte.
 """
 
@@ -42,7 +43,9 @@ from .core import (
 )
 from .framing import StreamConnection
 from .inproc import InprocConnection, PipeStream, inproc_pair, pipe_pair
+from .ring import SHM_ENV, Ring, RingMapping, map_offer, shm_unavailable
 from .session import Heartbeat, Session, take_message
+from .shm import ShmReceiver, ShmSender, accept_offer, is_local, read_ready
 from .tcp import (
     Listener,
     SocketStream,
@@ -67,6 +70,7 @@ __all__ = [
     "NONCE_BYTES",
     "PREFIX_SIZE",
     "PROTOCOL_VERSION",
+    "SHM_ENV",
     "TOKEN_ENV",
     "Alloc",
     "Buffer",
@@ -79,11 +83,16 @@ __all__ = [
     "Message",
     "MsgType",
     "PipeStream",
+    "Ring",
+    "RingMapping",
     "SendTimeout",
     "Session",
+    "ShmReceiver",
+    "ShmSender",
     "SocketStream",
     "StreamConnection",
     "TcpConnection",
+    "accept_offer",
     "check_bind",
     "client_handshake",
     "connect",
@@ -94,12 +103,16 @@ __all__ = [
     "encode_value",
     "format_address",
     "inproc_pair",
+    "is_local",
     "listen",
     "listen_socket",
     "mac_input",
+    "map_offer",
     "parse_address",
     "pipe_pair",
+    "read_ready",
     "resolve_token",
     "server_handshake",
+    "shm_unavailable",
     "take_message",
 ]

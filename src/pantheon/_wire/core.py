@@ -88,6 +88,8 @@ class MsgType(IntEnum):
     ROUND_DONE = 20
     STATUS = 21
     STATUS_INFO = 22
+    SHM_READY = 23
+    SHM_FREE = 24
     # data (32-47)
     DATA = 32
     QUERY = 33

@@ -1,0 +1,236 @@
+"""The same-host transport's ring, its mapping and the connection wrappers, in one process:
+a real sealed memfd, mapped a second time through /proc as a teacher does, and in-memory
+connections."""
+
+from __future__ import annotations
+
+import gc
+import os
+
+import numpy as np
+import pytest
+
+from pantheon._errors import ConfigError, ProtocolError
+from pantheon._wire import (
+    FRAME_ALIGN,
+    MsgType,
+    Ring,
+    ShmReceiver,
+    ShmSender,
+    accept_offer,
+    decode_parts,
+    encode_parts,
+    inproc_pair,
+    map_offer,
+    read_ready,
+    shm_unavailable,
+)
+from pantheon._wire.ring import HEADER_BYTES, RingMapping
+
+pytestmark = pytest.mark.skipif(shm_unavailable() is not None, reason=str(shm_unavailable()))
+
+SLOT = 64 * 1024
+
+
+def ring_maps() -> int:
+    """Mappings of rings in this process (each ring, and each teacher-side mapping, is one)."""
+    with open("/proc/self/maps") as f:
+        return sum("memfd:pantheon-ring" in line for line in f)
+
+
+@pytest.fixture
+def pair() -> tuple[Ring, RingMapping]:
+    ring = Ring(slots=4, slot_bytes=SLOT)
+    mapping, why = map_offer(ring.offer())
+    assert mapping is not None, why
+    yield ring, mapping
+    mapping.close()
+    ring.close()
+
+
+def test_frames_placed_by_the_teacher_are_views_of_the_students_ring(pair) -> None:
+    ring, mapping = pair
+    a = np.arange(1000, dtype=np.float32)
+    b = np.arange(7, dtype=np.int64)
+    where = mapping.place([a, b.data.cast("B")])
+    assert where is not None and where[0] == 0
+    assert where[1:] == [0, a.nbytes, -(-a.nbytes // FRAME_ALIGN) * FRAME_ALIGN, b.nbytes]
+    frames = ring.frames(where, max_frames=16)
+    np.testing.assert_array_equal(np.frombuffer(frames[0], np.float32), a)
+    np.testing.assert_array_equal(np.frombuffer(frames[1], np.int64), b)
+    assert ring.lent == 1 and mapping.free == 3
+
+
+def test_a_slot_comes_back_only_when_nothing_references_its_arrays(pair) -> None:
+    ring, mapping = pair
+    where = mapping.place([np.ones(10, np.float64)])
+    frames = ring.frames(where, 16)
+    arr = np.frombuffer(frames[0], np.float64)[2:5]  # a view of a view
+    del frames
+    assert ring.collect() == []  # arr still holds the slot
+    held = arr.copy()
+    del arr
+    gc.collect()
+    assert ring.collect() == [where[0]]
+    mapping.release([where[0]])
+    assert mapping.free == 4
+    np.testing.assert_array_equal(held, 1.0)
+
+
+def test_no_free_slot_or_a_message_bigger_than_a_slot_falls_back(pair) -> None:
+    ring, mapping = pair
+    assert mapping.place([np.zeros(SLOT + 1, np.uint8)]) is None
+    held = [ring.frames(mapping.place([np.zeros(8, np.uint8)]), 16) for _ in range(4)]
+    assert mapping.place([np.zeros(8, np.uint8)]) is None
+    assert mapping.fell_back == 2 and mapping.placed == 4
+    assert len(held) == 4
+
+
+def test_held_arrays_stay_valid_and_unchanged_while_later_messages_come(pair) -> None:
+    ring, mapping = pair
+    kept = []
+    for i in range(40):
+        where = mapping.place([np.full(100, i, np.int32)])
+        if where is None:  # every slot held: the message would go over TCP
+            continue
+        arr = np.frombuffer(ring.frames(where, 16)[0], np.int32)
+        if i % 3 == 0:
+            kept.append((i, arr))  # the training loop keeps some batches
+        del arr
+        mapping.release(ring.collect())
+    for i, arr in kept:
+        np.testing.assert_array_equal(arr, i)
+
+
+def test_a_malformed_placement_is_a_protocol_error(pair) -> None:
+    ring, mapping = pair
+    for bad in ([9, 0, 8], [0, 1, 8], [0, 0, SLOT + 1], [0, 0], "0", [0, -64, 8], [0.5, 0, 8]):
+        with pytest.raises(ProtocolError):
+            ring.frames(bad, 16)
+    with pytest.raises(ProtocolError, match="at most 2 frames"):
+        ring.frames([0, 0, 8, 64, 8, 128, 8], 2)
+    ring.frames([1, 0, 8], 16)
+    with pytest.raises(ProtocolError, match="lent"):
+        ring.frames([1, 0, 8], 16)  # the teacher may not reuse a slot the student holds
+    with pytest.raises(ProtocolError, match="not lent"):
+        mapping.release([2])  # never placed
+    with pytest.raises(ProtocolError, match="list"):
+        mapping.release("0")
+
+
+def test_offers_that_do_not_hold_are_refused_with_the_reason() -> None:
+    ring = Ring(slots=2, slot_bytes=SLOT)
+    try:
+        good = ring.offer()
+        cases = {
+            "another host": {**good, "boot": "not-this-boot"},
+            "not a ring": {**good, "fd": 0},
+            "cannot open": {**good, "pid": 2**31 - 2},
+            "header and key": {**good, "key": b"k" * 32},
+            "size it declared": {**good, "slots": 3},
+        }
+        for expected, offer in cases.items():
+            mapping, why = map_offer(offer)
+            assert mapping is None and why, expected
+        for bad in ({**good, "key": "text"}, {**good, "slots": 0}, {**good, "v": 99}, [1]):
+            with pytest.raises(ProtocolError):
+                map_offer(bad)
+    finally:
+        ring.close()
+
+
+def test_an_unsealed_memfd_is_refused() -> None:
+    ring = Ring(slots=2, slot_bytes=SLOT)
+    fd = os.memfd_create("pantheon-ring", os.MFD_CLOEXEC)  # same name, no seals
+    try:
+        os.ftruncate(fd, ring.size)
+        mapping, why = map_offer({**ring.offer(), "fd": fd})
+        assert mapping is None and "sealed" in why
+    finally:
+        os.close(fd)
+        ring.close()
+
+
+def test_the_ring_cannot_shrink_under_a_teacher() -> None:
+    ring = Ring(slots=2, slot_bytes=SLOT)
+    try:
+        assert ring.fd is not None
+        with pytest.raises(PermissionError):
+            os.ftruncate(ring.fd, HEADER_BYTES)
+    finally:
+        ring.close()
+
+
+def test_turned_off_by_the_environment(monkeypatch) -> None:
+    ring = Ring(slots=2, slot_bytes=SLOT)
+    try:
+        monkeypatch.setenv("PANTHEON_SHM", "0")
+        assert "PANTHEON_SHM=0" in str(shm_unavailable())
+        mapping, why = map_offer(ring.offer())
+        assert mapping is None and "PANTHEON_SHM=0" in why
+    finally:
+        ring.close()
+
+
+def test_bad_geometry_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="slots"):
+        Ring(slots=0)
+    with pytest.raises(ConfigError, match="multiple"):
+        Ring(slots=1, slot_bytes=SLOT + 1)
+
+
+def test_wrapped_connections_carry_data_through_the_ring_and_the_rest_over_the_socket() -> None:
+    ring = Ring(slots=2, slot_bytes=SLOT)
+    teacher_end, student_end = inproc_pair()
+    sender = accept_offer(teacher_end, ring.offer(), timeout=5)
+    assert isinstance(sender, ShmSender)
+    assert read_ready(student_end, timeout=5) == (True, "")
+    receiver = ShmReceiver(student_end, ring)
+    ids = np.arange(5, dtype=np.int64)
+    header, frames = encode_parts(ids, {("x", ""): np.full((5, 3), 2.5, np.float32)})
+    sender.send(MsgType.DATA, header, frames)
+    sender.send(MsgType.USER, {"value": 1}, [b"abc"])  # other types: over the socket
+    msg = receiver.recv(timeout=5)
+    assert "shm" not in msg.header and msg.type == MsgType.DATA
+    got_ids, parts = decode_parts(msg.header, msg.frames)
+    np.testing.assert_array_equal(got_ids, ids)
+    x = parts[("x", "")]
+    np.testing.assert_array_equal(x, 2.5)
+    assert receiver.recv(timeout=5).frames[0].tobytes() == b"abc"
+    assert receiver.received == 1 and ring.lent == 1
+    del msg, parts, x, frames, got_ids  # ids are views of the slot too
+    gc.collect()
+    receiver.send(MsgType.CREDIT, {"n": 1})  # freed slots are given back before it
+    assert sender.recv(timeout=5).type == MsgType.CREDIT  # SHM_FREE consumed on the way
+    assert sender.mapping.free == 2
+    maps = ring_maps()
+    sender.close()
+    receiver.close()
+    assert ring_maps() == maps - 2
+
+
+def test_a_refusal_is_read_with_its_reason() -> None:
+    teacher_end, student_end = inproc_pair()
+    conn = accept_offer(teacher_end, {**Ring(slots=1, slot_bytes=SLOT).offer(), "boot": "x"}, 5)
+    assert conn is teacher_end
+    ok, why = read_ready(student_end, timeout=5)
+    assert not ok and "another host" in why
+    teacher_end.send(MsgType.PING)
+    with pytest.raises(ProtocolError, match="SHM_READY"):
+        read_ready(student_end, timeout=5)
+
+
+def test_memory_goes_with_the_last_view() -> None:
+    gc.collect()
+    before = ring_maps()
+    ring = Ring(slots=1, slot_bytes=SLOT)
+    mapping, _ = map_offer(ring.offer())
+    assert mapping is not None
+    arr = np.frombuffer(ring.frames(mapping.place([np.ones(4)]), 4)[0], np.float64)
+    mapping.close()
+    ring.close()  # the training loop still holds arr: it stays valid
+    np.testing.assert_array_equal(arr, 1.0)
+    assert ring_maps() == before + 1
+    del arr
+    gc.collect()
+    assert ring_maps() == before
