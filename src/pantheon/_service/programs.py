@@ -43,7 +43,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .._errors import ConfigError, KnowledgeError, missing_extra
+from .._errors import ConfigError, KnowledgeError, PantheonError, WorkerError, missing_extra
 from .._knowledge import Knowledge, Value, normalize_batch, num_samples
 from .._util import check_int
 
@@ -233,6 +233,16 @@ class Worker:
     run: Runner | None
     init_thread: Callable[[], None] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    _threads: set[int] = field(default_factory=set)  # threads that ran init_thread
+
+    def prepare_thread(self) -> None:
+        """Run ``init_thread`` in the calling thread unless it ran there already."""
+        if self.init_thread is None:
+            return
+        me = threading.get_ident()
+        if me not in self._threads:
+            self.init_thread()
+            self._threads.add(me)
 
 
 def _cpu_threads(devices: Sequence[str]) -> int | None:
@@ -320,6 +330,21 @@ def name_outputs(out: Any) -> dict[str, Any]:
             named.setdefault(fname, getattr(out, fname))
         return named
     return {"output": out}
+
+
+def worker_error(exc: BaseException, worker: Worker, where: str | None) -> BaseException:
+    """A worker's exception as the round raises it: ConfigError as it is, anything else as a
+    :class:`~pantheon.WorkerError` naming the worker, its device and ``where`` (the batch;
+    None: before its first batch), the original as ``__cause__``."""
+    if isinstance(exc, ConfigError):
+        return exc
+    what = str(exc) if isinstance(exc, PantheonError) else f"{type(exc).__name__}: {exc}"
+    err = WorkerError(
+        f"knowledge service {worker.name} on device {worker.device!r} failed on "
+        f"{where or 'before its first batch'}: {what}"
+    )
+    err.__cause__ = exc
+    return err
 
 
 def predict_batch(

@@ -18,7 +18,6 @@ and answers the student's query batches with :func:`make_query_handler`.
 from __future__ import annotations
 
 import itertools
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -153,7 +152,6 @@ def make_query_handler(spec: ServiceSpec) -> Callable[[Mapping[str, Any]], Knowl
     schema_d = dict(spec.schema)
     workers = build_workers(spec.program, feeds_order, spec.devices)
     turn = itertools.count()
-    local = threading.local()
 
     def handle(query: Mapping[str, Any]) -> Knowledge:
         if not isinstance(query, Mapping):
@@ -169,7 +167,7 @@ def make_query_handler(spec: ServiceSpec) -> Callable[[Mapping[str, Any]], Knowl
         feeds: dict[str, Value] = {f: to_feed_value(f, query[f], "query") for f in feeds_order}
         n = batch_size_of(feeds, "query")
         worker = _pick(workers, turn)
-        _init_once(local, worker)
+        worker.prepare_thread()
         return predict_batch(worker, schema_d, feeds, n, f"query on {worker.name}")
 
     return handle
@@ -183,11 +181,3 @@ def _pick(workers: Sequence[Worker], turn: itertools.count[int]) -> Worker:
         if not w.lock.locked():
             return w
     return workers[start]
-
-
-def _init_once(local: threading.local, worker: Worker) -> None:
-    done: set[str] = getattr(local, "done", set())
-    if worker.init_thread is not None and worker.name not in done:
-        worker.init_thread()
-        done.add(worker.name)
-        local.done = done

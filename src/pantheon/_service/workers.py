@@ -1,14 +1,13 @@
 """Ordered multi-worker prediction: one round of the knowledge service.
 
-One *dispatcher* thread runs the reader and queues batches. With several workers, each
+With several workers, one *dispatcher* thread runs the reader and queues batches; each
 :class:`~._programs.Worker` has a thread that takes the next queued batch as soon as it is idle
 (so a faster device takes more batches), predicts it and files the result under the batch's
 sequence number; the consumer (:class:`RoundIterator`) hands chunks out strictly in reader
-order, whatever order the workers finish in. With one worker, the consumer's thread predicts
-each batch itself (one hand-off, reader to consumer, instead of two). A service without a
-program has no threads at all (:mod:`pantheon._service.passthrough`). At most ``buf_size`` batches are in flight (read and not yet handed out), so a slow
-consumer holds the reader back, and prediction of the next batches overlaps the consumer's work
-on the current one.
+order, whatever order the workers finish in. At most ``buf_size`` batches are in flight (read
+and not yet handed out), so a slow consumer holds the reader back, and prediction of the next
+batches overlaps the consumer's work on the current one. A one-worker service has no threads
+at all (:mod:`pantheon._service.inline`).
 
 Every wait is on one condition variable that each state change (a result, a failure, the end of
 the reader, ``close()``) notifies; the consumer also re-checks at least once a second that the
@@ -26,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import ConfigError, PantheonError, WorkerError
+from .._errors import WorkerError
 from .._knowledge import Chunk, slice_value
 from .._util import Deadline
-from .passthrough import PassThroughRound
-from .programs import Worker, predict_batch
+from .inline import InlineRound
+from .programs import Worker, predict_batch, worker_error
 from .readers import RawBatch
 
 __all__ = ["RoundIterator"]
@@ -82,17 +81,12 @@ class _RoundState:
         self.fail_seq: int | None = None  # the earliest batch that failed (its error in results)
         self.closed = False
         self.threads: list[threading.Thread] = []
-        self.inline = len(workers) == 1
-        self._inited: set[int] = set()  # consumer threads that ran the worker's init_thread
 
     # ---- threads -------------------------------------------------------------------------
     def start(self) -> None:
         self.threads.append(
             threading.Thread(target=self._dispatch, name="pantheon-service-reader", daemon=True)
         )
-        if self.inline:  # one worker: the consumer predicts (see next_chunk)
-            self.threads[0].start()
-            return
         for w in self.workers:
             self.threads.append(
                 threading.Thread(
@@ -167,8 +161,7 @@ class _RoundState:
     def _work(self, worker: Worker) -> None:
         job: _Job | None = None
         try:
-            if worker.init_thread is not None:
-                worker.init_thread()
+            worker.prepare_thread()
             while True:
                 with self.cond:
                     taken = self._take()
@@ -226,30 +219,8 @@ class _RoundState:
                     raise StopIteration
                 if self.closed:
                     raise StopIteration
-                if self.inline and self.pending:
-                    self._predict_inline()
-                    continue
                 self.cond.wait(_POLL_S)
                 self._check_alive()
-
-    def _predict_inline(self) -> None:
-        """Called with the lock held, by the consumer of a one-worker round: predict the next
-        queued batch (lock released meanwhile) and file its result as a worker thread would."""
-        job, feeds = self.pending.popleft()
-        worker = self.workers[0]
-        self.cond.release()
-        try:
-            me = threading.get_ident()
-            if worker.init_thread is not None and me not in self._inited:
-                worker.init_thread()
-                self._inited.add(me)
-            result: Chunk | BaseException = self._predict(worker, job, feeds)
-        except BaseException as exc:
-            result = _wrap(exc, worker, job)
-        finally:
-            self.cond.acquire()
-        self.results[job.seq] = result
-        self.cond.notify_all()
 
     def _check_alive(self) -> None:
         """Called with the lock held: turn threads that vanished into a failure."""
@@ -284,18 +255,7 @@ class _RoundState:
 
 
 def _wrap(exc: BaseException, worker: Worker, job: _Job | None) -> BaseException:
-    """A worker's exception as the consumer raises it: ConfigError as is, else WorkerError."""
-    if isinstance(exc, ConfigError):
-        return exc
-    where = job.describe() if job is not None else "before its first batch"
-    what = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, PantheonError):
-        what = str(exc)
-    err = WorkerError(
-        f"knowledge service {worker.name} on device {worker.device!r} failed on {where}: {what}"
-    )
-    err.__cause__ = exc
-    return err
+    return worker_error(exc, worker, job.describe() if job is not None else None)
 
 
 class RoundIterator(Iterator[Chunk]):
@@ -316,10 +276,10 @@ class RoundIterator(Iterator[Chunk]):
         buf_size: int,
         start_sample: int,
     ) -> None:
-        self._passthrough: PassThroughRound | None = None
-        if all(w.run is None for w in workers):  # no program: no threads (see passthrough)
-            self._passthrough = PassThroughRound(raw, workers[0], feed_list, schema, start_sample)
-            self._finalizer = weakref.finalize(self, self._passthrough.close)
+        self._inline: InlineRound | None = None
+        if len(workers) == 1 or all(w.run is None for w in workers):  # no threads: see inline
+            self._inline = InlineRound(raw, workers[0], feed_list, schema, start_sample)
+            self._finalizer = weakref.finalize(self, self._inline.close)
             return
         self._state = _RoundState(raw, workers, feed_list, schema, buf_size, start_sample)
         self._finalizer = weakref.finalize(self, self._state.close)
@@ -329,8 +289,8 @@ class RoundIterator(Iterator[Chunk]):
         return self
 
     def __next__(self) -> Chunk:
-        if self._passthrough is not None:
-            return next(self._passthrough)
+        if self._inline is not None:
+            return next(self._inline)
         return self._state.next_chunk()
 
     def close(self) -> None:
@@ -340,7 +300,7 @@ class RoundIterator(Iterator[Chunk]):
     def join(self, timeout: float = 10.0) -> bool:
         """Wait up to ``timeout`` seconds for the round's threads to end (after :meth:`close`
         or the end of the round); returns whether they all did."""
-        if self._passthrough is not None:
+        if self._inline is not None:
             return True
         return self._state.join(timeout)
 

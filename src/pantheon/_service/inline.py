@@ -1,9 +1,15 @@
-"""A round without a program: the reader's feeds passed through as knowledge, in the caller's
-thread, small reader batches merged.
+"""A round of a one-worker service, run in the thread that consumes it: no thread, no hand-off.
 
-When the service has no program (every schema source is a feed), there is nothing to predict
-and nothing to overlap, so the round runs in the thread that consumes it: no thread, no
-hand-off. Consecutive reader batches are merged into one chunk of up to ``merge_bytes`` bytes
+Python threads hand a batch to each other slowly: a thread woken by another gets the
+interpreter only when the running one lets it go, which a busy thread does every 5 ms
+(``sys.getswitchinterval()``). A reader thread feeding a prediction thread feeding the
+consumer thus costs up to milliseconds per batch, the whole budget of a small one (see
+``docs/design.md``, "The service's per-batch cost"). With one worker, the consumer's thread
+reads, predicts and hands the chunk on itself; several workers keep their threads
+(:mod:`pantheon._service.workers`), where overlapping devices is worth it.
+
+When the service has no program (every schema source is a feed), consecutive reader batches
+are merged into one chunk of up to ``merge_bytes`` bytes
 (feeds concatenated sample-wise, one copy) while the reader keeps up: a merge ends once
 ``merge_wait`` seconds have passed since it began, or as soon as one read took longer than
 that, so a slow reader's knowledge is not held back (by at most ``merge_wait`` plus one read
@@ -11,7 +17,6 @@ that was expected to be fast). Merging keeps order and ids (a chunk is a run of
 consecutive positions); batches whose fields differ in dtype or trailing shape are never
 merged, so that the teacher's check reports them as it would unmerged.
 
-See ``docs/design.md`` ("The service's per-batch cost") for the measurements behind this.
 """
 
 from __future__ import annotations
@@ -24,10 +29,10 @@ from typing import Any
 import numpy as np
 
 from .._knowledge import Chunk, Ragged, Value, concat_values, slice_value
-from .programs import Worker, predict_batch
+from .programs import Worker, predict_batch, worker_error
 from .readers import RawBatch
 
-__all__ = ["MERGE_BYTES", "MERGE_WAIT_S", "PassThroughRound"]
+__all__ = ["MERGE_BYTES", "MERGE_WAIT_S", "InlineRound"]
 
 MERGE_BYTES = 256 * 1024
 """Bytes of feeds merged into one chunk at most (default 256 KiB, the wire's coalescing size)."""
@@ -55,16 +60,18 @@ def _signature(feeds: Mapping[str, Value]) -> tuple[_Signature | None, int]:
     return tuple(sig), size
 
 
-class PassThroughRound(Iterator[Chunk]):
-    """The chunks of one round of a service without a program, read in the caller's thread.
+class InlineRound(Iterator[Chunk]):
+    """The chunks of one round of a one-worker service, read and predicted in the caller's
+    thread (the worker's ``init_thread`` runs once in each thread that consumes a round).
 
     Args:
         raw: the reader's batches (:func:`~pantheon._service.readers.iter_raw_batches`).
-        worker: the service's first worker (its ``run`` is ``None``: knowledge is the feeds).
+        worker: the service's worker (``run`` ``None``: knowledge is the feeds, merged).
         feed_list / schema: as the service's.
         start_sample: batches that end at or below it are read and dropped; one that
             straddles it is sliced.
-        merge_bytes / merge_wait: see the module docstring (``0`` bytes: no merging).
+        merge_bytes / merge_wait: see the module docstring (``0`` bytes: no merging;
+            batches are merged only without a program, whose batch size is the reader's).
     """
 
     def __init__(
@@ -83,19 +90,21 @@ class PassThroughRound(Iterator[Chunk]):
         self._feed_list = list(feed_list)
         self._schema = dict(schema)
         self._start = start_sample
-        self._merge_bytes = merge_bytes
+        self._merge_bytes = merge_bytes if worker.run is None else 0
         self._merge_wait = merge_wait
         self._offset = 0  # position of the next raw batch's first sample
-        self._held: tuple[int, dict[str, Value], int] | None = None  # (first id, feeds, n)
+        self._held: tuple[int, dict[str, Value], int, int, int] | None = None  # see _next_raw
         self._done = False
         self._error: Exception | None = None  # a reader failure held behind merged samples
         self._fast = True  # whether the reader's last read took less than merge_wait
 
-    def __iter__(self) -> PassThroughRound:
+    def __iter__(self) -> InlineRound:
         return self
 
-    def _next_raw(self) -> tuple[int, dict[str, Value], int] | None:
-        """The next batch from ``start_sample`` on, as (first id, feeds, n), or None at the end."""
+    def _next_raw(self) -> tuple[int, dict[str, Value], int, int, int] | None:
+        """The next batch reaching ``start_sample``, as (first id, feeds, n, skip, index): its
+        ``skip`` first samples are below it. Without a program, they are sliced off already
+        (skip 0); a program predicts the reader's whole batch, sliced afterwards."""
         if self._held is not None:
             held, self._held = self._held, None
             return held
@@ -106,9 +115,11 @@ class PassThroughRound(Iterator[Chunk]):
                 continue
             feeds = raw.feeds(self._feed_list)
             skip = max(0, self._start - first)
+            if skip and not self._merge_bytes and self._worker.run is not None:
+                return first, feeds, raw.n, skip, raw.index
             if skip:
                 feeds = {k: slice_value(v, skip, raw.n) for k, v in feeds.items()}
-            return first + skip, feeds, raw.n - skip
+            return first + skip, feeds, raw.n - skip, 0, raw.index
         return None
 
     def __next__(self) -> Chunk:
@@ -125,9 +136,9 @@ class PassThroughRound(Iterator[Chunk]):
         if got is None:
             self.close()
             raise StopIteration
-        first, feeds, n = got
+        first, feeds, n, skip, index = got
         parts = [feeds]
-        sig, size = _signature(feeds)
+        sig, size = _signature(feeds) if self._merge_bytes else (None, 0)
         while (
             sig is not None
             and size < self._merge_bytes
@@ -153,9 +164,24 @@ class PassThroughRound(Iterator[Chunk]):
             size += more_size
         if len(parts) > 1:
             feeds = {k: concat_values([p[k] for p in parts]) for k in feeds}
-        where = f"knowledge service, samples {first}..{first + n - 1}"
-        data = predict_batch(self._worker, self._schema, feeds, n, where)
-        return Chunk(np.arange(first, first + n, dtype=np.int64), data)
+        return self._predict(first, feeds, n, skip, index)
+
+    def _predict(self, first: int, feeds: dict[str, Value], n: int, skip: int, index: int) -> Chunk:
+        worker = self._worker
+        ids = f"sample ids {first + skip}..{first + n - 1}"
+        where = ids if self._merge_bytes else f"batch {index} ({ids})"
+        try:
+            worker.prepare_thread()
+            data = predict_batch(worker, self._schema, feeds, n, f"knowledge service, {where}")
+        except Exception as exc:
+            self.close()
+            err = worker_error(exc, worker, where)
+            if err is exc:
+                raise
+            raise err from exc
+        if skip:
+            data = {k: slice_value(v, skip, n) for k, v in data.items()}
+        return Chunk(np.arange(first + skip, first + n, dtype=np.int64), data)
 
     def close(self) -> None:
         """Stop reading (idempotent)."""
@@ -169,7 +195,7 @@ class PassThroughRound(Iterator[Chunk]):
         """No threads to wait for: always True (the same interface as the threaded round)."""
         return True
 
-    def __enter__(self) -> PassThroughRound:
+    def __enter__(self) -> InlineRound:
         return self
 
     def __exit__(self, *exc: object) -> None:
