@@ -353,6 +353,16 @@ def test_failure_reaches_every_student_and_new_subscriptions() -> None:
     assert d.errors(1)[-1]["code"] == "failed"
 
 
+def test_a_student_connecting_after_the_failure_is_told_at_once() -> None:
+    """A student that waits for the description before subscribing would otherwise hear
+    nothing: the failure came before it, and it asks for nothing the machine could refuse."""
+    d = Driver(TeacherMachine(times=1))
+    d.run(d.m.prefetch(0))
+    d.run(d.m.fail("the teacher's first batch clashes"))
+    d.connect(1, hello())
+    assert "clashes" in d.errors(1)[0]["message"]
+
+
 def test_status_and_monitors() -> None:
     d = Driver(TeacherMachine(times=3))
     d.connect(1, hello(rank=1, world=2))

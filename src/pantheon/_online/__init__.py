@@ -8,7 +8,7 @@ student sees it, reconnecting and resuming from the first sample it does not hol
 
 from __future__ import annotations
 
-from .link import TRANSPORTS
+from .link import TRANSPORTS, check_transport
 from .payload import decode_payload, decode_plain, encode_chunks
 from .server import ServeOptions, TeacherServer
 from .source import OnlineSource
@@ -19,6 +19,7 @@ __all__ = [
     "OnlineSource",
     "ServeOptions",
     "TeacherServer",
+    "check_transport",
     "decode_payload",
     "decode_plain",
     "encode_chunks",

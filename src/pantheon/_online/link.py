@@ -30,11 +30,23 @@ from .._wire import (
     shm_unavailable,
 )
 
-__all__ = ["TRANSPORTS", "Link", "LinkOwner"]
+__all__ = ["TRANSPORTS", "Link", "LinkOwner", "check_transport"]
 
 log = logging.getLogger("pantheon")
 
 TRANSPORTS = ("auto", "tcp", "shm")
+
+
+def check_transport(transport: object) -> str:
+    """``transport`` if it names one of :data:`TRANSPORTS`, else a ConfigError."""
+    if transport not in TRANSPORTS:
+        raise ConfigError(
+            f"transport must be one of {list(TRANSPORTS)} (how online knowledge travels: "
+            f"shared memory on one host or TCP), got {transport!r}"
+        )
+    return str(transport)
+
+
 """How a student gets its knowledge: ``auto`` (shared memory with a teacher on the same host,
 TCP otherwise), ``tcp`` (always the socket) or ``shm`` (shared memory, or an error)."""
 

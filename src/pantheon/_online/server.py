@@ -41,7 +41,7 @@ from .._wire import (
 from .acceptor import Acceptor
 from .described import Described
 from .fanout import Action, Close, ProtocolViolation, Send, SendData, StartCursor, StopCursor
-from .messages import ErrorCode, Event, Fail, Hello, StatusRequest, header, parse
+from .messages import ErrorCode, Event, Fail, Hello, Query, StatusRequest, Subscribe, header, parse
 from .options import ServeOptions
 from .payload import EncodedData, decode_plain, encode_chunks
 from .peer import Peer
@@ -189,6 +189,10 @@ class TeacherServer:
         with self._cond:
             machine = self._machine
             if machine is None:
+                if self._failed is not None and isinstance(event, (Subscribe, Query)):
+                    # it connected while the failed call still ran; its request came after
+                    self._run([Send(peer.cid, *header(Fail(self._failed, ErrorCode.FAILED)))])
+                    return
                 early = self._early.setdefault(peer.cid, [])
                 if len(early) >= _EARLY_EVENTS:
                     raise ProtocolError(

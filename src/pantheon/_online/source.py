@@ -40,7 +40,7 @@ from .._wire import (
     resolve_token,
     take_message,
 )
-from .link import TRANSPORTS, Link
+from .link import Link, check_transport
 from .messages import Bye, Data, Desc, EndRound, Fail, Query, header, parse
 from .payload import decode_payload, encode_chunks
 from .student_machine import Action, Reconnect, RoundState, StudentMachine, Transmit
@@ -136,8 +136,7 @@ class OnlineSource:
         world_size: int = 1,
         transport: str = "auto",
     ) -> None:
-        if transport not in TRANSPORTS:
-            raise ConfigError(f"transport must be one of {list(TRANSPORTS)}, got {transport!r}")
+        check_transport(transport)
         addresses = [address] if isinstance(address, str) else list(address)
         if not addresses:
             raise ConfigError("in_address needs at least one 'host:port'")

@@ -119,7 +119,7 @@ class TeacherMachine:
     # ------------------------------------------------------------------ connections
 
     def connect(self, cid: int, hello: Hello, peer: str) -> list[Action]:
-        """A client authenticated; returns what to send it (DESC, or a refusal)."""
+        """A client authenticated; returns what to send it (DESC, the failure, or a refusal)."""
         if hello.role == "monitor":
             self._monitors.add(cid)
             return []
@@ -155,6 +155,8 @@ class TeacherMachine:
         self._ever_connected = True
         if self.desc is not None:
             actions.append(Send(cid, *header(self.desc)))
+        if self.failure is not None:
+            actions.append(Send(cid, *header(Fail(self.failure, ErrorCode.FAILED))))
         return self._out(actions)
 
     def _out(self, actions: list[Action]) -> list[Action]:

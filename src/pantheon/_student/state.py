@@ -9,13 +9,31 @@ from typing import Any
 from .._errors import ConfigError
 from .._util import check_int
 
-__all__ = ["STATE_VERSION", "parse_state"]
+__all__ = ["STATE_VERSION", "check_shard", "parse_state"]
 
 log = logging.getLogger("pantheon")
 
 STATE_VERSION = 3
 """Version of ``Student.state_dict()``; versions 1 (``position`` for ``sample_in_round``) and 2
 (no ``fingerprints``) load."""
+
+
+def check_shard(group: object, rank: object, world_size: object) -> tuple[str, int, int]:
+    """``(group, rank, world_size)`` of a student, checked.
+
+    Raises:
+        ConfigError: a group that is not a non-empty name of at most 256 characters, a
+            world_size that is not a positive integer, a rank outside ``0..world_size-1``.
+    """
+    if not isinstance(group, str) or not group or len(group) > 256:
+        raise ConfigError(f"group must be a non-empty name (at most 256 characters), got {group!r}")
+    world = check_int("world_size", world_size, unit="processes")
+    r = check_int("rank", rank, minimum=0)
+    if r >= world:
+        raise ConfigError(
+            f"rank {r} is not a rank of a group of world_size {world}; ranks are 0..{world - 1}"
+        )
+    return group, r, world
 
 
 def parse_state(state: Any, teachers: list[str], shard: tuple[str, int, int]) -> tuple[int, int]:

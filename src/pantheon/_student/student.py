@@ -18,7 +18,7 @@ from .fingerprints import check_resumed, check_teachers, known, parse_recorded
 from .formats import RaggedFormat, format_batch
 from .merge import MergePlan, build_plan
 from .sources import FileSource, OnlineCapable, Source, online_sources
-from .state import STATE_VERSION, parse_state
+from .state import STATE_VERSION, check_shard, parse_state
 
 __all__ = ["Student"]
 
@@ -97,27 +97,11 @@ class Student:
         self._read_ahead = check_int("read_ahead", read_ahead, unit="batches")
         self._sparse_topk = bool(sparse_topk)
         self._heartbeat = Heartbeat(heartbeat_interval, heartbeat_timeout)
-        if not isinstance(group, str) or not group or len(group) > 256:
-            raise ConfigError(
-                f"group must be a non-empty name (at most 256 characters), got {group!r}"
-            )
-        self._group = group
-        self._world = check_int("world_size", world_size, unit="processes")
-        self._rank = check_int("rank", rank, minimum=0)
-        if self._rank >= self._world:
-            raise ConfigError(
-                f"rank {self._rank} is not a rank of a group of world_size {self._world}; "
-                f"ranks are 0..{self._world - 1}"
-            )
+        self._group, self._rank, self._world = check_shard(group, rank, world_size)
         self._credits = check_int("credits", credits, unit="messages")
-        from .._online import TRANSPORTS
+        from .._online import check_transport
 
-        if transport not in TRANSPORTS:
-            raise ConfigError(
-                f"transport must be one of {list(TRANSPORTS)} (how online knowledge travels), "
-                f"got {transport!r}"
-            )
-        self._transport = transport
+        self._transport = check_transport(transport)
         self._sources: list[Source] = []
         self._plan: MergePlan | None = None
         self._started = False
