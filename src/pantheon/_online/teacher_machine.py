@@ -327,8 +327,7 @@ class TeacherMachine:
         group = self._groups[consumer.hello.group]
         rank = consumer.hello.rank
         group.done[rank] = max(group.done.get(rank, -1), event.round)
-        # distinct (process, round) acknowledgements: a repeated ack counts once, each new
-        # student process reading a round again (the seed's way) counts as a pass
+        # distinct (process, round) acks: each new process reading a round again is a pass
         group.passes.setdefault(rank, set()).add((consumer.hello.client, event.round))
         return []
 
