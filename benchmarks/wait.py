@@ -21,6 +21,10 @@ import sys
 import time
 from typing import Any
 
+# one BLAS thread per process: the teacher's matmul and the student's step share 2 cores
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -74,7 +78,9 @@ def _step(model: Any, opt: Any, batch: dict[str, Any]) -> None:
     x = torch.as_tensor(batch["x"])
     out = model(x)
     t = torch.as_tensor(batch["logits"])
-    kd = F.kl_div(F.log_softmax(out, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
+    kd = F.kl_div(
+        F.log_softmax(out, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean"
+    )
     loss = kd + F.cross_entropy(out, torch.as_tensor(batch["y"]))
     opt.zero_grad()
     loss.backward()

@@ -105,3 +105,52 @@ def test_measure_random_returns_one_row_per_reader(tmp_path):
     assert isinstance(met, bool)
     assert "random access" in text
     assert list(tmp_path.iterdir()) == []
+
+
+def test_wait_benchmark_reports_both_transports_and_the_online_legend():
+    """``benchmarks/wait.py`` and ``online.py`` run end to end (small sizes) and print what
+    each row is; their figures are for the closing notes, not for tests."""
+    bench = SCRIPT.parent
+    wait = subprocess.run(
+        [
+            sys.executable,
+            str(bench / "wait.py"),
+            "--steps",
+            "30",
+            "--repeats",
+            "1",
+            "--step-ms",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert wait.returncode == 0, wait.stderr
+    rows = [line for line in wait.stdout.splitlines() if "%" in line]
+    assert [r.split("(")[0].strip() for r in rows] == ["TCP", "same host"]
+    online = subprocess.run(
+        [
+            sys.executable,
+            str(bench / "online.py"),
+            "--repeats",
+            "1",
+            "--seconds",
+            "0.2",
+            "--warmup",
+            "0.05",
+            "--methods",
+            "raw,manager,service,service-shm",
+            "--sizes",
+            "small",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert online.returncode == 0, online.stderr
+    legend = [line.split()[0] for line in online.stdout.splitlines() if line.startswith("  ")]
+    assert legend == ["raw", "manager", "service", "service-shm"]
+    assert "x seed" in online.stdout
