@@ -18,6 +18,7 @@ from .layout import (
     parse_layout,
     shard_paths,
 )
+from .lm_head import LM_HEAD_DTYPES, read_lm_head, write_lm_head
 from .reader import KnowledgeFile
 from .recover import repair
 from .writer import KnowledgeWriter
@@ -29,10 +30,13 @@ __all__ = [
     "ColumnSpec",
     "KnowledgeFile",
     "KnowledgeWriter",
+    "LM_HEAD_DTYPES",
     "Layout",
     "arrow_type",
     "batch_info",
     "parse_layout",
+    "read_lm_head",
     "repair",
     "shard_paths",
+    "write_lm_head",
 ]
