@@ -306,7 +306,9 @@ def test_topk_with_every_entry_is_the_dense_loss(logits) -> None:
     vals, idx = log_q.topk(V, -1)
     tail = torch.full(s.shape[:-1], -math.inf)
     for div in DIVS:
-        for tl in (None, tail):
+        # reverse KL against a tail of exactly 0 is infinite for any student mass rounding
+        # leaves outside the k = V entries: that case is left out
+        for tl in (None,) if div == "reverse_kl" else (None, tail):
             a, ga = grad_of(lambda x, d=div, tl=tl: topk_kd_loss(x, vals, idx, tl, divergence=d), s)
             b, gb = grad_of(lambda x, d=div: ref_loss(x, t, d, 0.5, 1.0), s)
             close(a, b, rtol=1e-4, atol=1e-5)

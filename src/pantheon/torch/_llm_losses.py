@@ -38,7 +38,7 @@ from ._losses import _reduce
 
 __all__ = ["dense_kd_loss", "hidden_kd_loss", "sampled_kd_loss", "topk_kd_loss"]
 
-_TINY = 1e-30  # the smallest student mass outside the top-k entries (keeps log finite)
+_TINY = 1e-30  # below it a mass is 0 for the logarithm (which then is never differentiated)
 
 
 def _flat(student_logits: torch.Tensor, where: str) -> torch.Tensor:
@@ -309,8 +309,11 @@ def topk_kd_loss(
     if tail is None and divergence == "forward_kl":
         rows = _category_rows(torch.log_softmax(v, -1), log_p_k, divergence, beta)
         return _finish(rows * temp**2, lead, mask, reduction)
-    p_rest = (-torch.expm1(torch.logsumexp(log_p_k, -1))).clamp_min(_TINY)
-    log_p = torch.cat([log_p_k, p_rest.log()[:, None]], -1)
+    p_rest = -torch.expm1(torch.logsumexp(log_p_k, -1))  # 1 - sum_K p, <= 0 from rounding
+    log_p_rest = torch.where(
+        p_rest > 0, p_rest.clamp_min(_TINY).log(), torch.full_like(p_rest, -math.inf)
+    )
+    log_p = torch.cat([log_p_k, log_p_rest[:, None]], -1)
     if t_tail is None:
         rest = torch.full((v.shape[0], 1), -math.inf, device=v.device)
         log_q = torch.cat([torch.log_softmax(v, -1), rest], -1)
