@@ -300,8 +300,9 @@ class CausalLMHidden:
 
 
 class _HiddenRunner(_CausalLMRunner):
-    def __init__(self, spec: Any, model: Any, device: Any) -> None:
-        super().__init__(spec, model, device)
+    def __init__(self, spec: CausalLMHidden, model: Any, device: Any) -> None:
+        super().__init__(spec, model, device)  # type: ignore[arg-type]  # the same feed fields
+        self.hidden = spec
         self.checked = not spec.check_logits
 
     def _check(self, logits: Any, hidden: Any) -> None:
@@ -323,9 +324,9 @@ class _HiddenRunner(_CausalLMRunner):
 
     def __call__(self, feeds: Mapping[str, Value]) -> dict[str, Ragged]:
         torch = _torch()
-        from ._knowledge import to_numpy, to_dtype
+        from ._knowledge import to_dtype, to_numpy
 
-        spec = self.spec
+        spec = self.hidden
         ids, lengths = self._ids_and_lengths(feeds)
         keep = lengths > 0
         width = int(lengths.max()) if lengths.size and keep.any() else 0
@@ -388,9 +389,7 @@ def causal_lm_hidden_program(
     )
 
 
-def save_lm_head(
-    model: Any, path: str | os.PathLike[str], *, dtype: str | None = None
-) -> None:
+def save_lm_head(model: Any, path: str | os.PathLike[str], *, dtype: str | None = None) -> None:
     """Write a causal LM's ``lm_head`` (weight ``[V, d]``, bias if any) to an ``.npz`` side
     file, to ship once beside hidden-state knowledge (read it with
     :func:`pantheon.torch.load_lm_head`; nothing is pickled; format in ``docs/guide/llm.md``).
@@ -420,7 +419,9 @@ def save_lm_head(
     if dtype is None:
         dtype = "float16" if weight.dtype == torch.float16 else "float32"
     if dtype not in LM_HEAD_DTYPES:
-        raise ConfigError(f"save_lm_head: dtype must be one of {list(LM_HEAD_DTYPES)}, got {dtype!r}")
+        raise ConfigError(
+            f"save_lm_head: dtype must be one of {list(LM_HEAD_DTYPES)}, got {dtype!r}"
+        )
     cast = getattr(torch, dtype)
     bias = getattr(head, "bias", None)
     write_lm_head(

@@ -95,9 +95,7 @@ def test_dense_mask_excludes_padding_even_when_it_is_garbage(logits) -> None:
     t[~mask] = float("nan")  # padding: never read
     for div in DIVS:
         value, grad = grad_of(lambda x, d=div: dense_kd_loss(x, t, divergence=d, mask=mask), s)
-        ref_value, ref_grad = grad_of(
-            lambda x, d=div: ref_loss(x[mask], t[mask], d, 0.5, 1.0), s
-        )
+        ref_value, ref_grad = grad_of(lambda x, d=div: ref_loss(x[mask], t[mask], d, 0.5, 1.0), s)
         close(value, ref_value)
         close(grad, ref_grad)
         assert (grad[~mask] == 0).all()
@@ -193,7 +191,10 @@ def _peak_cpu_bytes(fn) -> int:
         fn()
     # an operator's own allocations (its children count theirs), and the frees outside them
     changes = [
-        (e.time_range.start, e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage)
+        (
+            e.time_range.start,
+            e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage,
+        )
         for e in prof.events()
     ]
     level = peak = 0
@@ -291,9 +292,7 @@ def test_topk_against_dense_reference(logits, div, use_tail) -> None:
     )
     if div == "reverse_kl" and not use_tail:  # both renormalised over the k entries
         sub = lambda x: x.gather(-1, idx)  # noqa: E731
-        ref_value, ref_grad = grad_of(
-            lambda x: ref_loss(sub(x), sub(t), div, beta, 1.0), s
-        )
+        ref_value, ref_grad = grad_of(lambda x: ref_loss(sub(x), sub(t), div, beta, 1.0), s)
     else:
         ref_value, ref_grad = grad_of(lambda x: lumped_reference(x, t, idx, div, beta, use_tail), s)
     close(value, ref_value, rtol=1e-4, atol=1e-5)
@@ -320,7 +319,9 @@ def test_topk_forward_kl_without_tail_is_topk_kl(logits) -> None:
     vals, idx, _ = topk_knowledge(t)
     for temp in (1.0, 3.0):
         a, ga = grad_of(lambda x, tt=temp: topk_kd_loss(x, vals, idx, temperature=tt), s)
-        b, gb = grad_of(lambda x, tt=temp: topk_kl(x, vals, idx, temperature=tt, reduction="mean"), s)
+        b, gb = grad_of(
+            lambda x, tt=temp: topk_kl(x, vals, idx, temperature=tt, reduction="mean"), s
+        )
         close(a, b)
         close(ga, gb)
 
@@ -333,9 +334,7 @@ def test_topk_mask_and_errors(logits) -> None:
     vals = vals.clone()
     vals[~mask] = float("nan")  # padding
     a, ga = grad_of(lambda x: topk_kd_loss(x, vals, idx, tail, mask=mask, divergence="jsd"), s)
-    b, gb = grad_of(
-        lambda x: topk_kd_loss(x[1], vals[1], idx[1], tail[1], divergence="jsd"), s
-    )
+    b, gb = grad_of(lambda x: topk_kd_loss(x[1], vals[1], idx[1], tail[1], divergence="jsd"), s)
     close(a, b)
     close(ga, gb)
     with pytest.raises(ConfigError, match=r"tail must be \[3, 5\]"):

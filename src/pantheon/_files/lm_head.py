@@ -60,17 +60,19 @@ def read_lm_head(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray |
     """
     where = f"lm_head file {os.fspath(path)!r}"
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not isinstance(archive, np.lib.npyio.NpzFile):
+        with open(path, "rb") as fh:
+            loaded = np.load(fh, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
                 raise FileFormatError(f"{where}: expected an .npz archive, found a single array")
-            names = set(archive.files)
-            if "weight" not in names or names - {"weight", "bias"}:
-                raise FileFormatError(
-                    f"{where}: expected the arrays 'weight' (and optionally 'bias'), found "
-                    f"{sorted(names)}"
-                )
-            weight = archive["weight"]
-            bias = archive["bias"] if "bias" in names else None
+            with loaded as archive:
+                names = set(archive.files)
+                if "weight" not in names or names - {"weight", "bias"}:
+                    raise FileFormatError(
+                        f"{where}: expected the arrays 'weight' (and optionally 'bias'), found "
+                        f"{sorted(names)}"
+                    )
+                weight = archive["weight"]
+                bias = archive["bias"] if "bias" in names else None
     except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
         if isinstance(exc, FileFormatError):
             raise

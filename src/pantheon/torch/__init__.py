@@ -28,9 +28,9 @@ except ImportError as _exc:  # pragma: no cover - exercised only without torch
 from .._service.torch_program import TorchProgram, to_tensor
 from ._data import KnowledgeDataset
 from ._distributed import distributed_rank
-from ._lookup import KnowledgeLookup, KnowledgeSamples, WithKnowledge
-from ._lm_head import LMHead, load_lm_head
 from ._llm_losses import dense_kd_loss, hidden_kd_loss, sampled_kd_loss, topk_kd_loss
+from ._lm_head import LMHead, load_lm_head
+from ._lookup import KnowledgeLookup, KnowledgeSamples, WithKnowledge
 from ._losses import feature_mse, soft_target_kl, topk_kl
 
 __all__ = [

@@ -143,7 +143,12 @@ class _Opts:
     __slots__ = ("beta", "divergence", "position_chunk", "temperature", "vocab_chunk")
 
     def __init__(
-        self, divergence: str, beta: float, temperature: float, position_chunk: int, vocab_chunk: int
+        self,
+        divergence: str,
+        beta: float,
+        temperature: float,
+        position_chunk: int,
+        vocab_chunk: int,
     ) -> None:
         self.divergence = divergence
         self.beta = beta
@@ -154,7 +159,7 @@ class _Opts:
 
 class _ChunkedDivergence(torch.autograd.Function):
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, s: torch.Tensor, teacher: _Teacher, kept: torch.Tensor, opts: _Opts
     ) -> torch.Tensor:
         out = torch.zeros(s.shape[0], device=s.device, dtype=torch.float32)
@@ -173,7 +178,7 @@ class _ChunkedDivergence(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
         s, kept, pieces = ctx.saved_tensors
         teacher: _Teacher = ctx.teacher
         opts: _Opts = ctx.opts
@@ -237,7 +242,9 @@ def chunked_divergence_rows(
         kept = torch.arange(n, device=student_logits.device)
     else:
         kept = torch.nonzero(mask.to(student_logits.device).reshape(n) != 0).reshape(-1)
-    rows: torch.Tensor = _ChunkedDivergence.apply(student_logits, teacher, kept, opts)
+    rows: torch.Tensor = _ChunkedDivergence.apply(  # type: ignore[no-untyped-call]
+        student_logits, teacher, kept, opts
+    )
     return rows
 
 
@@ -246,7 +253,7 @@ class _LogSumExp(torch.autograd.Function):
     ``softmax(s / T) / T`` block by block instead of keeping it."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: Any, s: torch.Tensor, temperature: float, position_chunk: int, vocab_chunk: int
     ) -> torch.Tensor:
         out = torch.empty(s.shape[0], device=s.device, dtype=torch.float32)
@@ -263,7 +270,7 @@ class _LogSumExp(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
         s, out = ctx.saved_tensors
         temperature, position_chunk, vocab_chunk = ctx.sizes
         grad = torch.empty_like(s)
@@ -283,7 +290,7 @@ def logsumexp_rows(
 ) -> torch.Tensor:
     """``logsumexp(s / T, -1)`` of ``[N, V]`` as float32 ``[N]``, differentiable, in blocks of
     ``position_chunk x vocab_chunk`` (nothing of size ``N x V`` kept for the gradient)."""
-    rows: torch.Tensor = _LogSumExp.apply(
+    rows: torch.Tensor = _LogSumExp.apply(  # type: ignore[no-untyped-call]
         s,
         float(temperature),
         _check_chunk("position_chunk", position_chunk),

@@ -303,7 +303,9 @@ def topk_kd_loss(
         if t_tail is not None:
             t_tail = torch.where(keep, t_tail, torch.zeros_like(t_tail))
     if tail is None and divergence == "reverse_kl":
-        rows = _category_rows(torch.log_softmax(v, -1), torch.log_softmax(s_k, -1), divergence, beta)
+        rows = _category_rows(
+            torch.log_softmax(v, -1), torch.log_softmax(s_k, -1), divergence, beta
+        )
         return _finish(rows * temp**2, lead, mask, reduction)
     log_p_k = s_k - logsumexp_rows(s, temp, position_chunk, vocab_chunk)[:, None]
     if tail is None and divergence == "forward_kl":
@@ -386,9 +388,10 @@ def sampled_kd_loss(
             "out (mask=) or check the knowledge"
         )
     q_hat = counts / total.clamp_min(1)
-    log_p = s.gather(1, idx).float() / temp - logsumexp_rows(s, temp, position_chunk, vocab_chunk)[
-        :, None
-    ]
+    log_p = (
+        s.gather(1, idx).float() / temp
+        - logsumexp_rows(s, temp, position_chunk, vocab_chunk)[:, None]
+    )
     log_q = torch.where(q_hat > 0, q_hat.clamp_min(_TINY).log(), torch.zeros_like(q_hat))
     rows = torch.where(q_hat > 0, q_hat * (log_q - log_p), torch.zeros_like(q_hat)).sum(-1)
     return _finish(rows * temp**2, lead, mask, reduction)
