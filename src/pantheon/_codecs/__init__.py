@@ -26,12 +26,15 @@ from .batch import (
     encode_batch,
     resolve_codecs,
 )
+from .bits import bits_for, pack_bits, packed_size, unpack_bits
 from .cast import CAST_ALIASES, Cast
-from .topk import SparseTopK, TopK, index_dtype, unpack_indices
+from .sparse import HOLDS, SparseTopK
+from .topk import TopK, index_dtype, unpack_indices
 
 __all__ = [
     "CAST_ALIASES",
     "FLOAT_DTYPES",
+    "HOLDS",
     "Cast",
     "Codec",
     "CodecFactory",
@@ -39,14 +42,18 @@ __all__ = [
     "SparseTopK",
     "StoredParts",
     "TopK",
+    "bits_for",
     "codec_from_spec",
     "column_name",
     "decode_batch",
     "decode_field",
     "encode_batch",
     "index_dtype",
+    "pack_bits",
+    "packed_size",
     "register_codec",
     "registered_codecs",
     "resolve_codecs",
+    "unpack_bits",
     "unpack_indices",
 ]
