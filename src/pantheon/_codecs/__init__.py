@@ -3,8 +3,10 @@
 The seam of the codec layer. Files (:mod:`pantheon._files`) and the wire
 (:mod:`pantheon._online`) both go through :func:`resolve_codecs`, :func:`encode_batch` and
 :func:`decode_batch`; codecs are rebuilt from specs only through the registry
-(:func:`codec_from_spec`). Built in: :class:`Cast` (``"cast"``) and :class:`TopK`
-(``"topk"``, with :class:`SparseTopK`, its sparse form).
+(:func:`codec_from_spec`). Built in: :class:`Cast` (``"cast"``), :class:`TopK`
+(``"topk"``, with :class:`SparseTopK`, its sparse form), :class:`Sampled` (``"sampled"``,
+with :class:`SparseSamples`), :class:`IntCast` (``"int"``) and :class:`Packed`
+(``"packed"``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from .batch import (
 )
 from .bits import bits_for, pack_bits, packed_size, unpack_bits
 from .cast import CAST_ALIASES, Cast
+from .ints import IntCast, Packed
+from .sampled import Sampled, SparseSamples
 from .sparse import HOLDS, SparseTopK
 from .topk import TopK, index_dtype, unpack_indices
 
@@ -38,7 +42,11 @@ __all__ = [
     "Cast",
     "Codec",
     "CodecFactory",
+    "IntCast",
+    "Packed",
     "PartKey",
+    "Sampled",
+    "SparseSamples",
     "SparseTopK",
     "StoredParts",
     "TopK",
