@@ -271,7 +271,8 @@ def topk_kd_loss(
         student_logits: ``[..., V]``.
         topk_values: ``[..., k]`` teacher logits or log-probabilities (any float dtype).
         topk_indices: ``[..., k]`` integer indices into ``V``.
-        tail: ``[...]`` the teacher's log tail mass, or None (default).
+        tail: ``[...]`` (or ``[..., 1]``, as :class:`pantheon.SparseTopK` holds it) the
+            teacher's log tail mass, or None (default).
         divergence, beta, temperature, mask, reduction: as :func:`dense_kd_loss`.
         position_chunk, vocab_chunk: blocks for the student's logsumexp (default 1024, 8192).
     """
@@ -283,9 +284,11 @@ def topk_kd_loss(
             f"{list(student_logits.shape)} except the last axis; got values "
             f"{list(topk_values.shape)}, indices {list(topk_indices.shape)}"
         )
+    if tail is not None and tuple(tail.shape) == (*lead, 1):
+        tail = tail.reshape(lead)  # the codec's [..., 1] form
     if tail is not None and tuple(tail.shape) != lead:
         raise ConfigError(
-            f"{where}: tail must be {list(lead)} (one log mass per position), got "
+            f"{where}: tail must be {list(lead)} or {[*lead, 1]} (one log mass per position), got "
             f"{list(tail.shape)}"
         )
     check_divergence(divergence, beta)
