@@ -10,7 +10,17 @@ Extending Pantheon: a codec (how a knowledge field is stored and sent) implement
 
 from __future__ import annotations
 
-from ._codecs import Codec, SparseTopK, TopK, register_codec, registered_codecs
+from ._codecs import (
+    Codec,
+    IntCast,
+    Packed,
+    Sampled,
+    SparseSamples,
+    SparseTopK,
+    TopK,
+    register_codec,
+    registered_codecs,
+)
 from ._errors import (
     AlignmentError,
     AuthenticationError,
@@ -45,15 +55,19 @@ __all__ = [
     "ConfigError",
     "ConnectionLostError",
     "FileFormatError",
+    "IntCast",
     "KnowledgeError",
     "KnowledgeFile",
     "KnowledgeWriter",
     "MergeError",
     "MissingDependencyError",
+    "Packed",
     "PantheonError",
     "PantheonTimeoutError",
     "ProtocolError",
     "Ragged",
+    "Sampled",
+    "SparseSamples",
     "SparseTopK",
     "Student",
     "Teacher",

@@ -26,7 +26,7 @@ def encode_chunks(
             :func:`pantheon._codecs.encode_batch`).
     """
     chunk = concat_chunks(chunks)
-    return encode_parts(chunk.ids, encode_batch(chunk.data, codecs))
+    return encode_parts(chunk.ids, encode_batch(chunk.data, codecs, ids=chunk.ids))
 
 
 def decode_payload(
