@@ -43,18 +43,20 @@ def test_a_killed_replica_is_restarted_and_used_again(ray_cluster):
         before = pool.pids()
         restarted = {}
 
+        student = Student(timeout=60)
+
         def queries():
             for i, q in enumerate(_query_batches(300)):
                 if i == 60:
                     os.kill(before[1], signal.SIGKILL)
-                if i == 120:  # go on once Ray brought the replica back (a new process)
+                if i == 120:  # go on once Ray brought the replica back and the student is in
                     _wait(lambda: pool.starts()[1] == 2, 60, "replica 1 to restart")
                     restarted["pid"] = pool.pids()[1]
-                    member = pool.members()
-                    assert member.address(1) is not None
+                    assert pool.members().address(1) is not None
+                    _wait(lambda: student.stats()["reconnects"] >= 1, 60, "a reconnection")
                 yield q
 
-        with Student(timeout=60) as student:
+        with student:
             student.register_teacher(in_address="ray://kill")
             student.start()
             gen = student.get_knowledge_generator(batch_size=8, queries=queries())
