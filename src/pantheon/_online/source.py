@@ -41,6 +41,7 @@ from .._wire import (
     take_message,
 )
 from .link import Link, check_transport
+from .members import Follow
 from .messages import Bye, Data, Desc, EndRound, Fail, Query, header, parse
 from .payload import decode_payload, encode_chunks
 from .student_machine import Action, Reconnect, RoundState, StudentMachine, Transmit
@@ -119,6 +120,9 @@ class OnlineSource:
         transport: ``"auto"`` (default: shared memory with a teacher on this host, TCP
             otherwise), ``"tcp"`` or ``"shm"`` (shared memory or an error); see
             :data:`~pantheon._online.link.TRANSPORTS`.
+        follow: the replicas are the members of a named pool (:mod:`.members`): links
+            follow it (a replica back on another port, replicas added or removed).
+        name: how messages name the teacher (default: from its addresses).
     """
 
     def __init__(
@@ -135,6 +139,8 @@ class OnlineSource:
         rank: int = 0,
         world_size: int = 1,
         transport: str = "auto",
+        follow: Follow | None = None,
+        name: str | None = None,
     ) -> None:
         check_transport(transport)
         addresses = [address] if isinstance(address, str) else list(address)
@@ -143,7 +149,7 @@ class OnlineSource:
         for a in addresses:
             parse_address(a)
         self.index = index
-        self.name = f"teacher {index} ({', '.join(addresses)})"
+        self.name = name or f"teacher {index} ({', '.join(addresses)})"
         self.client_id = uuid.uuid4().hex
         self.sparse_topk = sparse_topk
         self.token = resolve_token(token)
@@ -168,6 +174,7 @@ class OnlineSource:
         self.inbox: queue.Queue[Any] = queue.Queue(maxsize=_USER_INBOX)
         self._stats = {"bytes": 0, "reconnects": 0}
         self._down_since: float | None = None
+        self.follow = follow
 
     # ------------------------------------------------------------------ actions
 
@@ -216,11 +223,13 @@ class OnlineSource:
             except TeacherError as exc:  # not reachable in time; a replica may be
                 errors.append(exc)
                 continue
-            self._up(link)
+            self.up(link)
         if len(errors) == len(self.links):
             raise errors[0]
+        if self.follow is not None:
+            self.follow.start(self)
 
-    def _up(self, link: Link) -> None:
+    def up(self, link: Link) -> None:
         with self.cond:
             if link.session is None or not link.session.alive:
                 return  # it closed already: its on_close took care of it
@@ -233,6 +242,9 @@ class OnlineSource:
         self.flush()
 
     def _reconnect(self, index: int) -> None:
+        if self.follow is not None:
+            self.follow.reconnect(self, index)
+            return
         link = self.links[index]
         try:
             link.connect(Deadline(self.timeout))
@@ -241,9 +253,13 @@ class OnlineSource:
                 self.machine.reconnect_failed(index, exc)
                 self.cond.notify_all()
             return
+        self.count_reconnect()
+        self.up(link)
+
+    def count_reconnect(self) -> None:
+        """Count one reconnection (for :meth:`stats`)."""
         with self.cond:
             self._stats["reconnects"] += 1
-        self._up(link)
 
     def on_close(self, link: Link, session: Session, reason: BaseException | None) -> None:
         """A link's session closed (its reader thread, or this side)."""

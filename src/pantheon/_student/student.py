@@ -167,9 +167,9 @@ class Student:
         return index
 
     def _online_source(self, index: int, address: str | list[str]) -> Source:
-        from .._online import OnlineSource
+        from .._online import open_source  # "host:port" addresses, or a pool ("ray://NAME")
 
-        return OnlineSource(
+        return open_source(
             index,
             address,
             token=self._token,
