@@ -35,7 +35,15 @@ def _writable(value: Value) -> Any:
     if isinstance(value, Ragged):
         return Ragged(_writable(value.values), value.lengths)
     if isinstance(value, SparseTopK):
-        return SparseTopK(_writable(value.values), _writable(value.indices), value.vocab_size)
+        tail = None if value.tail is None else _writable(value.tail)
+        return SparseTopK(
+            _writable(value.values),
+            _writable(value.indices),
+            value.vocab_size,
+            tail,
+            holds=value.holds,
+            temperature=value.temperature,
+        )
     return value
 
 
