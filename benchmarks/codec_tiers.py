@@ -41,11 +41,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _util import median, table  # noqa: E402
+from _util import median, table
 
-from pantheon import KnowledgeWriter, Ragged, Sampled, TopK  # noqa: E402
-from pantheon._cli.main import inspect_report  # noqa: E402
-from pantheon._codecs import pack_bits, unpack_bits  # noqa: E402
+from pantheon import KnowledgeWriter, Ragged, Sampled, TopK
+from pantheon._cli.main import inspect_report
+from pantheon._codecs import pack_bits, unpack_bits
 
 
 def _logits(rng: np.random.Generator, tokens: int, vocab: int) -> np.ndarray:
