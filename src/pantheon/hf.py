@@ -24,6 +24,17 @@ distribution of the token that follows ``t``. Needs ``torch`` and ``transformers
 knowledge in ``d`` values per token) and :func:`save_lm_head` writes its ``lm_head`` once, for
 :func:`pantheon.torch.hidden_kd_loss`.
 
+Stored at their width: ``program.codecs()`` gives the codecs that store the indices
+bit-packed at ``ceil(log2(V))`` bits (18 for a 152k vocabulary, the layout of
+:class:`~pantheon.TopK`'s indices), the log-probabilities as float16 and the token ids as
+int32 (range checked on write)::
+
+    program = causal_lm_topk_program(model, k=16, tail=True)
+    teacher = Teacher(out_path="k.arrow", codecs=program.codecs(ids_key="input_ids"))
+
+With ``tail=True`` the program also outputs ``"topk_tail"``, ``log(1 - sum(exp(topk)))`` per
+token (the probability mass outside the top-k, computed from the full distribution).
+
 :func:`knowledge_dataset` opens a knowledge file as a ``datasets.Dataset`` (no copy), for
 ``map``, ``with_format("torch")`` and the rest of Hugging Face ``datasets``.
 """
@@ -62,8 +73,9 @@ class CausalLMTopK:
     """A causal LM program producing ragged top-k log-probabilities per token.
 
     Outputs (for the schema): ``"topk_logprobs"`` float32 ``[n, -1, k]`` (sorted decreasingly)
-    and ``"topk_indices"`` int32 ``[n, -1, k]``, both :class:`~pantheon.Ragged` with one row per
-    input token. Build it with :func:`causal_lm_topk_program`.
+    and ``"topk_indices"`` int32 ``[n, -1, k]``, and with ``tail`` ``"topk_tail"`` float32
+    ``[n, -1, 1]``, all :class:`~pantheon.Ragged` with one row per input token. Build it with
+    :func:`causal_lm_topk_program`.
     """
 
     def __init__(
@@ -75,6 +87,8 @@ class CausalLMTopK:
         lengths_feed: str | None = None,
         temperature: float = 1.0,
         pad_token_id: int = 0,
+        tail: bool = False,
+        vocab_size: int | None = None,
     ) -> None:
         torch = _torch()
         from ._service.torch_program import TorchProgram
@@ -92,11 +106,48 @@ class CausalLMTopK:
         self.lengths_feed = lengths_feed
         self.temperature = float(temperature)
         self.pad_token_id = int(pad_token_id)
+        self.tail = bool(tail)
+        self.vocab_size = _vocab_size(model) if vocab_size is None else int(vocab_size)
         self._placer = TorchProgram(model, [feed])
 
+    def codecs(
+        self,
+        *,
+        values_key: str = "topk_logprobs",
+        indices_key: str = "topk_indices",
+        ids_key: str | None = None,
+        values: str = "float16",
+    ) -> dict[str, Any]:
+        """Codecs storing this program's knowledge at its width, for ``Teacher(codecs=...)``.
+
+        Args:
+            values_key: the knowledge key of ``"topk_logprobs"`` in the schema.
+            indices_key: the knowledge key of ``"topk_indices"``: bit-packed at
+                ``ceil(log2(vocab_size))`` bits (:class:`~pantheon.Packed`).
+            ids_key: the key of the token ids passed through, if any: stored as int32.
+            values: the log-probabilities' storage, ``"float16"`` (default), ``"bfloat16"``
+                or ``"none"`` (float32).
+
+        Raises:
+            ConfigError: the vocabulary size is unknown (give ``vocab_size=``).
+        """
+        from ._codecs import Packed
+
+        if self.vocab_size is None:
+            raise ConfigError(
+                "causal LM program: the model's vocabulary size is unknown (no config.vocab_size "
+                "nor output embeddings); give causal_lm_topk_program(..., vocab_size=V)"
+            )
+        out: dict[str, Any] = {values_key: values, indices_key: Packed.for_vocab(self.vocab_size)}
+        if ids_key is not None:
+            out[ids_key] = "int32"
+        return out
+
     def fingerprint(self) -> str:
-        """What this teacher is: the model's state dict fingerprint, ``k`` and the temperature."""
-        return f"{self._placer.fingerprint()};k={self.k};T={self.temperature:g}"
+        """What this teacher is: the model's state dict fingerprint, ``k``, the temperature and
+        whether it outputs the tail."""
+        tail = ";tail" if self.tail else ""
+        return f"{self._placer.fingerprint()};k={self.k};T={self.temperature:g}{tail}"
 
     def for_device(self, device: str) -> _CausalLMRunner:
         """The runner of one worker on ``device`` (a deep copy of the model there, except for
@@ -152,10 +203,13 @@ class _CausalLMRunner:
         k = spec.k
         if width_kept == 0:
             empty = np.zeros((0, k), dtype=np.float32)
-            return {
+            out = {
                 "topk_logprobs": Ragged(empty, lengths),
                 "topk_indices": Ragged(empty.astype(np.int32), lengths),
             }
+            if spec.tail:
+                out["topk_tail"] = Ragged(np.zeros((0, 1), np.float32), lengths)
+            return out
         x = torch.from_numpy(np.ascontiguousarray(ids[keep, :width_kept], dtype=np.int64))
         lens = torch.from_numpy(lengths[keep])
         mask = torch.arange(width_kept)[None, :] < lens[:, None]
@@ -169,9 +223,14 @@ class _CausalLMRunner:
             tokens = logits[mask_d].float()  # [T, V], sample after sample
             logp = torch.log_softmax(tokens / spec.temperature, dim=-1)
             vals, idx = torch.topk(logp, k, dim=-1)
-            vals_np = vals.cpu().numpy()
-            idx_np = idx.to(torch.int32).cpu().numpy()
-        return {"topk_logprobs": Ragged(vals_np, lengths), "topk_indices": Ragged(idx_np, lengths)}
+            result = {
+                "topk_logprobs": Ragged(vals.cpu().numpy(), lengths),
+                "topk_indices": Ragged(idx.to(torch.int32).cpu().numpy(), lengths),
+            }
+            if spec.tail:  # log of the mass outside the top-k, without 1 - sum(p) cancellation
+                rest = logp.scatter(-1, idx, float("-inf")).logsumexp(dim=-1, keepdim=True)
+                result["topk_tail"] = Ragged(rest.cpu().numpy(), lengths)
+        return result
 
 
 def causal_lm_topk_program(
@@ -182,6 +241,8 @@ def causal_lm_topk_program(
     lengths_feed: str | None = None,
     temperature: float = 1.0,
     pad_token_id: int = 0,
+    tail: bool = False,
+    vocab_size: int | None = None,
 ) -> CausalLMTopK:
     """A knowledge service program for a Hugging Face causal LM: top-k log-probs per token.
 
@@ -197,11 +258,17 @@ def causal_lm_topk_program(
             ``"attention_mask"`` feed is used if present, else every row is full.
         temperature: ``T``: log-probs are ``log_softmax(logits / T)`` (default 1.0).
         pad_token_id: the id used to right-pad ragged sequences (masked out; default 0).
+        tail: also output ``"topk_tail"``, ragged ``[n, -1, 1]`` float32: per token
+            ``log(1 - sum(exp(topk_logprobs)))``, computed as the log-sum-exp of the
+            log-probabilities outside the top-k (default False).
+        vocab_size: ``V``, for :meth:`CausalLMTopK.codecs` (default: the model's
+            ``config.vocab_size``, else its output embeddings' rows).
 
     Returns:
         A program (an object with ``for_device``) for ``start_knowledge_service`` whose outputs
         are ``"topk_logprobs"`` (float32) and ``"topk_indices"`` (int32), ragged
-        ``[n, -1, k]``: one row per input token.
+        ``[n, -1, k]``: one row per input token (and ``"topk_tail"`` with ``tail``); its
+        ``codecs()`` store them at their width.
     """
     return CausalLMTopK(
         model,
@@ -210,7 +277,20 @@ def causal_lm_topk_program(
         lengths_feed=lengths_feed,
         temperature=temperature,
         pad_token_id=pad_token_id,
+        tail=tail,
+        vocab_size=vocab_size,
     )
+
+
+def _vocab_size(model: Any) -> int | None:
+    """The vocabulary of a causal LM: ``config.vocab_size``, else its output embeddings' rows."""
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(size, int) and size > 0:
+        return size
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    weight = getattr(head, "weight", None)
+    return int(weight.shape[0]) if weight is not None and weight.ndim == 2 else None
 
 
 def knowledge_dataset(path: str | os.PathLike[str], *, allow_truncated: bool = True) -> Any:

@@ -113,7 +113,9 @@ class TeacherPool:
         _connected("TeacherPool")
         self.name = _check_name(name)
         if not callable(service):
-            raise ConfigError(f"service must be a factory (a callable), got {type(service).__name__}")
+            raise ConfigError(
+                f"service must be a factory (a callable), got {type(service).__name__}"
+            )
         count = check_int("replicas", replicas, minimum=0, unit="replicas")
         if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < -1:
             raise ConfigError(f"max_restarts must be -1 (always) or >= 0, got {max_restarts!r}")
