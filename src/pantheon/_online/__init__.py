@@ -9,6 +9,7 @@ student sees it, reconnecting and resuming from the first sample it does not hol
 from __future__ import annotations
 
 from .link import TRANSPORTS
+from .metrics import TeacherMeters, teacher_metrics
 from .payload import decode_payload, decode_plain, encode_chunks
 from .server import ServeOptions, TeacherServer
 from .source import OnlineSource
@@ -18,9 +19,11 @@ __all__ = [
     "TRANSPORTS",
     "OnlineSource",
     "ServeOptions",
+    "TeacherMeters",
     "TeacherServer",
     "decode_payload",
     "decode_plain",
     "encode_chunks",
     "fetch_status",
+    "teacher_metrics",
 ]

@@ -1,5 +1,6 @@
 """One connected peer of a teacher: its session (reader and heartbeat) and an outbox drained
-by a sender thread, so that a slow student never blocks the teacher's other work."""
+by a sender thread, so that a slow student never blocks the teacher's other work; the log
+lines of its rounds."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from typing import Any
 from .._errors import ConnectionLostError
 from .._util import Deadline, wait_until
 from .._wire import Connection, Heartbeat, Message, MsgType, Session
-from .messages import Hello
+from .fanout import Close
+from .messages import Hello, RoundDone, Subscribe
 
-__all__ = ["Peer"]
+__all__ = ["Peer", "log_round", "replaced"]
 
 log = logging.getLogger("pantheon")
 
@@ -51,6 +53,7 @@ class Peer:
         self.peer = conn.peer
         who = "monitor" if hello.role == "monitor" else f"{hello.group!r} rank {hello.rank}"
         self.name = f"student {who} ({conn.peer})"
+        self.close_reason = ""  # why the teacher closed it (logged once it is gone)
         self._outbox: collections.deque[_Item] = collections.deque()
         self._max_outbox = max_outbox
         self._cond = threading.Condition()
@@ -151,3 +154,18 @@ class Peer:
                 log.error("closing %s: its knowledge could not be sent: %s", self.name, exc)
                 self.session.close(exc)
                 return
+
+
+def replaced(actions: Sequence[object]) -> list[int]:
+    """The connections ``actions`` close because a newer student of their rank replaced them."""
+    return [a.cid for a in actions if isinstance(a, Close) and a.reason.startswith("replaced")]
+
+
+def log_round(peer: Peer, event: Subscribe | RoundDone) -> None:
+    """One line per round a student starts, resumes or finishes."""
+    if isinstance(event, RoundDone):
+        log.info("%s finished round %d", peer.name, event.round)
+    elif event.start < peer.hello.world_size:
+        log.info("%s started round %d", peer.name, event.round)
+    else:
+        log.info("%s resumed round %d at sample %d", peer.name, event.round, event.start)

@@ -10,7 +10,6 @@ their own. See ``docs/protocol.md`` for the messages.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -34,12 +33,11 @@ from .._wire import (
     Message,
     MsgType,
     Session,
-    decode_value,
     encode_value,
     parse_address,
     resolve_token,
-    take_message,
 )
+from .inbox import Inbox
 from .link import TRANSPORTS, Link
 from .messages import Bye, Data, Desc, EndRound, Fail, Query, header, parse
 from .payload import decode_payload, encode_chunks
@@ -48,8 +46,6 @@ from .student_machine import Action, Reconnect, RoundState, StudentMachine, Tran
 __all__ = ["OnlineRound", "OnlineSource"]
 
 log = logging.getLogger("pantheon")
-
-_USER_INBOX = 1024  # unread Teacher.send messages before the teacher is cut off
 
 
 class OnlineRound:
@@ -88,6 +84,7 @@ class OnlineRound:
                 return None
             chunk, actions = machine.take()
             src.queue(actions)
+            src.delivered(chunk)
         src.flush()
         return chunk
 
@@ -166,9 +163,15 @@ class OnlineSource:
         )
         self.links = [Link(self, a, i) for i, a in enumerate(addresses)]
         self.closed = False
-        self.inbox: queue.Queue[Any] = queue.Queue(maxsize=_USER_INBOX)
-        self._stats = {"bytes": 0, "reconnects": 0}
+        self.inbox = Inbox(self.name, "Student.recv()")
+        self._stats = {"batches": 0, "samples": 0, "bytes": 0, "reconnects": 0}
         self._down_since: float | None = None
+
+    def delivered(self, chunk: Chunk | None) -> None:
+        """Count a chunk handed to the student (its ``batches`` and ``samples``)."""
+        if chunk is not None:
+            self._stats["batches"] += 1
+            self._stats["samples"] += len(chunk.ids)
 
     # ------------------------------------------------------------------ actions
 
@@ -266,13 +269,7 @@ class OnlineSource:
         """A link's reader thread: check at the edge, then hand to the machine."""
         t = msg.type
         if t == MsgType.USER:
-            try:
-                self.inbox.put_nowait(decode_value(msg.header.get("value"), msg.frames))
-            except queue.Full:
-                raise ProtocolError(
-                    f"{self.name} sent more than {_USER_INBOX} messages that Student.recv() "
-                    "did not take"
-                ) from None
+            self.inbox.put(msg)
             return
         if t == MsgType.STATUS_INFO:
             return
@@ -375,8 +372,9 @@ class OnlineSource:
                     f"{self.name} did not answer query {qid} within {timeout:g} s"
                 )
             result = m.answers.pop(qid)
-        if isinstance(result, BaseException):
-            raise result
+            if isinstance(result, BaseException):
+                raise result
+            self.delivered(result)
         return result
 
     # ------------------------------------------------------------------ user messages
@@ -411,11 +409,12 @@ class OnlineSource:
 
     def recv_user(self, timeout: float) -> Any:
         """The next message the teacher sent with ``Teacher.send``."""
-        return take_message(self.inbox, timeout, f"{self.name} (Student.recv)")
+        return self.inbox.take(timeout)
 
     def stats(self) -> Mapping[str, Any]:
-        """Bytes received, reconnections, messages through shared memory, and the transport
-        of each connected address (``{name: "shm" | "tcp"}``)."""
+        """Chunks (``batches``) and ``samples`` delivered, bytes received, reconnections,
+        messages through shared memory, and the transport of each connected address
+        (``{name: "shm" | "tcp"}``)."""
         out: dict[str, Any] = dict(self._stats)
         out["shm_messages"] = sum(link.shm_messages for link in self.links)
         out["transport"] = {

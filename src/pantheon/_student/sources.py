@@ -99,8 +99,11 @@ class OnlineCapable(Source, Protocol):
 class _FileRound:
     """One round of a knowledge file: this rank's shard of it, from its position on."""
 
-    def __init__(self, file: KnowledgeFile, start: int, rank: int, world: int) -> None:
+    def __init__(
+        self, file: KnowledgeFile, start: int, rank: int, world: int, stats: dict[str, int]
+    ) -> None:
         self._file = file
+        self._stats = stats
         self._samples = file.num_samples
         self._chunks = self._shard(file.iter_chunks(start), start, rank, world)
 
@@ -118,7 +121,11 @@ class _FileRound:
                 yield part
 
     def next_chunk(self, timeout: float) -> Chunk | None:
-        return next(self._chunks, None)
+        chunk = next(self._chunks, None)
+        if chunk is not None:
+            self._stats["batches"] += 1
+            self._stats["samples"] += len(chunk.ids)
+        return chunk
 
     def known_samples(self) -> int:
         return self._samples
@@ -153,6 +160,7 @@ class FileSource:
         self._rank, self._world = shard
         self.name = f"teacher {index} ({self.path})"
         self._file: KnowledgeFile | None = None
+        self._stats = {"batches": 0, "samples": 0}
 
     def start(self, timeout: float) -> None:
         if self._file is None:
@@ -186,10 +194,11 @@ class FileSource:
                 f"of {self.name}: rank {r} of {w} has {have} of its {file.num_samples} samples; "
                 "was the state_dict saved with other knowledge?"
             )
-        return _FileRound(file, r + start_sample * w, r, w)
+        return _FileRound(file, r + start_sample * w, r, w, self._stats)
 
     def stats(self) -> Mapping[str, Any]:
-        return {}
+        """Chunks (``batches``) and ``samples`` read from the file, every round."""
+        return dict(self._stats)
 
     def close(self) -> None:
         if self._file is not None:
