@@ -229,12 +229,19 @@ class OnlineSource:
             if link.session is None or not link.session.alive:
                 return  # it closed already: its on_close took care of it
             self.queue(self.machine.link_up(link.index))
+            where = self._where(link)
             if self._down_since is not None:
                 gone = time.monotonic() - self._down_since
-                log.info("%s: reconnected to %s after %.1f s", self.name, link.address, gone)
+                log.info("%s: reconnected%s after %.1f s", self.name, where, gone)
                 self._down_since = None
+            else:
+                log.info("%s: connected%s (%s)", self.name, where, link.described)
             self.cond.notify_all()
         self.flush()
+
+    def _where(self, link: Link) -> str:
+        """`` to ADDRESS`` for a teacher of several replicas (the name holds a single one)."""
+        return f" to {link.address}" if len(self.links) > 1 else ""
 
     def _reconnect(self, index: int) -> None:
         link = self.links[index]
@@ -260,7 +267,8 @@ class OnlineSource:
             self.queue(actions)
             self.cond.notify_all()
         if actions:
-            log.warning("%s: %s; reconnecting", self.name, reason or f"lost {link.address}")
+            why = reason or f"lost the connection{self._where(link)}"
+            log.warning("%s: %s; reconnecting", self.name, why)
         self.flush()
 
     # ------------------------------------------------------------------ messages

@@ -136,6 +136,7 @@ class Student(Resumable):
         self._resumed: list[dict[str, str]] = []  # fingerprints of a loaded state_dict
         self._lock = threading.Lock()
         self._stats = {"batches": 0, "samples": 0, "rounds": 0, "wait_seconds": 0.0}
+        self._who = f"student {group!r} rank {self._rank}"
         self._meters = StudentMeters()
         self._metrics: MetricsEndpoint | None = None
         metrics = check_metrics_port(metrics_port, metrics_host)
@@ -144,9 +145,9 @@ class Student(Resumable):
                 lambda: student_metrics(self.stats(), self._meters),
                 host=metrics[1],
                 port=metrics[0],
-                what=f"the student {group!r} rank {self._rank}",
+                what=self._who,
             )
-            log.info("student metrics on http://%s/metrics", self._metrics.address)
+            log.info("%s: metrics on http://%s/metrics", self._who, self._metrics.address)
 
     @property
     def metrics_address(self) -> str | None:
@@ -321,7 +322,8 @@ class Student(Resumable):
         def make() -> Assembler:
             rnd, at = self._round, self._sample_in_round
             streams = [s.open_round(rnd, at) for s in self._sources]
-            log.info("round %d %s", rnd, f"resumed at sample {at}" if at else "started")
+            how = f"resumed at sample {at} of this rank" if at else "started"
+            log.info("%s: round %d %s", self._who, rnd, how)
             return RoundAssembler(
                 streams,
                 [s.name for s in self._sources],
@@ -386,7 +388,8 @@ class Student(Resumable):
         for source in self._sources:
             if isinstance(source, OnlineCapable):
                 source.ack_round(self._round)
-        log.info("round %d finished (%d samples of this rank)", self._round, self._sample_in_round)
+        n = self._sample_in_round
+        log.info("%s: round %d finished (%d samples of this rank)", self._who, self._round, n)
         self._round += 1
         self._sample_in_round = 0
         self._stats["rounds"] += 1
