@@ -263,6 +263,8 @@ class Teacher:
         that it can shuffle each round with a seed of its own; sample ids stay the positions
         in the round.
         """
+        if self._server is not None and not self._server.program_name:
+            self._server.program_name = "a reader of knowledge batches (Teacher.serve)"
         self.serve_rounds(reader_round_factory(reader), times=times, groups=groups)
 
     def serve_rounds(self, make_round: RoundFactory, times: int = 1, *, groups: int = 1) -> None:
