@@ -4,13 +4,16 @@ lists them)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .._metrics import SECONDS_BUCKETS, Histogram, Metric
+from .._metrics import SECONDS_BUCKETS, Histogram, Metric, MetricsEndpoint, check_metrics_port
 from .sources import Source
 
-__all__ = ["StudentMeters", "student_metrics", "student_stats"]
+__all__ = ["StudentMeters", "start_metrics", "student_metrics", "student_stats"]
+
+log = logging.getLogger("pantheon")
 
 _PER_TEACHER_ONLY = ("batches", "samples")  # a teacher's own; the student's are its loop's
 
@@ -20,6 +23,23 @@ class StudentMeters:
 
     def __init__(self) -> None:
         self.wait_seconds = Histogram(SECONDS_BUCKETS)
+
+
+def start_metrics(
+    port: Any, host: Any, who: str, source: Callable[[], Sequence[Metric]]
+) -> MetricsEndpoint | None:
+    """The student's ``/metrics`` endpoint (None without ``metrics_port``).
+
+    Raises:
+        ConfigError: a bad port or host, or one that cannot be bound.
+        MissingDependencyError: no ``prometheus-client`` (the ``metrics`` extra).
+    """
+    checked = check_metrics_port(port, host)
+    if checked is None:
+        return None
+    endpoint = MetricsEndpoint(source, host=checked[1], port=checked[0], what=who)
+    log.info("%s: metrics on http://%s/metrics", who, endpoint.address)
+    return endpoint
 
 
 def student_stats(own: Mapping[str, Any], qsize: int, sources: Sequence[Source]) -> dict[str, Any]:

@@ -19,7 +19,14 @@ from .._files import KnowledgeFile
 from .._knowledge import Chunk, Description
 from .._util import check_int
 
-__all__ = ["FileSource", "OnlineCapable", "RoundStream", "Source", "online_sources"]
+__all__ = [
+    "FileSource",
+    "OnlineCapable",
+    "RoundStream",
+    "Source",
+    "online_sources",
+    "only_online",
+]
 
 
 @runtime_checkable
@@ -227,3 +234,17 @@ def online_sources(
             raise ConfigError(f"{source.name} is offline: send()/recv() need an online teacher")
         out.append(source)
     return out
+
+
+def only_online(sources: Sequence[Source]) -> None:
+    """Check that every teacher is online (query mode).
+
+    Raises:
+        ConfigError: naming the knowledge files.
+    """
+    offline = [s.name for s in sources if not isinstance(s, OnlineCapable)]
+    if offline:
+        raise ConfigError(
+            f"query mode needs online teachers; {', '.join(offline)} are knowledge files. "
+            "Use same-order mode (no queries=) with offline teachers"
+        )

@@ -2,29 +2,33 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from .._errors import ClosedError, ConfigError
 from .._knowledge import Description
-from .._metrics import MetricsEndpoint, check_metrics_port
 from .._util import check_int, check_seconds
 from .._wire import Heartbeat
 from .assembler import Assembler, QueryAssembler, RoundAssembler
 from .fingerprints import check_teachers
 from .formats import RaggedFormat, format_batch
 from .merge import MergePlan, build_plan
-from .observe import StudentMeters, student_metrics, student_stats
-from .sources import FileSource, OnlineCapable, Source, online_sources
+from .observe import StudentMeters, start_metrics, student_metrics, student_stats
+from .sources import FileSource, OnlineCapable, Source, online_sources, only_online
 from .state import Resumable
 
 __all__ = ["Student"]
 
 log = logging.getLogger("pantheon")
+
+_OPEN: weakref.WeakSet[Student] = weakref.WeakSet()  # said goodbye to at interpreter exit
 
 
 class Student(Resumable):
@@ -138,16 +142,13 @@ class Student(Resumable):
         self._stats = {"batches": 0, "samples": 0, "rounds": 0, "wait_seconds": 0.0}
         self._who = f"student {group!r} rank {self._rank}"
         self._meters = StudentMeters()
-        self._metrics: MetricsEndpoint | None = None
-        metrics = check_metrics_port(metrics_port, metrics_host)
-        if metrics is not None:
-            self._metrics = MetricsEndpoint(
-                lambda: student_metrics(self.stats(), self._meters),
-                host=metrics[1],
-                port=metrics[0],
-                what=self._who,
-            )
-            log.info("%s: metrics on http://%s/metrics", self._who, self._metrics.address)
+        self._metrics = start_metrics(
+            metrics_port,
+            metrics_host,
+            self._who,
+            lambda: student_metrics(self.stats(), self._meters),
+        )
+        _OPEN.add(self)
 
     @property
     def metrics_address(self) -> str | None:
@@ -356,11 +357,11 @@ class Student(Resumable):
                 chunk = assembler.get(timeout)
                 waited = time.perf_counter() - t0
                 self._stats["wait_seconds"] += waited
-                self._meters.wait_seconds.observe(waited)
                 if chunk is None:
                     if in_round:
                         self._finish_round()
                     return
+                self._meters.wait_seconds.observe(waited)
                 n = len(chunk.ids)
                 if in_round:
                     self._sample_in_round += n
@@ -400,28 +401,16 @@ class Student(Resumable):
         self._check_open()
         if not self._started:
             self.start()
-        offline = [s.name for s in self._sources if not isinstance(s, OnlineCapable)]
-        if offline:
-            raise ConfigError(
-                f"query mode needs online teachers; {', '.join(offline)} are knowledge files. "
-                "Use same-order mode (no queries=) with offline teachers"
-            )
-
-        def plan_for() -> MergePlan:
-            return self._ensure_plan(timeout)
+        only_online(self._sources)
 
         def make() -> Assembler:
+            names = [s.name for s in self._sources]
+            plan_for = functools.partial(self._ensure_plan, timeout)
             return QueryAssembler(
-                self._sources,
-                [s.name for s in self._sources],
-                plan_for,
-                queries,
-                batch_size=batch_size,
-                drop_last=drop_last,
-                window=self._read_ahead,
-                maxsize=self._read_ahead,
+                self._sources, names, plan_for, queries, batch_size=batch_size,
+                drop_last=drop_last, window=self._read_ahead, maxsize=self._read_ahead,
                 timeout=timeout,
-            )
+            )  # fmt: skip
 
         return self._drain(self._replace_assembler(make), ragged, timeout, in_round=False)
 
@@ -475,6 +464,7 @@ class Student(Resumable):
         if self._closed:
             return
         self._closed = True
+        _OPEN.discard(self)
         if self._metrics is not None:
             self._metrics.close()
         if self._assembler is not None:
@@ -498,3 +488,11 @@ class Student(Resumable):
                 self.close(resume=True)
         except Exception:  # noqa: S110 - best effort at interpreter shutdown
             pass
+
+
+@atexit.register
+def _goodbye_at_exit() -> None:
+    """A program that ends without ``close()`` is done: its teachers are told so (a student
+    that is to be resumed closes with ``close(resume=True)``; a killed one says nothing)."""
+    for student in list(_OPEN):
+        student.close()
