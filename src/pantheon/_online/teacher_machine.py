@@ -311,6 +311,7 @@ class TeacherMachine:
     def _attach(self, consumer: Consumer, cursor: Cursor, pump: bool = True) -> list[Action]:
         consumer.cursor = cursor
         cursor.consumers.add(consumer.cid)
+        cursor.joined = True
         cursor.idle_since = None
         consumer.pos = cursor.base
         while consumer.pos < cursor.end:  # skip the chunks wholly below its start
