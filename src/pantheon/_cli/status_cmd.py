@@ -168,8 +168,9 @@ def register(main: click.Group) -> None:
 
 
 def _watch(ask: Any, interval: float, as_json: bool) -> None:
-    """Every ``interval`` seconds until Ctrl-C: redraw the status in place (or print one JSON
-    object per line); a teacher that cannot be reached is shown as such and asked again."""
+    """Every ``interval`` seconds until Ctrl-C: redraw the status in place on a terminal
+    (elsewhere print one view after the other; with ``as_json`` one JSON object per line); a
+    teacher that cannot be reached is shown as such and asked again."""
     from rich.console import Console
     from rich.live import Live
     from rich.text import Text
@@ -184,17 +185,22 @@ def _watch(ask: Any, interval: float, as_json: bool) -> None:
                 except click.ClickException as exc:
                     click.echo(json.dumps({"error": exc.message}))
                 time.sleep(interval)
-        with Live(console=Console(), auto_refresh=False) as live:
+        console = Console()
+        with Live(console=console, auto_refresh=False) as live:
             while True:
                 now = time.monotonic()
                 try:
                     answer = ask()
                 except click.ClickException as exc:
-                    live.update(Text(f"unreachable: {exc.message}", style="red"), refresh=True)
+                    view: Any = Text(f"unreachable: {exc.message}", style="red")
                     previous = None
                 else:
-                    live.update(render_status(answer, previous, now - last), refresh=True)
+                    view = render_status(answer, previous, now - last)
                     previous, last = answer, now
+                if console.is_terminal:
+                    live.update(view, refresh=True)
+                else:  # a pipe or a file: one view after the other
+                    console.print(view)
                 time.sleep(interval)
     except KeyboardInterrupt:
         return
