@@ -69,6 +69,19 @@ class Peer:
             target=self._send_loop, name=f"pantheon-send {self.name}", daemon=True
         )
 
+    def why(self, reason: BaseException | None) -> str:
+        """Why the connection ended, in words that do not repeat the peer's name or address."""
+        if reason is None:
+            return "the connection closed"
+        text = str(reason).removeprefix(f"lost connection to {self.name}: ")
+        text = text.replace(self.name, "the student").replace(f" to {self.peer}", "")
+        return text.replace(self.peer, "the student")
+
+    def log_gone(self, why: str) -> None:
+        """The one line that says this peer is gone (DEBUG for a monitor)."""
+        level = logging.DEBUG if self.hello.role == "monitor" else logging.INFO
+        log.log(level, "%s is gone: %s", self.name, why)
+
     def start(self) -> Peer:
         """Start the reader, heartbeat and sender threads."""
         self.session.start()

@@ -187,11 +187,9 @@ class TeacherServer:
             if self._batcher is not None:
                 self._batcher.drop(peer.cid)
             self._run(actions)
+            if not self._closed and not peer.close_reason:  # else logged when closed
+                peer.log_gone(peer.why(reason))
             self._cond.notify_all()
-        if not self._closed:
-            why = peer.close_reason or (str(reason) if reason else "the connection closed")
-            level = logging.DEBUG if peer.hello.role == "monitor" else logging.INFO
-            log.log(level, "%s is gone: %s", peer.name, why)
 
     def _on_message(self, peer: Peer, msg: Message) -> None:
         """Reader thread: validate at the edge; a bad message closes only that connection."""
@@ -255,7 +253,9 @@ class TeacherServer:
             elif isinstance(action, Close):
                 peer = self._peers.get(action.cid)
                 if peer is not None:
-                    peer.close_reason = peer.close_reason or action.reason
+                    if not peer.close_reason:
+                        peer.close_reason = action.reason
+                        peer.log_gone(action.reason)
                     peer.close_after_sends()
             elif isinstance(action, (StartCursor, StopCursor)):
                 runner = self._runner

@@ -243,6 +243,17 @@ class OnlineSource:
         """`` to ADDRESS`` for a teacher of several replicas (the name holds a single one)."""
         return f" to {link.address}" if len(self.links) > 1 else ""
 
+    def _why(self, link: Link, reason: BaseException | None) -> str:
+        """Why ``link`` went down, naming neither the teacher nor a single address again
+        (the log line starts with the teacher's name)."""
+        if reason is None:
+            return f"lost the connection{self._where(link)}"
+        session = f"{self.name} at {link.address}"
+        text = str(reason).removeprefix(f"lost connection to {session}: ")
+        text = text.replace(session, "the teacher")
+        text = text.replace(f" to {link.address}", self._where(link))
+        return text if len(self.links) > 1 else text.replace(link.address, "the teacher")
+
     def _reconnect(self, index: int) -> None:
         link = self.links[index]
         try:
@@ -267,8 +278,7 @@ class OnlineSource:
             self.queue(actions)
             self.cond.notify_all()
         if actions:
-            why = reason or f"lost the connection{self._where(link)}"
-            log.warning("%s: %s; reconnecting", self.name, why)
+            log.warning("%s: %s; reconnecting", self.name, self._why(link, reason))
         self.flush()
 
     # ------------------------------------------------------------------ messages
