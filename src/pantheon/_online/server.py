@@ -1,11 +1,10 @@
 """The online teacher's driver: sockets, threads and the round factory around the machine.
 
 :class:`TeacherServer` accepts and authenticates clients (a bounded number of handshakes at
-once), keeps one :class:`~.peer.Peer` per connection, runs one producer thread per cursor
-of the :class:`~.teacher_machine.TeacherMachine`, and carries out the machine's actions.
-The machine lives for one ``serve_rounds`` / ``serve_queries`` call; clients that connect
-before it are held (their messages queued) and handed to it when it starts. See
-``docs/protocol.md`` for the messages.
+once), keeps a :class:`~.peer.Peer` per connection, runs a producer thread per cursor of the
+:class:`~.teacher_machine.TeacherMachine` and carries out its actions. The machine lives for
+one ``serve_rounds`` / ``serve_queries`` call; clients that come between calls are held
+(their messages queued). ``docs/protocol.md`` describes the messages.
 """
 
 from __future__ import annotations
@@ -53,10 +52,10 @@ from .messages import (
 )
 from .metrics import TeacherMeters
 from .options import ServeOptions
-from .payload import EncodedData, decode_plain, encode_chunks
+from .payload import EncodedData, decode_plain
 from .peer import Peer, log_round, replaced
 from .producer import CursorRunner, RoundFactory
-from .queries import PendingQuery, QueryBatcher
+from .queries import PendingQuery, QueryBatcher, send_answer
 from .teacher_machine import TeacherMachine
 
 __all__ = ["ServeOptions", "TeacherServer"]
@@ -117,6 +116,7 @@ class TeacherServer:
         self._next_cid = 0
         self._runner: CursorRunner | None = None
         self._failed: str | None = None  # why the last serve call failed: told to newcomers
+        self._served_times = 0  # rounds the last serve call finished: told to newcomers
         self.program_name = ""  # what the teacher runs, for pantheon status
         self._batcher: QueryBatcher | None = None
         self._inbox = Inbox("a student", "Teacher.recv()")
@@ -163,9 +163,7 @@ class TeacherServer:
             machine = self._machine
             if machine is None:
                 self._early[cid] = []
-                actions: list[Action] = []
-                if self._failed is not None and hello.role == "student":
-                    actions = [Send(cid, *header(Fail(self._failed, ErrorCode.FAILED)))]
+                actions = self._idle_welcome(cid, hello)
             else:
                 actions = machine.connect(cid, hello, conn.peer)
             olds = [self._peers[c] for c in replaced(actions) if c in self._peers]
@@ -177,6 +175,18 @@ class TeacherServer:
         log.log(level, "%s connected and authenticated (knowledge over %s)", peer.name, how)
         for old in olds:
             log.info("%s replaces %s", peer.name, old.name)
+
+    def _idle_welcome(self, cid: int, hello: Hello) -> list[Action]:
+        """What a student connecting between serve calls is told: why the last one failed,
+        or the description with the rounds the last one served (asking for more then fails
+        at once, saying so)."""
+        if hello.role != "student":
+            return []
+        if self._failed is not None:
+            return [Send(cid, *header(Fail(self._failed, ErrorCode.FAILED)))]
+        if self._served_times and self._described.desc is not None:
+            return [Send(cid, *header(self._described.event(self._served_times)))]
+        return []
 
     def _on_close(self, peer: Peer, reason: BaseException | None) -> None:
         with self._cond:
@@ -355,6 +365,7 @@ class TeacherServer:
                     if self._runner is not None and self._runner.failure is not None:
                         raise self._runner.failure
                     if machine.finished():
+                        self._served_times = machine.times
                         return
                     reason = machine.abandoned()
                     if reason is not None:
@@ -414,19 +425,10 @@ class TeacherServer:
 
         def reply(query: PendingQuery, answer: Chunk | None, error: str | None) -> None:
             peer = self._peers.get(query.cid)
-            if peer is None:
-                return
-            if answer is None:
-                fail = Fail(error or "the query failed", ErrorCode.FAILED, query.qid)
-                peer.send(*header(fail))
-                return
-            self._learn_desc(answer)
-            head, frames = encode_chunks([answer], self._described.codecs)
-            head["qid"] = query.qid
-            peer.send(MsgType.ANSWER, head, frames)
-            self._stats["bytes"] += sum(memoryview(f).nbytes for f in frames)
-            self._stats["batches"] += 1
-            self._stats["samples"] += len(answer.ids)
+            if peer is not None:
+                if answer is not None:
+                    self._learn_desc(answer)
+                send_answer(peer, query, answer, error, self._described.codecs, self._stats)
 
         self._batcher = QueryBatcher(
             handler, reply, max_batch=opts.max_batch, max_delay=opts.max_delay
