@@ -148,6 +148,7 @@ class Student(Resumable):
             self._who,
             lambda: student_metrics(self.stats(), self._meters),
         )
+        self._pid = os.getpid()  # a forked child does not say goodbye for its parent
         _OPEN.add(self)
 
     @property
@@ -494,5 +495,5 @@ class Student(Resumable):
 def _goodbye_at_exit() -> None:
     """A program that ends without ``close()`` is done: its teachers are told so (a student
     that is to be resumed closes with ``close(resume=True)``; a killed one says nothing)."""
-    for student in list(_OPEN):
+    for student in [s for s in _OPEN if s._pid == os.getpid()]:
         student.close()
