@@ -40,11 +40,14 @@ from ._errors import (
 )
 from ._files import KnowledgeFile, KnowledgeWriter
 from ._knowledge import Chunk, Ragged
+from ._logs import install_from_env
 from ._student import Student
 from ._teacher import Teacher
 from ._version import __version__
 
 __docformat__ = "google"
+
+install_from_env()  # PANTHEON_LOG=json|text: a handler on the "pantheon" logger
 
 __all__ = [
     "AlignmentError",

@@ -65,11 +65,12 @@ def inspect(path: Path, as_json: bool, no_stats: bool) -> None:
 
 
 def _register_commands() -> None:
-    from . import bench, demo_cmd, serve
+    from . import bench, demo_cmd, serve, status_cmd
 
     demo_cmd.register(main)
     serve.register(main)
     bench.register(main)
+    status_cmd.register(main)
 
 
 _register_commands()
