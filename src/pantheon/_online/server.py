@@ -182,7 +182,7 @@ class TeacherServer:
             return
         event = parse(t, msg.header)  # ProtocolError: the session logs it and closes
         if t == MsgType.QUERY:
-            self._on_query(peer, msg, event)
+            self._on_query(peer, msg, decode_plain(msg.header, msg.frames))
         if isinstance(event, StatusRequest) and self._machine is None:
             peer.send(MsgType.STATUS_INFO, {"status": {"mode": "idle", **self._status_extra()}})
             return
@@ -213,12 +213,13 @@ class TeacherServer:
                 f"a student sent more than {_USER_INBOX} messages the teacher did not recv()"
             ) from None
 
-    def _on_query(self, peer: Peer, msg: Message, event: Event) -> None:
+    def _on_query(self, peer: Peer, msg: Message, feeds: Chunk) -> None:
+        """A QUERY whose feeds were decoded (and so checked) whatever the teacher serves."""
         batcher = self._batcher
         if batcher is None:
             return  # not serving queries: the machine answers with an error
         qid = msg.header["qid"]
-        query = PendingQuery(peer.cid, qid, decode_plain(msg.header, msg.frames))
+        query = PendingQuery(peer.cid, qid, feeds)
         if not batcher.submit(query, timeout=self._heartbeat.timeout):
             fail = Fail(f"query {qid}: the teacher stopped answering", ErrorCode.FAILED, qid)
             peer.send(*header(fail))

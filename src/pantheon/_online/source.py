@@ -268,6 +268,8 @@ class OnlineSource:
         if t == MsgType.USER:
             try:
                 self.inbox.put_nowait(decode_value(msg.header.get("value"), msg.frames))
+                with self.cond:
+                    self.cond.notify_all()
             except queue.Full:
                 raise ProtocolError(
                     f"{self.name} sent more than {_USER_INBOX} messages that Student.recv() "
@@ -410,8 +412,22 @@ class OnlineSource:
                 continue
 
     def recv_user(self, timeout: float) -> Any:
-        """The next message the teacher sent with ``Teacher.send``."""
-        return take_message(self.inbox, timeout, f"{self.name} (Student.recv)")
+        """The next message the teacher sent with ``Teacher.send`` (waits at most ``timeout``
+        s; the teacher's error, once the connection failed for good, is raised at once)."""
+        m = self.machine
+
+        def ready() -> bool:
+            if not self.inbox.empty():
+                return True
+            if m.error is not None:
+                raise m.error
+            return False
+
+        what = f"{self.name} (Student.recv)"
+        with self.cond:
+            if not wait_until(self.cond, ready, Deadline(timeout)):
+                raise PantheonTimeoutError(f"{what} sent no message within {timeout:g} s")
+        return take_message(self.inbox, max(timeout, 0.001), what)
 
     def stats(self) -> Mapping[str, Any]:
         """Bytes received, reconnections, messages through shared memory, and the transport
