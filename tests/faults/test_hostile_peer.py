@@ -260,7 +260,9 @@ def test_finding_3_a_bad_chunk_among_good_ones_is_refused_and_the_good_ones_keep
     finally:
         fake.close()
     assert all(b.dtype == np.int64 for b in got)
-    assert np.array_equal(np.concatenate(got).ravel() if got else np.arange(0), np.arange(len(got) * 4))
+    assert np.array_equal(
+        np.concatenate(got).ravel() if got else np.arange(0), np.arange(len(got) * 4)
+    )
 
 
 @pytest.mark.parametrize(

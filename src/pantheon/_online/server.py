@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -31,17 +30,26 @@ from .._wire import (
     Heartbeat,
     Message,
     MsgType,
+    UserInbox,
     check_bind,
-    decode_value,
     encode_value,
     listen,
     resolve_token,
-    take_message,
 )
 from .acceptor import Acceptor
 from .described import Described
 from .fanout import Action, Close, ProtocolViolation, Send, SendData, StartCursor, StopCursor
-from .messages import ErrorCode, Event, Fail, Hello, StatusRequest, header, parse
+from .messages import (
+    ErrorCode,
+    Event,
+    Fail,
+    Hello,
+    Query,
+    StatusRequest,
+    Subscribe,
+    header,
+    parse,
+)
 from .options import ServeOptions
 from .payload import EncodedData, decode_plain, encode_chunks
 from .peer import Peer
@@ -53,7 +61,6 @@ __all__ = ["ServeOptions", "TeacherServer"]
 
 log = logging.getLogger("pantheon")
 
-_USER_INBOX = 1024  # unread user messages before the sender is cut off
 _EARLY_EVENTS = 64  # messages a client may send before the teacher starts serving
 _TICK = 0.25  # seconds between the serving loop's checks (gates, parked cursors, the end)
 
@@ -110,7 +117,7 @@ class TeacherServer:
         self._failed: str | None = None  # why the last serve call failed: told to newcomers
         self.program_name = ""  # what the teacher runs, for pantheon status
         self._batcher: QueryBatcher | None = None
-        self._inbox: queue.Queue[Any] = queue.Queue(maxsize=_USER_INBOX)
+        self._inbox = UserInbox("the student (Teacher.recv)")
         self._closed = False
         self._stats = {
             "batches": 0,
@@ -171,7 +178,7 @@ class TeacherServer:
                 self._batcher.drop(peer.cid)
             self._run(actions)
             self._cond.notify_all()
-        if not self._closed:
+        if not self._closed and not isinstance(reason, ProtocolError):  # logged as it closed
             log.info("%s is gone%s", peer.name, f": {reason}" if reason else "")
 
     def _on_message(self, peer: Peer, msg: Message) -> None:
@@ -189,6 +196,9 @@ class TeacherServer:
         with self._cond:
             machine = self._machine
             if machine is None:
+                if self._failed is not None and isinstance(event, (Subscribe, Query)):
+                    peer.send(*header(Fail(self._failed, ErrorCode.FAILED)))  # never served
+                    return
                 early = self._early.setdefault(peer.cid, [])
                 if len(early) >= _EARLY_EVENTS:
                     raise ProtocolError(
@@ -205,13 +215,7 @@ class TeacherServer:
             self._cond.notify_all()
 
     def _on_user(self, msg: Message) -> None:
-        value = decode_value(msg.header.get("value"), msg.frames)
-        try:
-            self._inbox.put_nowait(value)
-        except queue.Full:
-            raise ProtocolError(
-                f"a student sent more than {_USER_INBOX} messages the teacher did not recv()"
-            ) from None
+        self._inbox.put(msg)  # ProtocolError (malformed, a flood): that connection closes
 
     def _on_query(self, peer: Peer, msg: Message, feeds: Chunk) -> None:
         """A QUERY whose feeds were decoded (and so checked) whatever the teacher serves."""
@@ -453,7 +457,7 @@ class TeacherServer:
 
     def recv_user(self, timeout: float) -> Any:
         """The next user message from a student."""
-        return take_message(self._inbox, timeout, "the student (Teacher.recv)")
+        return self._inbox.get(timeout)
 
     def stats(self) -> dict[str, Any]:
         """Counters: batches, samples, messages and bytes sent, chunks predicted."""

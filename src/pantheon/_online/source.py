@@ -10,7 +10,6 @@ their own. See ``docs/protocol.md`` for the messages.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -34,11 +33,10 @@ from .._wire import (
     Message,
     MsgType,
     Session,
-    decode_value,
+    UserInbox,
     encode_value,
     parse_address,
     resolve_token,
-    take_message,
 )
 from .link import TRANSPORTS, Link
 from .messages import Bye, Data, Desc, EndRound, Fail, Query, header, parse
@@ -48,8 +46,6 @@ from .student_machine import Action, Reconnect, RoundState, StudentMachine, Tran
 __all__ = ["OnlineRound", "OnlineSource"]
 
 log = logging.getLogger("pantheon")
-
-_USER_INBOX = 1024  # unread Teacher.send messages before the teacher is cut off
 
 
 class OnlineRound:
@@ -166,7 +162,7 @@ class OnlineSource:
         )
         self.links = [Link(self, a, i) for i, a in enumerate(addresses)]
         self.closed = False
-        self.inbox: queue.Queue[Any] = queue.Queue(maxsize=_USER_INBOX)
+        self.inbox = UserInbox(f"{self.name} (Student.recv)")
         self._stats = {"bytes": 0, "reconnects": 0}
         self._down_since: float | None = None
 
@@ -266,15 +262,9 @@ class OnlineSource:
         """A link's reader thread: check at the edge, then hand to the machine."""
         t = msg.type
         if t == MsgType.USER:
-            try:
-                self.inbox.put_nowait(decode_value(msg.header.get("value"), msg.frames))
-                with self.cond:
-                    self.cond.notify_all()
-            except queue.Full:
-                raise ProtocolError(
-                    f"{self.name} sent more than {_USER_INBOX} messages that Student.recv() "
-                    "did not take"
-                ) from None
+            self.inbox.put(msg)  # ProtocolError (malformed, a flood): the link closes
+            with self.cond:
+                self.cond.notify_all()
             return
         if t == MsgType.STATUS_INFO:
             return
@@ -423,11 +413,12 @@ class OnlineSource:
                 raise m.error
             return False
 
-        what = f"{self.name} (Student.recv)"
         with self.cond:
             if not wait_until(self.cond, ready, Deadline(timeout)):
-                raise PantheonTimeoutError(f"{what} sent no message within {timeout:g} s")
-        return take_message(self.inbox, max(timeout, 0.001), what)
+                raise PantheonTimeoutError(
+                    f"{self.name} (Student.recv) sent no message within {timeout:g} s"
+                )
+        return self.inbox.get(max(timeout, 0.001))
 
     def stats(self) -> Mapping[str, Any]:
         """Bytes received, reconnections, messages through shared memory, and the transport

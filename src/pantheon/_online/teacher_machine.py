@@ -12,9 +12,8 @@ The rules:
   groups. A consumer asking for a position every cursor has passed (a late joiner, a
   restarted rank) gets a cursor of its own.
 * **Gate.** A round's first cursor (from sample 0) starts once ``groups`` complete groups
-  (every rank of each) have asked for it, so their cursors coincide; for round 0 a gate that
-  stays shut past ``gate_timeout`` fails the service, for later rounds the cursor starts with
-  whoever came (the others get cursors of their own).
+  (every rank) asked for it, so their cursors coincide; a round-0 gate shut past
+  ``gate_timeout`` fails the service, a later round's cursor starts with whoever came.
 * **Shards.** Rank ``r`` of a group of ``world_size`` ``W`` receives the samples whose
   position ``i`` in the round has ``i % W == r``; a chunk holding none of them costs nothing.
 * **Pace.** Each consumer grants credits (DATA messages in flight). A cursor keeps the chunks
@@ -155,6 +154,8 @@ class TeacherMachine:
         self._ever_connected = True
         if self.desc is not None:
             actions.append(Send(cid, *header(self.desc)))
+        if self.failure is not None:  # connected as the teacher fails: told at once
+            actions.append(Send(cid, *header(Fail(self.failure, ErrorCode.FAILED))))
         return self._out(actions)
 
     def _out(self, actions: list[Action]) -> list[Action]:
