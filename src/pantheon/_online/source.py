@@ -63,6 +63,8 @@ class OnlineRound:
         machine = src.machine
 
         def ready() -> bool:
+            if state.error is not None:
+                raise state.error
             if state.chunks or state.ended:
                 return True
             if machine.error is not None:
