@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit fuzz bench docs clean
+.PHONY: demo test lint typecheck unit fuzz soak bench docs clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,16 @@ test: lint typecheck unit
 FUZZ_SCALE ?= 50
 fuzz: $(STAMP)
 	PANTHEON_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/python -m pytest tests/fuzz -q --timeout=0 $(PYTEST_ARGS)
+	PANTHEON_FAULT_KILLS=$(FAULT_KILLS) $(BIN)/python -m pytest tests/faults -q --timeout=0 \
+		--ignore=tests/faults/test_soak.py $(PYTEST_ARGS)
+
+# The fault suite's kill tests kill this many times under make fuzz (make test: 3).
+FAULT_KILLS ?= 12
+# A soak of SOAK_SECONDS with the teacher killed every SOAK_KILL_EVERY s (make test: 20 s).
+SOAK_SECONDS ?= 180
+SOAK_KILL_EVERY ?= 20
+soak: $(STAMP)
+	$(BIN)/python tests/faults/soak.py --seconds $(SOAK_SECONDS) --kill-every $(SOAK_KILL_EVERY)
 
 bench: $(STAMP)
 	$(BIN)/pantheon bench

@@ -367,3 +367,56 @@ def test_finding_7_a_broken_handshake_is_not_retried() -> None:
         runner.thread.join(10)
         for conn in accepted:
             conn.close()
+
+
+def test_finding_4_wrapping_ragged_lengths_from_a_live_teacher_are_refused() -> None:
+    """Finding 4 over a live connection: lengths [3, 2**63-1, 2**63-2, 3] "summed" to 3 in
+    int64 and the student got [[10,11,12],[],[],[10,11,12]]; now a ProtocolError."""
+    from tests.fuzz.test_fuzz_chunks import WRAPPING, ragged_chunk
+
+    desc = {"tok": {"shape": [-1, -1], "dtype": "int64", "lod_level": 1}}
+
+    def script(conn: Any) -> None:
+        send_desc(conn, desc)
+        sub = wait_subscribe(conn)
+        head, frames = ragged_chunk(WRAPPING, [10, 11, 12])
+        conn.send(MsgType.DATA, {**head, "sub": sub.sub, "round": 0, "upto": 4}, frames)
+        send_end(conn, sub, 4)
+        closed_by_peer(conn, timeout=30)
+
+    exc = _student_error(script)
+    assert "tok" in str(exc), exc
+
+
+def test_finding_7_a_teacher_that_hangs_up_is_retried_with_backoff() -> None:
+    """Finding 7: reconnections ran without backoff (~860 per second). A listener that
+    accepts and hangs up at once (a fault reconnecting can mend) is retried with delays
+    doubling from 0.05 s to 0.5 s: within a 3 s timeout that is at most about a dozen
+    attempts, and the error names the teacher and says what happened."""
+    from pantheon import TeacherError
+    from pantheon._wire import listen
+    from tests.helpers import Runner
+
+    listener = listen("127.0.0.1", 0)
+    accepted = [0]
+
+    def hang_up() -> None:
+        while True:
+            try:
+                conn = listener.accept(timeout=10)
+            except Exception:
+                return
+            accepted[0] += 1
+            conn.close()
+
+    runner = Runner(hang_up)
+    try:
+        with Student(timeout=3, transport="tcp") as student:
+            student.register_teacher(in_address=listener.address)
+            with pytest.raises(TeacherError, match="could not connect") as info:
+                student.start()
+        assert listener.address in str(info.value)
+        assert 2 <= accepted[0] <= 20, f"{accepted[0]} connection attempts in 3 s"
+    finally:
+        listener.close()
+        runner.thread.join(15)

@@ -54,8 +54,7 @@ def test_teacher_killed_at_random_points_resumes_exactly_once(teacher_proc) -> N
         reconnects = student.stats()["reconnects"]
     xs = np.concatenate(seen)
     assert np.array_equal(xs, np.arange(samples)), (
-        f"not every sample exactly once (seed {SEED}): {len(xs)} ids, "
-        f"{len(np.unique(xs))} distinct"
+        f"not every sample exactly once (seed {SEED}): {len(xs)} ids, {len(np.unique(xs))} distinct"
     )
     assert len(teachers) == KILLS + 1
     assert reconnects >= 1
