@@ -258,6 +258,7 @@ class TeacherMachine:
         if self.failure is not None:
             return [Send(consumer.cid, *header(Fail(self.failure, ErrorCode.FAILED)))]
         actions = self._detach(consumer)
+        self._groups[consumer.hello.group].read = True
         consumer.sub, consumer.round, consumer.start = event.sub, event.round, event.start
         consumer.credits = event.credits
         if event.start < consumer.hello.world_size and event.round not in self._opened:
@@ -326,8 +327,7 @@ class TeacherMachine:
         group = self._groups[consumer.hello.group]
         rank = consumer.hello.rank
         group.done[rank] = max(group.done.get(rank, -1), event.round)
-        # distinct (process, round) acknowledgements: a repeated ack counts once, each new
-        # student process reading a round again (the seed's way) counts as a pass
+        # distinct (process, round) acks: each new process reading a round again is a pass
         group.passes.setdefault(rank, set()).add((consumer.hello.client, event.round))
         return []
 
@@ -455,7 +455,7 @@ class TeacherMachine:
         if self._consumers or self.queries or not self._groups or self.finished():
             return None
         done = set(self.done_groups)
-        gone = [n for n, g in self._groups.items() if n not in done and g.left]
+        gone = [n for n, g in self._groups.items() if n not in done and g.left and g.read]
         if not gone or not all(
             len(self._groups[n].left) == self._groups[n].world_size for n in gone
         ):
