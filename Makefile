@@ -12,7 +12,7 @@ VENV_STAMP := $(VENV)/.created
 DEMO_STAMP := $(VENV)/.installed-demo
 TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test lint typecheck unit fuzz bench docs clean
+.PHONY: demo test lint typecheck unit fuzz soak bench docs clean
 
 $(VENV_STAMP):
 	@echo "== creating the virtual environment $(VENV) and upgrading its pip"
@@ -50,6 +50,16 @@ test: lint typecheck unit
 FUZZ_SCALE ?= 50
 fuzz: $(TEST_STAMP)
 	PANTHEON_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/python -m pytest tests/fuzz -q --timeout=0 $(PYTEST_ARGS)
+	PANTHEON_FAULT_KILLS=$(FAULT_KILLS) $(BIN)/python -m pytest tests/faults -q --timeout=0 \
+		--ignore=tests/faults/test_soak.py $(PYTEST_ARGS)
+
+# The fault suite's kill tests kill this many times under make fuzz (make test: 3).
+FAULT_KILLS ?= 12
+# A soak of SOAK_SECONDS with the teacher killed every SOAK_KILL_EVERY s (make test: 20 s).
+SOAK_SECONDS ?= 180
+SOAK_KILL_EVERY ?= 20
+soak: $(STAMP)
+	$(BIN)/python tests/faults/soak.py --seconds $(SOAK_SECONDS) --kill-every $(SOAK_KILL_EVERY)
 
 bench: $(TEST_STAMP)
 	$(BIN)/pantheon bench

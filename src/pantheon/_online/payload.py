@@ -37,8 +37,22 @@ def decode_payload(
     *,
     sparse: bool = False,
 ) -> Chunk:
-    """The chunk of a DATA/ANSWER message, decoded back to ``desc``'s dtypes."""
+    """The chunk of a DATA/ANSWER message, decoded back to ``desc``'s dtypes.
+
+    Raises:
+        ProtocolError: a part of a key the description does not list, or a part other than
+            the field itself of a key without a codec (a field that is missing, or of another
+            dtype or shape, is a :class:`~pantheon.KnowledgeError` of ``decode_batch`` and of
+            the caller's check against ``desc``).
+    """
     ids, parts = decode_parts(header, frames)
+    for key, part in parts:
+        if key not in desc or (part and key not in codecs):
+            what = f"part {part!r} of knowledge {key!r}" if part else f"knowledge {key!r}"
+            raise ProtocolError(
+                f"a knowledge message carries {what}, which the description does not list "
+                f"(it lists {list(desc)}); every message must hold exactly the described keys"
+            )
     return Chunk(ids, decode_batch(parts, desc, codecs, sparse=sparse))
 
 

@@ -30,6 +30,7 @@ from .._wire import (
     Message,
     MsgType,
     ShmSender,
+    UserInbox,
     check_bind,
     encode_value,
     listen,
@@ -38,7 +39,6 @@ from .._wire import (
 from .acceptor import Acceptor
 from .described import Described
 from .fanout import Action, Close, ProtocolViolation, Send, SendData, StartCursor, StopCursor
-from .inbox import Inbox
 from .messages import (
     ErrorCode,
     Event,
@@ -120,7 +120,7 @@ class TeacherServer:
         self._served_times = 0  # rounds the last serve call finished: told to newcomers
         self.program_name = ""  # what the teacher runs, for pantheon status
         self._batcher: QueryBatcher | None = None
-        self._inbox = Inbox("a student", "Teacher.recv()")
+        self._inbox = UserInbox("the student (Teacher.recv)")
         self._closed = False
         self._stats = {
             "batches": 0,
@@ -210,7 +210,7 @@ class TeacherServer:
             return
         event = parse(t, msg.header)  # ProtocolError: the session logs it and closes
         if t == MsgType.QUERY:
-            self._on_query(peer, msg, event)
+            self._on_query(peer, msg, decode_plain(msg.header, msg.frames))
         if isinstance(event, StatusRequest) and self._machine is None:
             peer.send(MsgType.STATUS_INFO, {"status": self.status()})
             return
@@ -238,12 +238,13 @@ class TeacherServer:
             self._run(actions)
             self._cond.notify_all()
 
-    def _on_query(self, peer: Peer, msg: Message, event: Event) -> None:
+    def _on_query(self, peer: Peer, msg: Message, feeds: Chunk) -> None:
+        """A QUERY whose feeds were decoded (and so checked) whatever the teacher serves."""
         batcher = self._batcher
         if batcher is None:
             return  # not serving queries: the machine answers with an error
         qid = msg.header["qid"]
-        query = PendingQuery(peer.cid, qid, decode_plain(msg.header, msg.frames))
+        query = PendingQuery(peer.cid, qid, feeds)
         if not batcher.submit(query, timeout=self._heartbeat.timeout):
             fail = Fail(f"query {qid}: the teacher stopped answering", ErrorCode.FAILED, qid)
             peer.send(*header(fail))
@@ -477,7 +478,7 @@ class TeacherServer:
 
     def recv_user(self, timeout: float) -> Any:
         """The next user message from a student."""
-        return self._inbox.take(timeout)
+        return self._inbox.get(timeout)
 
     def stats(self) -> dict[str, Any]:
         """Counters: batches, samples, messages and bytes sent, chunks predicted."""

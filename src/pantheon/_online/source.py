@@ -33,11 +33,11 @@ from .._wire import (
     Message,
     MsgType,
     Session,
+    UserInbox,
     encode_value,
     parse_address,
     resolve_token,
 )
-from .inbox import Inbox
 from .link import Link, check_transport
 from .members import Follow
 from .messages import Bye, Data, Desc, EndRound, Fail, Query, header, parse
@@ -64,6 +64,8 @@ class OnlineRound:
         machine = src.machine
 
         def ready() -> bool:
+            if state.error is not None:
+                raise state.error
             if state.chunks or state.ended:
                 return True
             if machine.error is not None:
@@ -168,7 +170,7 @@ class OnlineSource:
         )
         self.links = [Link(self, a, i) for i, a in enumerate(addresses)]
         self.closed = False
-        self.inbox = Inbox(self.name, "Student.recv()")
+        self.inbox = UserInbox(f"{self.name} (Student.recv)")
         self._stats = {"batches": 0, "samples": 0, "bytes": 0, "reconnects": 0}
         self._down_since: float | None = None
         self.follow = follow
@@ -302,7 +304,9 @@ class OnlineSource:
         """A link's reader thread: check at the edge, then hand to the machine."""
         t = msg.type
         if t == MsgType.USER:
-            self.inbox.put(msg)
+            self.inbox.put(msg)  # ProtocolError (malformed, a flood): the link closes
+            with self.cond:
+                self.cond.notify_all()
             return
         if t == MsgType.STATUS_INFO:
             return
@@ -441,8 +445,23 @@ class OnlineSource:
                 continue
 
     def recv_user(self, timeout: float) -> Any:
-        """The next message the teacher sent with ``Teacher.send``."""
-        return self.inbox.take(timeout)
+        """The next message the teacher sent with ``Teacher.send`` (waits at most ``timeout``
+        s; the teacher's error, once the connection failed for good, is raised at once)."""
+        m = self.machine
+
+        def ready() -> bool:
+            if not self.inbox.empty():
+                return True
+            if m.error is not None:
+                raise m.error
+            return False
+
+        with self.cond:
+            if not wait_until(self.cond, ready, Deadline(timeout)):
+                raise PantheonTimeoutError(
+                    f"{self.name} (Student.recv) sent no message within {timeout:g} s"
+                )
+        return self.inbox.get(max(timeout, 0.001))
 
     def stats(self) -> Mapping[str, Any]:
         """Chunks (``batches``) and ``samples`` delivered, bytes received, reconnections,

@@ -12,9 +12,8 @@ The rules:
   groups. A consumer asking for a position every cursor has passed (a late joiner, a
   restarted rank) gets a cursor of its own.
 * **Gate.** A round's first cursor (from sample 0) starts once ``groups`` complete groups
-  (every rank of each) have asked for it, so their cursors coincide; for round 0 a gate that
-  stays shut past ``gate_timeout`` fails the service, for later rounds the cursor starts with
-  whoever came (the others get cursors of their own).
+  (every rank) asked for it, so their cursors coincide; a round-0 gate shut past
+  ``gate_timeout`` fails the service, a later round's cursor starts with whoever came.
 * **Shards.** Rank ``r`` of a group of ``world_size`` ``W`` receives the samples whose
   position ``i`` in the round has ``i % W == r``; a chunk holding none of them costs nothing.
 * **Pace.** Each consumer grants credits (DATA messages in flight). A cursor keeps the chunks
@@ -263,6 +262,7 @@ class TeacherMachine:
         if self.failure is not None:
             return [Send(consumer.cid, *header(Fail(self.failure, ErrorCode.FAILED)))]
         actions = self._detach(consumer)
+        self._groups[consumer.hello.group].read = True
         consumer.sub, consumer.round, consumer.start = event.sub, event.round, event.start
         consumer.credits = event.credits
         if event.start < consumer.hello.world_size and event.round not in self._opened:
@@ -461,7 +461,7 @@ class TeacherMachine:
         if self._consumers or self.queries or not self._groups or self.finished():
             return None
         done = set(self.done_groups)
-        gone = [n for n, g in self._groups.items() if n not in done and g.left]
+        gone = [n for n, g in self._groups.items() if n not in done and g.left and g.read]
         if not gone or not all(
             len(self._groups[n].left) == self._groups[n].world_size for n in gone
         ):

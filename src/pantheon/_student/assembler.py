@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import AlignmentError, PantheonTimeoutError
+from .._errors import AlignmentError, ClosedError, PantheonTimeoutError
 from .._knowledge import Chunk, normalize_batch
 from .._util import Deadline, wait_until
 from .merge import MergePlan, merge_batches
 from .rebatch import Rebatcher
 from .sources import RoundStream
 
-__all__ = ["Assembler", "QueryAssembler", "RoundAssembler"]
+__all__ = ["Assembler", "AssemblerStopped", "QueryAssembler", "RoundAssembler"]
 
 _Item = tuple[str, Any]
 _END: _Item = ("end", None)
@@ -98,16 +98,20 @@ class _Handoff:
         """Return a final item (end or error) to the front, so that later gets see it again."""
         self._items.appendleft(item)
 
-    def get(self, timeout: float) -> _Item | None:
-        """The next item, or None if none came within ``timeout`` seconds."""
+    def get(self, timeout: float, stop: threading.Event) -> _Item | None:
+        """The next item, or None if none came within ``timeout`` seconds or ``stop`` is set."""
         items = self._items
+
+        def ready() -> bool:
+            return bool(items) or stop.is_set()
+
         try:
             item = items.popleft()
         except IndexError:
             with self._cond:
                 self._consumer_waiting = True
                 try:
-                    if not wait_until(self._cond, lambda: bool(items), Deadline(timeout)):
+                    if not wait_until(self._cond, ready, Deadline(timeout)) or not items:
                         return None
                 finally:
                     self._consumer_waiting = False
@@ -121,6 +125,11 @@ class _Handoff:
         """Wake a waiting producer (after its stop flag was set)."""
         with self._cond:
             self._cond.notify_all()
+
+
+class AssemblerStopped(ClosedError):
+    """:meth:`Assembler.get` on an assembler that was stopped (replaced or closed) while it
+    waited; the caller says which."""
 
 
 class Assembler:
@@ -149,7 +158,9 @@ class Assembler:
         The sources enforce ``timeout`` themselves and name the teacher; this wait is a safety
         net at twice that.
         """
-        got = self._queue.get(2 * timeout + 1)
+        got = self._queue.get(2 * timeout + 1, self._stop)
+        if got is None and self._stop.is_set():
+            raise AssemblerStopped("this knowledge generator's read-ahead was stopped")
         if got is None:
             raise PantheonTimeoutError(
                 f"no knowledge batch arrived within {timeout:g} s from "
@@ -164,8 +175,10 @@ class Assembler:
         return None
 
     def stop(self) -> None:
-        """Stop the thread and abandon the round streams (idempotent)."""
+        """Stop the thread and abandon the round streams (idempotent); a consumer waiting in
+        :meth:`get` is woken and raises :class:`AssemblerStopped`."""
         self._stop.set()
+        self._queue.wake()
         while self._thread.is_alive():
             self._queue.wake()  # a producer waiting for room sees the stop flag
             self._thread.join(timeout=0.05)

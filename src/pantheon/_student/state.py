@@ -13,13 +13,15 @@ from .assembler import Assembler
 from .fingerprints import check_resumed, known, parse_recorded
 from .sources import Source
 
-__all__ = ["STATE_VERSION", "Resumable", "check_shard", "parse_state"]
+__all__ = ["MAX_POSITION", "STATE_VERSION", "Resumable", "check_shard", "parse_state"]
 
 log = logging.getLogger("pantheon")
 
 STATE_VERSION = 3
 """Version of ``Student.state_dict()``; versions 1 (``position`` for ``sample_in_round``) and 2
 (no ``fingerprints``) load."""
+MAX_POSITION = 2**62
+"""Largest round or sample number a state dict may hold (the wire's limit on ids)."""
 
 
 def check_shard(group: object, rank: object, world_size: object) -> tuple[str, int, int]:
@@ -66,6 +68,12 @@ def parse_state(state: Any, teachers: list[str], shard: tuple[str, int, int]) ->
         )
     rnd = check_int("state_dict['round']", state["round"], minimum=0, unit="rounds")
     sample = check_int(f"state_dict[{key!r}]", state[key], minimum=0, unit="samples")
+    for name, value in (("round", rnd), (key, sample)):
+        if value > MAX_POSITION:
+            raise ConfigError(
+                f"state_dict[{name!r}] is {value}, more than any round or sample number can be "
+                f"({MAX_POSITION}); load the dict Student.state_dict() returned"
+            )
     recorded = state["teachers"]
     if not isinstance(recorded, list) or len(recorded) != len(teachers):
         raise ConfigError(

@@ -16,7 +16,7 @@ from .._errors import ClosedError, ConfigError
 from .._knowledge import Description
 from .._util import check_int, check_seconds
 from .._wire import Heartbeat
-from .assembler import Assembler, QueryAssembler, RoundAssembler
+from .assembler import Assembler, AssemblerStopped, QueryAssembler, RoundAssembler
 from .fingerprints import check_teachers
 from .formats import RaggedFormat, format_batch
 from .merge import MergePlan, build_plan
@@ -326,8 +326,9 @@ class Student(Resumable):
     def _replace_assembler(self, make: Callable[[], Assembler]) -> Assembler:
         """Stop the running read-ahead (a generator left mid-way) and start ``make()``'s."""
         with self._lock:
-            if self._assembler is not None:
-                self._assembler.stop()
+            old, self._assembler = self._assembler, None  # its generator sees it replaced
+            if old is not None:
+                old.stop()
             self._assembler = make()
             return self._assembler
 
@@ -339,17 +340,23 @@ class Student(Resumable):
             while True:
                 self._check_current(assembler)
                 t0 = time.perf_counter()
-                chunk = assembler.get(timeout)
+                try:
+                    chunk = assembler.get(timeout)
+                except AssemblerStopped:
+                    self._check_current(assembler)  # replaced or closed: says which
+                    raise
                 waited = time.perf_counter() - t0
                 self._stats["wait_seconds"] += waited
-                if chunk is None:
+                with self._lock:  # a newer generator starts from what this one handed out
+                    self._check_current(assembler)
+                    if chunk is None:
+                        if in_round:
+                            self._finish_round()
+                        return
+                    n = len(chunk.ids)
                     if in_round:
-                        self._finish_round()
-                    return
+                        self._sample_in_round += n
                 self._meters.wait_seconds.observe(waited)
-                n = len(chunk.ids)
-                if in_round:
-                    self._sample_in_round += n
                 self._stats["batches"] += 1
                 self._stats["samples"] += n
                 yield format_batch(chunk.data, ragged)
