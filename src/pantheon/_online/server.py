@@ -198,7 +198,8 @@ class TeacherServer:
             if self._batcher is not None:
                 self._batcher.drop(peer.cid)
             self._run(actions)
-            if not self._closed and not peer.close_reason:  # else logged when closed
+            # else logged when it was closed: by the machine, or for a protocol error
+            if not self._closed and not peer.close_reason and not isinstance(reason, ProtocolError):
                 peer.log_gone(peer.why(reason))
             self._cond.notify_all()
 
