@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -441,5 +442,7 @@ def _program_name(program: Any) -> str:
         return "none (inputs passed through)"
     if isinstance(program, (str, os.PathLike)):
         return os.fspath(program)
+    if inspect.isroutine(program):  # a function: its own name, not "builtins.function"
+        return f"{program.__module__}.{program.__qualname__}"
     kind = type(program)
     return f"{kind.__module__}.{kind.__qualname__}"

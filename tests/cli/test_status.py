@@ -111,3 +111,23 @@ def test_status_watch_redraws_until_interrupted(spawn) -> None:
         assert any("beta" in line for line in drawn.lines)
     finally:
         live.close()
+
+
+def double(x: np.ndarray) -> dict[str, np.ndarray]:
+    return {"y": 2 * x}
+
+
+def test_status_of_an_idle_then_query_teacher_names_its_program() -> None:
+    with Teacher(out_port=0, timeout=30) as teacher:
+        idle = json.loads(CliRunner().invoke(main, ["status", teacher.address, "--json"]).output)
+        assert idle["mode"] == "idle" and idle["desc"] is None and "students" not in idle
+        served = Runner(lambda: teacher.start_knowledge_service(["x"], {"y": "y"}, double, None))
+        with Student(timeout=30) as student:
+            student.register_teacher(in_address=teacher.address)
+            queries = [{"x": np.arange(8).reshape(-1, 1)}]
+            assert len(list(student.get_knowledge_generator(4, queries=queries)())) == 2
+            out = CliRunner().invoke(main, ["status", teacher.address])
+            assert out.exit_code == 0, out.output
+            assert f"{__name__}.double" in out.output
+            assert "queries" in out.output and "1 student(s) connected" in out.output
+        served.join(30)
