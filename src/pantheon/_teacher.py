@@ -224,6 +224,7 @@ class Teacher:
                 fingerprint=self._fingerprints["fingerprint"],
                 dataset_fingerprint=self._fingerprints["dataset_fingerprint"],
             )
+            self._writer.observe = self._meters.observe_parts
         return self._writer
 
     def _offline_writer(self, what: str) -> KnowledgeWriter:
