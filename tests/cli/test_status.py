@@ -131,3 +131,24 @@ def test_status_of_an_idle_then_query_teacher_names_its_program() -> None:
             assert f"{__name__}.double" in out.output
             assert "queries" in out.output and "1 student(s) connected" in out.output
         served.join(30)
+
+
+def test_an_odd_answer_is_shown_as_plain_text_without_failing() -> None:
+    from rich.console import Console
+
+    from pantheon._cli.status_cmd import render_status
+
+    odd = {
+        "mode": "rounds",
+        "program": "[bold red]not markup[/]",
+        "desc": {"logits": {"dtype": "float32", "shape": [-1, 8]}, "bad": 3},
+        "codecs": {"logits": {"name": "topk"}},
+        "stats": {"samples": "many", "bytes": None},
+        "students": [{"group": "[link=x]g[/link]", "credits": "none", "round": [1]}, 7],
+        "times": "two",
+    }
+    console = Console(record=True, width=200)
+    console.print(render_status(odd))
+    text = console.export_text()
+    assert "[bold red]not markup[/]" in text and "[link=x]g[/link]" in text
+    assert "logits float32[-1, 8] (topk)" in text and "1 student(s) connected" in text
