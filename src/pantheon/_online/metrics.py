@@ -4,8 +4,8 @@
 program calls (fed by the knowledge service's workers) and, for every key sent with a top-k
 codec of log-probabilities (``TopK(log_softmax=True)``), the probability mass the kept
 entries hold per position (``exp(values).sum(-1)``: k exponentials per position, from the
-values the codec just computed). :func:`teacher_metrics` turns a snapshot into metric
-families; ``docs/guide/operating.md`` lists them.
+values the codec just computed, online or in a knowledge file). :func:`teacher_metrics` turns
+a snapshot into metric families; ``docs/guide/operating.md`` lists them.
 """
 
 from __future__ import annotations

@@ -45,7 +45,6 @@ from .messages import (
     Fail,
     Hello,
     Query,
-    RoundDone,
     StatusRequest,
     Subscribe,
     header,
@@ -118,6 +117,7 @@ class TeacherServer:
         self._runner: CursorRunner | None = None
         self._failed: str | None = None  # why the last serve call failed: told to newcomers
         self._served_times = 0  # rounds the last serve call finished: told to newcomers
+        self._acks: set[tuple[str, int]] = set()  # (client, round) acks logged (sent again)
         self.program_name = ""  # what the teacher runs, for pantheon status
         self._batcher: QueryBatcher | None = None
         self._inbox = UserInbox("the student (Teacher.recv)")
@@ -215,8 +215,6 @@ class TeacherServer:
         if isinstance(event, StatusRequest) and self._machine is None:
             peer.send(MsgType.STATUS_INFO, {"status": self.status()})
             return
-        if isinstance(event, (Subscribe, RoundDone)):
-            log_round(peer, event)
         with self._cond:
             machine = self._machine
             if machine is None:
@@ -236,6 +234,7 @@ class TeacherServer:
                 actions = machine.receive(peer.cid, event, time.monotonic())
             except ProtocolViolation as exc:
                 raise ProtocolError(f"{peer.name}: {exc}") from None
+            log_round(peer, event, machine, self._acks)
             self._run(actions)
             self._cond.notify_all()
 
@@ -352,6 +351,7 @@ class TeacherServer:
                     self._batcher.submit(q, timeout=self._heartbeat.timeout)
                 try:
                     actions += machine.receive(cid, event, now)
+                    log_round(peer, event, machine, self._acks)
                 except ProtocolViolation as exc:
                     log.warning("closing %s: %s", peer.name, exc)
                     peer.close()
