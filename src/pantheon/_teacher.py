@@ -345,7 +345,7 @@ class Teacher:
                 )
             self._use_fp16 = bool(use_fp16)
             if self._server is not None:
-                self._server.set_use_fp16(self._use_fp16)
+                self._server.described.use_fp16 = self._use_fp16
         self._derive_fingerprint(spec.program)
         if self._server is not None:
             self._server.program_name = _program_name(program)

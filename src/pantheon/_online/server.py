@@ -104,7 +104,7 @@ class TeacherServer:
         self._token = resolve_token(token)
         check_bind(host, self._token)
         self._timeout = timeout
-        self._described = Described(codecs, use_fp16)
+        self.described = Described(codecs, use_fp16)  # use_fp16 may change until it is known
         self._prefetch = prefetch_batches
         self._heartbeat = Heartbeat(heartbeat_interval, heartbeat_timeout)
         self._coalesce = coalesce_bytes
@@ -122,13 +122,8 @@ class TeacherServer:
         self._batcher: QueryBatcher | None = None
         self._inbox = UserInbox("the student (Teacher.recv)")
         self._closed = False
-        self._stats = {
-            "batches": 0,
-            "samples": 0,
-            "bytes": 0,
-            "messages": 0,
-            "backpressure_seconds": 0.0,
-        }
+        counters = ("batches", "samples", "bytes", "messages", "backpressure_seconds")
+        self._stats: dict[str, float] = dict.fromkeys(counters, 0)
         self.meters = TeacherMeters()
         self._began = time.monotonic()
         self._listener = listen(host, port)
@@ -185,8 +180,8 @@ class TeacherServer:
             return []
         if self._failed is not None:
             return [Send(cid, *header(Fail(self._failed, ErrorCode.FAILED)))]
-        if self._served_times and self._described.desc is not None:
-            return [Send(cid, *header(self._described.event(self._served_times)))]
+        if self._served_times and self.described.desc is not None:
+            return [Send(cid, *header(self.described.event(self._served_times)))]
         return []
 
     def _on_close(self, peer: Peer, reason: BaseException | None) -> None:
@@ -279,7 +274,7 @@ class TeacherServer:
                     runner.apply(action)
 
     def _send_data(self, action: SendData) -> None:
-        codecs = self._described.codecs
+        codecs = self.described.codecs
         encoded = EncodedData(action.chunks, codecs, self._stats, self.meters.observe_parts)
         for cid, sub in action.targets:
             peer = self._peers.get(cid)
@@ -289,16 +284,12 @@ class TeacherServer:
 
     # ------------------------------------------------------------------ description
 
-    def set_use_fp16(self, use_fp16: bool) -> None:
-        """Change ``use_fp16`` before the description is known."""
-        self._described.use_fp16 = use_fp16
-
     def _status_extra(self) -> dict[str, Any]:
         """What the teacher adds to its machine's status: where it is, what it serves."""
         extra: dict[str, Any] = {"address": self.address, "stats": self.stats()}
         extra["program"] = self.program_name
         extra["uptime_seconds"] = time.monotonic() - self._began
-        return {**extra, **self._described.status()}
+        return {**extra, **self.described.status()}
 
     def status(self) -> dict[str, Any]:
         """What ``pantheon status`` shows (see ``docs/protocol.md``, STATUS_INFO)."""
@@ -310,26 +301,26 @@ class TeacherServer:
     def _known_desc(self, chunk: Chunk) -> Description:
         """The description, learned from ``chunk`` if this is the first."""
         self._learn_desc(chunk)
-        assert self._described.desc is not None
-        return self._described.desc
+        assert self.described.desc is not None
+        return self.described.desc
 
     def _learn_desc(self, chunk: Chunk) -> None:
-        if not self._described.learn(chunk):
+        if not self.described.learn(chunk):
             return
         with self._cond:
             machine = self._machine
-            actions = machine.set_desc(self._described.event(machine.times)) if machine else []
+            actions = machine.set_desc(self.described.event(machine.times)) if machine else []
             self._run(actions)
 
     def set_fingerprints(self, fingerprints: Mapping[str, str]) -> None:
         """What the DESC message tells of the teacher (``fingerprint``,
         ``dataset_fingerprint``); sent again if the description is already known."""
         with self._cond:
-            self._described.fingerprints = dict(fingerprints)
+            self.described.fingerprints = dict(fingerprints)
             machine = self._machine
-            if machine is None or self._described.desc is None:
+            if machine is None or self.described.desc is None:
                 return
-            actions = machine.set_desc(self._described.event(machine.times))
+            actions = machine.set_desc(self.described.event(machine.times))
             self._run(actions)
 
     # ------------------------------------------------------------------ serving
@@ -338,8 +329,8 @@ class TeacherServer:
         """Make ``machine`` current; hand it the clients that came before it, and their
         requests. Holds the lock."""
         self._machine = machine
-        if self._described.desc is not None:
-            machine.desc = self._described.event(machine.times)
+        if self.described.desc is not None:
+            machine.desc = self.described.event(machine.times)
         actions: list[Action] = []
         now = time.monotonic()
         for cid, peer in list(self._peers.items()):
@@ -435,7 +426,7 @@ class TeacherServer:
             if peer is not None:
                 if answer is not None:
                     self._learn_desc(answer)
-                send_answer(peer, query, answer, error, self._described.codecs, self._stats)
+                send_answer(peer, query, answer, error, self.described.codecs, self._stats)
 
         self._batcher = QueryBatcher(
             handler, reply, max_batch=opts.max_batch, max_delay=opts.max_delay
