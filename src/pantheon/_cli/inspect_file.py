@@ -63,10 +63,15 @@ class _Stats:
 
 
 def _kept(value: Any) -> Any:
-    """The kept entries of a sparse top-k value; any other value as it is."""
-    from .._codecs import SparseTopK
+    """The kept entries of a sparse top-k value, the counts of sampled knowledge; any other
+    value as it is."""
+    from .._codecs import SparseSamples, SparseTopK
 
-    return value.values if isinstance(value, SparseTopK) else value
+    if isinstance(value, SparseTopK):
+        return value.values
+    if isinstance(value, SparseSamples):
+        return value.counts
+    return value
 
 
 def _tokens(value: Any) -> int:
@@ -75,12 +80,78 @@ def _tokens(value: Any) -> int:
     return int(value.lengths.sum()) if isinstance(value, Ragged) else 0
 
 
+class _Mass:
+    """Running mean over positions of the probability mass a sparse top-k value's entries hold:
+    ``sum(exp(values))`` for log-probabilities; with a tail (any values),
+    ``sum(exp(v)) / (sum(exp(v)) + exp(tail))``. Other values have none."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.count = 0
+
+    def add(self, value: Any) -> None:
+        from .._codecs import SparseTopK
+
+        if not isinstance(value, SparseTopK):
+            return
+        v = _kept(value)
+        v = (v.values if isinstance(v, Ragged) else v).astype(np.float64)
+        if value.tail is not None:
+            t = value.tail.values if isinstance(value.tail, Ragged) else value.tail
+            top = np.max(v, axis=-1, keepdims=True)
+            top = np.where(np.isfinite(top), top, 0)
+            kept = np.exp(v - top).sum(axis=-1)
+            mass = kept / (kept + np.exp(t.astype(np.float64)[..., 0] - top[..., 0]))
+        elif value.holds == "logprobs":
+            mass = np.exp(v).sum(axis=-1)
+        else:
+            return
+        self.total += float(mass.sum())
+        self.count += int(mass.size)
+
+    def report(self) -> float | None:
+        return self.total / self.count if self.count else None
+
+
+def _holds(spec: dict[str, Any] | None) -> tuple[str | None, float | None]:
+    """What a codec's values hold and at what temperature, from its spec (None: unknown)."""
+    if spec is None:
+        return None, None
+    holds = spec.get("holds")
+    if holds is None and spec.get("name") == "topk" and spec.get("log_softmax"):
+        holds = "logprobs"  # an earlier top-k layout: log-probabilities at the logits' scale
+    temperature = spec.get("temperature")
+    if temperature is None and holds is not None:
+        temperature = 1.0
+    return holds, temperature
+
+
+def _column_bytes(kf: Any) -> dict[str, int]:
+    """Bytes of every stored column: its Arrow buffers (uncompressed; a variable-length column
+    with its int64 offsets, one per sample and one per batch)."""
+    table = kf.to_arrow()
+    return {
+        name: sum(buf.size for chunk in table.column(name).chunks for buf in chunk.buffers() if buf)
+        for name in table.column_names
+    }
+
+
 def inspect_report(path: str | Path, *, stats: bool = True) -> dict[str, Any]:
     """Everything ``pantheon inspect`` shows about a knowledge file, as a JSON-able dict.
 
     Args:
         path: a knowledge file or a directory of shards.
-        stats: also read every value to compute per-key min / max / mean (default True).
+        stats: also read every value to compute per-key min / max / mean and the top-k mass
+            (default True).
+
+    Per key, besides its description: ``codec``, ``holds`` (``"logits"``, ``"logprobs"``,
+    ``"samples"`` or None) and ``temperature`` from the codec's spec, ``columns``,
+    ``stored_bytes`` (its columns' Arrow buffers, uncompressed, offsets included),
+    ``bytes_per_token`` (token knowledge) and ``bytes_per_sample``; with ``stats``, ``min``,
+    ``max``, ``mean`` (of the kept entries for top-k, of the counts for samples) and
+    ``topk_mass``: the mean over positions of the probability mass the top-k entries hold
+    (``sum(exp(values))`` for log-probabilities; with a tail, ``sum(exp(v)) / (sum(exp(v)) +
+    exp(tail))``; None otherwise).
 
     Raises:
         FileFormatError: the path is missing or not a readable knowledge file.
@@ -91,28 +162,45 @@ def inspect_report(path: str | Path, *, stats: bool = True) -> dict[str, Any]:
         sizes = kf.batch_sizes()
         ragged = [key for key, field in kf.desc.items() if field["lod_level"]]
         storage = kf.storage
+        col_bytes = _column_bytes(kf) if kf.num_batches else {}
         keys: dict[str, Any] = {}
         for key, field in kf.desc.items():
+            holds, temperature = _holds(storage[key]["codec"])
             keys[key] = {
                 **field,
                 "codec": storage[key]["codec"],
+                "holds": holds,
+                "temperature": temperature,
                 "columns": [
                     {"name": c["name"], "dtype": c["dtype"], "shape": c["shape"]}
                     for c in storage[key]["columns"]
                 ],
+                "stored_bytes": sum(col_bytes.get(c["name"], 0) for c in storage[key]["columns"]),
             }
         tokens = 0
+        key_tokens = dict.fromkeys(ragged, 0)
         if stats or ragged:
             running = {key: _Stats() for key in keys}
+            masses = {key: _Mass() for key in keys}
             for chunk in kf.iter_chunks():
-                if ragged:
-                    tokens += _tokens(chunk.data[ragged[0]])
+                for key in ragged:
+                    key_tokens[key] += _tokens(chunk.data[key])
                 if stats:
                     for key, value in chunk.data.items():
                         running[key].add(value)
+                        masses[key].add(value)
+            if ragged:
+                tokens = key_tokens[ragged[0]]
             if stats:
                 for key, st in running.items():
                     keys[key].update(st.report())
+                    keys[key]["topk_mass"] = masses[key].report()
+        for key, info in keys.items():
+            n = key_tokens.get(key)
+            info["bytes_per_token"] = info["stored_bytes"] / n if n else None
+            info["bytes_per_sample"] = (
+                info["stored_bytes"] / kf.num_samples if kf.num_samples else None
+            )
         cut = kf.truncated
         return {
             "path": str(kf.path),
@@ -209,14 +297,19 @@ def format_report(report: dict[str, Any]) -> str:
             ["dataset fingerprint", report.get("dataset_fingerprint") or "-"],
         ]
     )
-    rows = [["key", "shape", "dtype", "lod", "stored as", "min", "max", "mean"]]
+    rows = [["key", "shape", "dtype", "lod", "stored as", "min", "max", "mean", "bytes/token",
+             "holds", "T", "top-k mass"]]  # fmt: skip
     for key, info in report["keys"].items():
         codec = info["codec"]
         stored = ", ".join(c["dtype"] for c in info["columns"])
         if codec is not None:
             stored += f" ({codec['name']})"
+        per = info.get("bytes_per_token")
+        per_text = _num(per) if per is not None else f"{_num(info.get('bytes_per_sample'))}/sample"
         rows.append(
             [key, str(info["shape"]), info["dtype"], str(info["lod_level"]), stored]
             + [_num(info.get(s)) for s in ("min", "max", "mean")]
+            + [per_text, info.get("holds") or "-", _num(info.get("temperature"))]
+            + [_num(info.get("topk_mass"))]
         )
     return "\n".join([*lines, "", *_table(rows)])

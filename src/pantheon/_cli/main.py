@@ -47,8 +47,11 @@ def inspect(path: Path, as_json: bool, no_stats: bool) -> None:
 
     PATH is a knowledge file a teacher dumped (or a directory of its shards). Prints the
     description (name, shape, dtype, lod_level of every key), the numbers of samples and
-    batches, bytes on disk and per sample, compression, codecs, the teacher's and the
-    dataset's fingerprints, per-key min/max/mean, and whether the file was cut short (its teacher stopped before closing it) and where.
+    batches, bytes on disk and per sample (and per token for token knowledge), compression,
+    codecs, the teacher's and the dataset's fingerprints, per key min/max/mean, stored bytes
+    per token (or per sample), what a knowledge codec's values hold (logits, logprobs or
+    samples) at which temperature T and the share of probability mass top-k entries keep,
+    and whether the file was cut short (its teacher stopped before closing it) and where.
     Exits with status 1 if PATH is not a readable knowledge file.
     """
     try:
@@ -62,11 +65,12 @@ def inspect(path: Path, as_json: bool, no_stats: bool) -> None:
 
 
 def _register_commands() -> None:
-    from . import bench, demo_cmd, serve
+    from . import bench, demo_cmd, serve, status_cmd
 
     demo_cmd.register(main)
     serve.register(main)
     bench.register(main)
+    status_cmd.register(main)
 
 
 _register_commands()
