@@ -7,7 +7,7 @@ PIP := $(BIN)/python -m pip
 #   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 # Every install that can pull torch goes through the pins of constraints.txt.
-INSTALL := $(PIP) install -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+INSTALL := $(PIP) install -c constraints.txt$(if $(TORCH_INDEX), --extra-index-url $(TORCH_INDEX))
 VENV_STAMP := $(VENV)/.created
 DEMO_STAMP := $(VENV)/.installed-demo
 TEST_STAMP := $(VENV)/.installed-test
