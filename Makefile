@@ -58,7 +58,7 @@ FAULT_KILLS ?= 12
 # A soak of SOAK_SECONDS with the teacher killed every SOAK_KILL_EVERY s (make test: 20 s).
 SOAK_SECONDS ?= 180
 SOAK_KILL_EVERY ?= 20
-soak: $(STAMP)
+soak: $(TEST_STAMP)
 	$(BIN)/python tests/faults/soak.py --seconds $(SOAK_SECONDS) --kill-every $(SOAK_KILL_EVERY)
 
 bench: $(TEST_STAMP)
