@@ -174,6 +174,8 @@ def test_spec_registry_and_resolve() -> None:
     assert isinstance(default, TopK)
     assert default.k == 20
     assert default.layout == 2
+    partial = codec_from_spec({"name": "topk", "k": 8})
+    assert isinstance(partial, TopK) and (partial.k, partial.layout) == (8, 2)
     with pytest.raises(ConfigError, match="contradicts"):
         codec_from_spec({**spec, "holds": "logits"})
     with pytest.raises(ConfigError, match="layout"):

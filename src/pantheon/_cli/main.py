@@ -120,7 +120,9 @@ class _Mass:
             top = np.max(v, axis=-1, keepdims=True)
             top = np.where(np.isfinite(top), top, 0)
             kept = np.exp(v - top).sum(axis=-1)
-            mass = kept / (kept + np.exp(t.astype(np.float64)[..., 0] - top[..., 0]))
+            with np.errstate(invalid="ignore"):  # 0 / 0: nothing finite at all
+                mass = kept / (kept + np.exp(t.astype(np.float64)[..., 0] - top[..., 0]))
+            mass = mass[np.isfinite(mass)]
         elif value.holds == "logprobs":
             mass = np.exp(v).sum(axis=-1)
         else:
@@ -165,7 +167,8 @@ def inspect_report(path: str | Path, *, stats: bool = True) -> dict[str, Any]:
 
     Per key, besides its description: ``codec``, ``holds`` (``"logits"``, ``"logprobs"``,
     ``"samples"`` or None) and ``temperature`` from the codec's spec, ``columns``,
-    ``stored_bytes`` (its columns' Arrow buffers, uncompressed, offsets included),
+    ``stored_bytes`` (its columns' Arrow buffers, offsets included; None for a compressed
+    file),
     ``bytes_per_token`` (token knowledge) and ``bytes_per_sample``; with ``stats``, ``min``,
     ``max``, ``mean`` (of the kept entries for top-k, of the counts for samples) and
     ``topk_mass``: the mean over positions of the probability mass the top-k entries hold
@@ -181,7 +184,9 @@ def inspect_report(path: str | Path, *, stats: bool = True) -> dict[str, Any]:
         sizes = kf.batch_sizes()
         ragged = [key for key, field in kf.desc.items() if field["lod_level"]]
         storage = kf.storage
-        col_bytes = _column_bytes(kf) if kf.num_batches else {}
+        # stored bytes from the mapped columns; a compressed file would be decompressed whole
+        sized = kf.num_batches > 0 and kf.compression is None
+        col_bytes = _column_bytes(kf) if sized else {}
         keys: dict[str, Any] = {}
         for key, field in kf.desc.items():
             holds, temperature = _holds(storage[key]["codec"])
@@ -194,7 +199,9 @@ def inspect_report(path: str | Path, *, stats: bool = True) -> dict[str, Any]:
                     {"name": c["name"], "dtype": c["dtype"], "shape": c["shape"]}
                     for c in storage[key]["columns"]
                 ],
-                "stored_bytes": sum(col_bytes.get(c["name"], 0) for c in storage[key]["columns"]),
+                "stored_bytes": sum(col_bytes.get(c["name"], 0) for c in storage[key]["columns"])
+                if sized
+                else None,
             }
         tokens = 0
         key_tokens = dict.fromkeys(ragged, 0)
@@ -215,10 +222,10 @@ def inspect_report(path: str | Path, *, stats: bool = True) -> dict[str, Any]:
                     keys[key].update(st.report())
                     keys[key]["topk_mass"] = masses[key].report()
         for key, info in keys.items():
-            n = key_tokens.get(key)
-            info["bytes_per_token"] = info["stored_bytes"] / n if n else None
+            n, stored = key_tokens.get(key), info["stored_bytes"]
+            info["bytes_per_token"] = stored / n if n and stored is not None else None
             info["bytes_per_sample"] = (
-                info["stored_bytes"] / kf.num_samples if kf.num_samples else None
+                stored / kf.num_samples if kf.num_samples and stored is not None else None
             )
         cut = kf.truncated
         return {
@@ -311,7 +318,12 @@ def format_report(report: dict[str, Any]) -> str:
         if codec is not None:
             stored += f" ({codec['name']})"
         per = info.get("bytes_per_token")
-        per_text = _num(per) if per is not None else f"{_num(info.get('bytes_per_sample'))}/sample"
+        per_sample = info.get("bytes_per_sample")
+        per_text = (
+            _num(per)
+            if per is not None
+            else ("-" if per_sample is None else f"{_num(per_sample)}/sample")
+        )
         rows.append(
             [key, str(info["shape"]), info["dtype"], str(info["lod_level"]), stored]
             + [_num(info.get(s)) for s in ("min", "max", "mean")]
