@@ -62,9 +62,8 @@ LAYOUT = 2
 """The layout :class:`TopK` writes (its spec's ``"version"``)."""
 _VALUE_DTYPES = ("float16", "bfloat16", "float32", "uint8")
 _U16_LIMIT = 1 << 16
-_SPEC_KEYS = {"name", "version", "k", "values_dtype", "log_softmax", "fill", "temperature",
-              "tail", "holds"}  # fmt: skip
 _V1_KEYS = {"name", "k", "values_dtype", "log_softmax", "fill"}
+_SPEC_KEYS = _V1_KEYS | {"version", "temperature", "tail", "holds"}
 
 
 def index_dtype(vocab_size: int) -> np.dtype[Any]:
@@ -247,8 +246,8 @@ class TopK:
             x, self.k, log_softmax=self.log_softmax, temperature=self.temperature, tail=self.tail
         )
         if self.layout == 1:
-            return {"values": vals.astype(to_dtype(self.values_dtype)), "indices": idx.astype(
-                index_dtype(vocab))}  # fmt: skip
+            values = vals.astype(to_dtype(self.values_dtype))
+            return {"values": values, "indices": idx.astype(index_dtype(vocab))}
         out: dict[str, np.ndarray] = {}
         if self.values_dtype == "uint8":
             out["values"], out["scale"] = quantize(vals)
