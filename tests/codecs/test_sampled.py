@@ -142,3 +142,9 @@ def test_spec_and_refusals() -> None:
         Sampled(4).sparse(bad, field)
     with pytest.raises(ConfigError, match="float logits"):
         Sampled(4).check("ids", {"shape": [-1, 10], "dtype": "int64", "lod_level": 0})
+
+
+def test_densifying_too_much_is_a_knowledge_error_naming_the_sparse_form() -> None:
+    big = SparseSamples(np.zeros((4, 2), np.int32), np.array([[2, 0]] * 4, np.uint8), 2**40, 2)
+    with pytest.raises(KnowledgeError, match="sparse_topk=True"):
+        big.dense()

@@ -51,6 +51,7 @@ _CHUNK = 1 << 20  # entries per pass over the rows
 _MAX_N = 255  # counts are uint8
 _MAX_ROWS = 1000  # rows per pass
 _BLOCK = 256  # tokens per block of the two-level search
+_DENSE_LIMIT = 1 << 34  # bytes a dense decode may allocate (16 GiB)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -177,6 +178,13 @@ class SparseSamples:
         dt = np.dtype(dtype) if dtype is not None else np.dtype(np.float32)
         rows = int(np.prod(ids.shape[:-1], dtype=np.int64))
         flat = (np.arange(rows)[:, None] * self.vocab_size + ids.reshape(rows, -1)).ravel()
+        size = rows * self.vocab_size
+        if size * (8 + dt.itemsize) > _DENSE_LIMIT:
+            raise KnowledgeError(
+                f"sampled codec: densifying {rows} positions of {self.vocab_size} tokens needs "
+                f"{size * (8 + dt.itemsize) / 2**30:.1f} GiB; read the knowledge sparse "
+                "(sparse_topk=True) or in smaller batches"
+            )
         probs = np.bincount(
             flat, weights=counts.reshape(-1) / self.n, minlength=rows * self.vocab_size
         )
