@@ -28,6 +28,7 @@ tokens per second and the ratio to ``TopK(16, log_softmax=True)``.
 
     python benchmarks/codec_tiers.py            # ~1 minute on 2 cores
     python benchmarks/codec_tiers.py --batches 1 --tokens 64   # a smoke run
+    python benchmarks/codec_tiers.py --keep tiers/ && pantheon inspect tiers/sampled_n=12.arrow
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def tiers_table(args: argparse.Namespace, workdir: Path) -> tuple[str, dict[str,
                 "-" if mass is None else f"{mass:.3f}",
             ]
         )
-        path.unlink()
+        if not args.keep:
+            path.unlink()
     header = ["tier", "file B/token", "knowledge B/token", "ids B/token", "top-k mass"]
     return table(header, rows), reports
 
@@ -179,9 +181,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tokens", type=int, default=128, help="tokens per sequence")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--encode-tokens", type=int, default=128, help="tokens timed per encode")
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="write the tier files here and keep them"
+    )
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        text, reports = tiers_table(args, Path(tmp))
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        text, reports = tiers_table(args, args.keep)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            text, reports = tiers_table(args, Path(tmp))
     tokens = args.batches * args.seqs * args.tokens
     print(f"Codec tiers: {tokens:,} tokens, vocabulary {args.vocab:,} (bytes per token)")
     print(text)
