@@ -133,6 +133,8 @@ def test_spec_and_refusals() -> None:
         codec_from_spec({**spec, "version": 2})
     with pytest.raises(ConfigError, match="at most 255"):
         Sampled(256)
+    with pytest.raises(KnowledgeError, match=r"one sample id per sample \(2\)"):
+        Sampled(2).encode_ids(np.zeros((2, 5), np.float32), np.arange(3))
     with pytest.raises(KnowledgeError, match="all -inf"):
         Sampled(2).encode(np.full((1, 5), -np.inf, np.float32))
     field = {"shape": [-1, 10], "dtype": "float32", "lod_level": 0}

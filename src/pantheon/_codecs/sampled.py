@@ -3,8 +3,8 @@
 ``Sampled(n=12, temperature=1.0, seed=0)`` encodes a float field of logits ``[n, ..., V]`` or
 a ragged ``[n, -1, V]`` field (per token). At every position it draws ``n`` tokens, with
 replacement, from ``p = softmax(logits / temperature)`` (over the full vocabulary; the
-exponentials in float32, their cumulative sum in float64) and keeps the distinct ids with their counts: ``sum_j counts_j / n`` estimates
-``p`` without bias (importance-sampled sparse KD: the student's loss over the samples is an
+exponentials in float32, their sums in float64) and keeps the distinct ids with their counts:
+``counts / n`` estimates ``p`` without bias (importance-sampled sparse KD: the student's loss over the samples is an
 unbiased estimate of its loss over ``p``). Stored parts:
 
 * ``"ids"``: the distinct sampled ids in increasing order, then ``0`` in the unused slots,
@@ -15,8 +15,11 @@ unbiased estimate of its loss over ``p``). Stored parts:
 
 ``n = 12`` on a 151,936-token vocabulary (18 bits): ``27 + 12 = 39`` bytes per token.
 
-Draws are reproducible: draw ``s`` at position ``t`` of sample ``i`` uses the uniform number
-``splitmix64(splitmix64(splitmix64(seed ^ i) ^ t) ^ s) / 2**64`` (53 bits), so the knowledge
+Draws are reproducible: draw ``s`` at position ``t`` of sample ``i`` (``t`` counts the
+sample's positions: its tokens, or its middle axes in C order) uses the uniform number
+``(splitmix64(splitmix64(splitmix64(seed ^ i) ^ t) ^ s) >> 11) / 2**53``, where
+``splitmix64(x)`` is SplitMix64's output function of ``x + 0x9E3779B97F4A7C15`` (arithmetic
+modulo 2**64, the sample id's int64 bits read as unsigned), so the knowledge
 of a sample depends only on its id, the seed and its logits, whatever the batching, the
 worker or a resumed run. (Inverse-CDF sampling: the drawn token is the first whose cumulative
 probability exceeds the uniform number.)
@@ -309,13 +312,18 @@ class Sampled:
         vocab = int(arr.shape[-1])
         rows = arr.reshape(-1, vocab)
         ids = np.asarray(ids, dtype=np.int64)
+        if ids.shape != (len(value),):
+            raise KnowledgeError(
+                f"sampled codec: expected one sample id per sample ({len(value)}), got ids of "
+                f"shape {list(ids.shape)}"
+            )
         if isinstance(value, Ragged):
             lengths = value.lengths
             row_ids = np.repeat(ids, lengths)
             starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
             pos = np.arange(len(rows), dtype=np.int64) - starts
         else:
-            per = len(rows) // max(1, len(ids))
+            per = len(rows) // max(1, len(ids))  # positions per sample
             row_ids = np.repeat(ids, per)
             pos = np.tile(np.arange(per, dtype=np.int64), len(ids))
         u = uniforms(self.seed, row_ids, pos, self.n)
