@@ -31,7 +31,7 @@ from .batch import (
 from .bits import bits_for, pack_bits, packed_size, unpack_bits
 from .cast import CAST_ALIASES, Cast
 from .ints import IntCast, Packed
-from .quant import Quant8
+from .quant import Quant8, dequantize
 from .sampled import Sampled, SparseSamples
 from .sparse import HOLDS, SparseTopK
 from .topk import TopK, index_dtype, unpack_indices
@@ -57,6 +57,7 @@ __all__ = [
     "column_name",
     "decode_batch",
     "decode_field",
+    "dequantize",
     "encode_batch",
     "index_dtype",
     "pack_bits",

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .._codecs import Codec, StoredParts, TopK
+from .._codecs import Codec, StoredParts, TopK, dequantize
 from .._knowledge import Ragged
 from .._metrics import MASS_BUCKETS, SECONDS_BUCKETS, Histogram, Metric
 
@@ -42,6 +42,9 @@ class TeacherMeters:
                 continue
             if isinstance(values, Ragged):
                 values = values.values
+            if codec.values_dtype == "uint8":  # 8-bit codes and their per-position scale
+                scale = parts[(key, "scale")]
+                values = dequantize(values, scale.values if isinstance(scale, Ragged) else scale)
             mass = np.exp(np.asarray(values, dtype=np.float32)).sum(axis=-1)
             with self._lock:
                 hist = self.topk_mass.setdefault(key, Histogram(MASS_BUCKETS))
