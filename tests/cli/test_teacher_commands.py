@@ -363,3 +363,38 @@ def test_weights_that_do_not_fit_name_the_option(mod, net, tmp_path, program, st
     assert res.exit_code == 2, res.output
     assert "Invalid value for '--weights'" in res.output
     assert words in res.output
+
+
+def test_serve_logs_its_lifecycle_and_serves_metrics(mod, tmp_path) -> None:
+    """`pantheon serve --port 0 --metrics-port 0`: the metrics address on stdout, scraped over
+    HTTP while the teacher waits; the teacher's INFO lines on stderr; a student ends it."""
+    import urllib.request
+
+    from pantheon import Student
+
+    args = ["serve", f"{mod}:teacher", "--reader", f"{mod}:batches", "--feed", "x",
+            "--schema", "y", "--port", "0", "--metrics-port", "0", "--timeout", "60"]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pantheon._cli", *args], cwd=tmp_path, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        address = proc.stdout.readline().split()[-1]
+        metrics = proc.stdout.readline().split()[-1]
+        assert metrics.startswith("http://127.0.0.1:") and metrics.endswith("/metrics")
+        with urllib.request.urlopen(metrics, timeout=30) as page:
+            assert "pantheon_teacher_samples_total" in page.read().decode()
+        with Student(timeout=60) as student:
+            student.register_teacher(in_address=address)
+            student.start()
+            ys = [b["y"] for b in student.get_knowledge_generator(10)()]
+        assert np.array_equal(np.concatenate(ys).ravel(), 2.0 * np.arange(50))
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "INFO pantheon: teacher listening on" in err
+    assert "connected and authenticated" in err

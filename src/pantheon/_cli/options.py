@@ -99,6 +99,13 @@ def common_options(func: Callable[..., Any]) -> Callable[..., Any]:
                 help="Keep only the K largest entries of KEY (e.g. logits=20).",
             ),
             click.option(
+                "--metrics-port",
+                type=click.IntRange(0, 65535),
+                default=None,
+                help="Serve Prometheus metrics at http://127.0.0.1:PORT/metrics (0: any free "
+                "port, printed; needs the metrics extra).",
+            ),
+            click.option(
                 "--progress/--no-progress",
                 default=None,
                 help="Show a progress bar on stderr (default: only when stderr is a terminal).",

@@ -13,6 +13,7 @@ SIGTERM, after the teacher closed what it wrote.
 from __future__ import annotations
 
 import importlib
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -191,6 +192,7 @@ def run_teacher(
     timeout: float = 300.0,
     weights: Path | None = None,
     progress: bool | None = None,
+    metrics_port: int | None = None,
     echo: Callable[[str], None] = click.echo,
 ) -> dict[str, Any]:
     """Build a Teacher and run the knowledge service; returns the teacher's counters.
@@ -224,7 +226,7 @@ def run_teacher(
     try:
         teacher = Teacher(
             out_path=out, out_port=port, host=host, token=token, compression=compression,
-            use_fp16=fp16, codecs=codecs, timeout=timeout,
+            use_fp16=fp16, codecs=codecs, timeout=timeout, metrics_port=metrics_port,
         )  # fmt: skip
     except ConfigError as exc:
         raise usage_error(exc) from None
@@ -232,6 +234,8 @@ def run_teacher(
         with teacher:
             if port is not None:
                 echo(f"teacher listening on {teacher.address}")
+            if teacher.metrics_address is not None:
+                echo(f"metrics at http://{teacher.metrics_address}/metrics")
             teacher.start()
             teacher.start_knowledge_service(**service)
             return teacher.stats()
@@ -240,6 +244,10 @@ def run_teacher(
 
 
 def _run(echo: Callable[[str], None], **kwargs: Any) -> None:
+    from .._logs import LOG_ENV, install_from_env
+
+    if kwargs.get("port") is not None:  # an online teacher's lifecycle lines, on stderr
+        install_from_env({LOG_ENV: os.environ.get(LOG_ENV, "").strip() or "text"})
     for sig in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or kill: close cleanly
         signal.signal(sig, signal.default_int_handler)
     try:
