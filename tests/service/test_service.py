@@ -506,3 +506,30 @@ def test_declared_ragged_feeds_are_ragged_from_the_first_batch() -> None:
         round_factory(["t"], {"t": "t"}, None, {"batch_generator": batches, "ragged_feeds": 1})
     with pytest.raises(ConfigError, match="ragged_feeds"):
         round_factory(["t"], {"t": "t"}, None, {"batch_generator": batches, "ragged_feeds": ["u"]})
+
+
+@pytest.mark.parametrize("kind", ["sample_generator", "sample_list_generator"])
+def test_torch_bfloat16_samples_are_converted_like_batches(kind: str) -> None:
+    """Per-sample readers convert each sample as batch readers do: a torch bfloat16 tensor
+    (which numpy cannot read directly) becomes a numpy bfloat16 feed."""
+    torch = pytest.importorskip("torch")
+
+    def samples() -> Iterator[tuple[Any]]:
+        for i in range(6):
+            yield (torch.full((2,), float(i), dtype=torch.bfloat16),)
+
+    def lists() -> Iterator[list[tuple[Any]]]:
+        yield list(samples())
+
+    cfg: dict[str, Any] = (
+        {"sample_generator": samples, "batch_size": 3}
+        if kind == "sample_generator"
+        else {"sample_list_generator": lists}
+    )
+    make_round = round_factory(["x"], {"x": "x"}, None, cfg)
+    ids, data = collect(make_round(0))
+    np.testing.assert_array_equal(ids, np.arange(6))
+    assert str(data["x"].dtype) == "bfloat16"
+    np.testing.assert_array_equal(
+        data["x"].astype(np.float32), np.repeat(np.arange(6.0), 2).reshape(6, 2)
+    )

@@ -268,7 +268,7 @@ def _stack_samples(
 
 
 def _stack(name: str, values: list[Any], where: str, ragged: set[str]) -> Value:
-    arrays = [np.asarray(v) for v in values]
+    arrays = [np.asarray(to_numpy(v)) for v in values]
     first = arrays[0].shape
     same = all(a.shape == first for a in arrays)
     if same and name not in ragged:
@@ -293,7 +293,7 @@ def to_feed_value(name: str, value: Any, where: str, ragged: set[str] | None = N
         rag.add(name)
         return value
     if isinstance(value, (list, tuple)):
-        arrays = [np.asarray(v) for v in value]
+        arrays = [np.asarray(to_numpy(v)) for v in value]
         if arrays and (name in rag or any(a.shape != arrays[0].shape for a in arrays)):
             try:
                 out = Ragged.from_list(arrays)
