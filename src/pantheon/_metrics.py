@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ._errors import ConfigError, missing_extra
+from ._util import check_port
 
 __all__ = [
     "MASS_BUCKETS",
@@ -156,11 +157,7 @@ def check_metrics_port(port: Any, host: Any) -> tuple[int, str] | None:
     """
     if port is None:
         return None
-    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536:
-        raise ConfigError(
-            f"metrics_port must be an integer in 0..65535 (0 = any free port) or None (no "
-            f"metrics), got {port!r}"
-        )
+    port = check_port("metrics_port", port, "0 = any free port; None: no metrics")
     if not isinstance(host, str) or not host:
         raise ConfigError(f"metrics_host must be an interface such as '127.0.0.1', got {host!r}")
     return port, host

@@ -20,7 +20,7 @@ from ._service import (
     reader_round_factory,
     with_progress,
 )
-from ._util import check_int, check_seconds
+from ._util import check_int, check_port, check_seconds
 
 __all__ = ["Teacher"]
 
@@ -120,12 +120,7 @@ class Teacher:
             "dataset_fingerprint": check_fingerprint("dataset_fingerprint", dataset_fingerprint),
         }
         if out_port is not None:
-            if (
-                isinstance(out_port, bool)
-                or not isinstance(out_port, int)
-                or not 0 <= out_port < 65536
-            ):
-                raise ConfigError(f"out_port must be an integer in 0..65535, got {out_port!r}")
+            out_port = check_port("out_port", out_port)
             if compression is not None or max_shard_samples is not None:
                 raise ConfigError(
                     "compression and max_shard_samples apply to offline teachers (out_path)"

@@ -23,6 +23,7 @@ __all__ = [
     "Backoff",
     "Deadline",
     "check_int",
+    "check_port",
     "check_seconds",
     "lengths_of_offsets",
     "lengths_total",
@@ -143,6 +144,19 @@ def check_int(name: str, value: Any, *, minimum: int = 1, unit: str = "") -> int
     what = f" ({unit})" if unit else ""
     got = repr(value) if ok else f"{type(value).__name__} {value!r:.100}"
     raise ConfigError(f"{name} must be {want}{what}, got {got}")
+
+
+def check_port(name: str, value: Any, what: str = "0 = any free port") -> int:
+    """``value`` as a TCP port number: an integer (``int`` or numpy) in 0..65535.
+
+    Raises:
+        ConfigError: naming the argument, what was expected (``what`` says what 0 means) and
+            what came.
+    """
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not ok or not 0 <= value < 65536:
+        raise ConfigError(f"{name} must be an integer in 0..65535 ({what}), got {value!r:.100}")
+    return int(value)
 
 
 def check_seconds(name: str, value: Any, *, allow_none: bool = False) -> float | None:

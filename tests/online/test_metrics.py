@@ -153,6 +153,10 @@ def test_an_offline_teacher_counts_what_it_dumped(tmp_path) -> None:
 def test_metrics_ports_are_checked_and_a_taken_port_is_named() -> None:
     with pytest.raises(ConfigError, match=r"metrics_port must be an integer in 0\.\.65535"):
         Teacher(out_port=0, metrics_port=-1)
+    with pytest.raises(ConfigError, match=r"out_port must be an integer in 0\.\.65535"):
+        Teacher(out_port=True)
+    with Teacher(out_port=np.int64(0), metrics_port=np.int64(0)) as teacher:  # numpy ints
+        assert teacher.metrics_address is not None
     with pytest.raises(ConfigError, match="metrics_host"):
         Student(metrics_port=0, metrics_host="")
     with socket.socket() as taken:
