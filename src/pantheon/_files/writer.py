@@ -26,6 +26,7 @@ from .._knowledge import (
     describe,
     normalize_batch,
 )
+from .._util import check_int
 from .._version import __version__
 from .layout import (
     COMPRESSIONS,
@@ -174,15 +175,8 @@ class KnowledgeWriter:
     ) -> None:
         if compression not in COMPRESSIONS:
             raise ConfigError(f"compression must be None, 'lz4' or 'zstd', got {compression!r}")
-        if max_shard_samples is not None and (
-            isinstance(max_shard_samples, bool)
-            or not isinstance(max_shard_samples, int)
-            or max_shard_samples <= 0
-        ):
-            raise ConfigError(
-                f"max_shard_samples must be a positive number of samples or None, got "
-                f"{max_shard_samples!r}"
-            )
+        if max_shard_samples is not None:
+            max_shard_samples = check_int("max_shard_samples", max_shard_samples, unit="samples")
         self._path = Path(path)
         if max_shard_samples is None and self._path.is_dir():
             raise ConfigError(
