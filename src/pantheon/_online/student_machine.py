@@ -140,13 +140,13 @@ class StudentMachine:
     def link_up(self, link: int) -> list[Action]:
         """Link ``link`` connected and authenticated."""
         lk = self.links[link]
-        lk.up, lk.reconnecting, lk.said_bye = True, False, False
         actions: list[Action] = []
         parked: dict[int, Chunk] = {}
         for other in self.links:
-            if not other.up:
+            if not other.up:  # this link too: what it holds was parked or lost while down
                 parked.update(other.outstanding)
                 other.outstanding.clear()
+        lk.up, lk.reconnecting, lk.said_bye = True, False, False
         for qid in sorted(parked):
             actions += self._send_query(qid, parked[qid])
         # acknowledgements may have been lost with the old connection (they are idempotent)
@@ -236,6 +236,10 @@ class StudentMachine:
         rnd = self.round
         if rnd is None or rnd.closed or sub != rnd.sub or rnd.link != link:
             return  # stale: an abandoned or re-subscribed stream
+        if rnd.ended:
+            raise ProtocolError(
+                f"{self.name} sent knowledge of round {rnd.round} after it ended the round"
+            )
         ids = chunk.ids
         n = len(ids)
         want = np.arange(rnd.next, rnd.next + n * self.world, self.world, dtype=np.int64)
