@@ -24,7 +24,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -m "not ray and not gpu" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not gpu" $(PYTEST_ARGS)
 
 test: lint typecheck unit
 
@@ -37,7 +37,7 @@ bench: $(STAMP)
 	$(BIN)/pantheon bench
 
 docs: $(STAMP)
-	PDOC_ALLOW_EXEC=1 $(BIN)/python -m pdoc --docformat google -o build/api pantheon pantheon.torch pantheon.onnx pantheon.hf pantheon.paddle
+	PDOC_ALLOW_EXEC=1 $(BIN)/python -m pdoc --docformat google -o build/api pantheon pantheon.torch pantheon.onnx pantheon.hf pantheon.paddle pantheon.ray
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -116,7 +116,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2048)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--address", default=None, help="a Ray cluster to join (default: start one)")
+    parser.add_argument(
+        "--address", default=None, help="a Ray cluster to join (default: start one)"
+    )
     args = parser.parse_args()
     if args.address:
         ray.init(address=args.address)

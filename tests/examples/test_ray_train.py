@@ -18,7 +18,12 @@ def test_two_ranks_distill_from_a_pool_and_from_generated_shards(tmp_path):
     log = tmp_path / "stderr.log"
     with log.open("w") as err:  # Ray logs a lot there: a file, never a pipe that fills up
         done = subprocess.run(
-            [sys.executable, str(ROOT / "examples" / "ray_train" / "train.py"), "--samples", "1024"],
+            [
+                sys.executable,
+                str(ROOT / "examples" / "ray_train" / "train.py"),
+                "--samples",
+                "1024",
+            ],
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,

@@ -20,8 +20,12 @@ def double(x: np.ndarray) -> dict[str, np.ndarray]:
 
 def queries() -> dict:
     """Query mode: ``y = 2x`` of the student's own ``x``."""
-    return {"feed_list": ["x"], "schema": {"y": "y", "pid": "pid"}, "program": double,
-            "reader_config": None}
+    return {
+        "feed_list": ["x"],
+        "schema": {"y": "y", "pid": "pid"},
+        "program": double,
+        "reader_config": None,
+    }
 
 
 def reader():
@@ -36,8 +40,11 @@ def rounds() -> dict:
         "feed_list": ["x"],
         "schema": {"x": "x", "y": "y", "pid": "pid"},
         "program": double,
-        "reader_config": {"sample_generator": reader, "batch_size": READER_BATCH,
-                          "drop_last": False},
+        "reader_config": {
+            "sample_generator": reader,
+            "batch_size": READER_BATCH,
+            "drop_last": False,
+        },
         "times": 2,
     }
 

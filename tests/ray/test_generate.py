@@ -43,7 +43,9 @@ def _generate(out):
 
 
 @pytest.mark.timeout(300)  # three Ray Data jobs (a shuffle each) on 2 cores
-def test_every_id_once_equal_to_the_program_then_only_a_deleted_or_cut_shard_again(ray_cluster, tmp_path):
+def test_every_id_once_equal_to_the_program_then_only_a_deleted_or_cut_shard_again(
+    ray_cluster, tmp_path
+):
     out = tmp_path / "knowledge"
     report = _generate(out)
     names = [f"part-{k:010d}.arrow" for k in range(N // PER_SHARD)]
@@ -67,7 +69,11 @@ def test_every_id_once_equal_to_the_program_then_only_a_deleted_or_cut_shard_aga
     (out / names[2]).unlink()
     (out / f".{names[1]}.{'0' * 32}.tmp").write_bytes(b"half a shard")  # a killed job's leftover
     again = _generate(out)
-    assert again == {"computed": [names[2]], "kept": [names[0], names[1], names[3]], "samples": PER_SHARD}
+    assert again == {
+        "computed": [names[2]],
+        "kept": [names[0], names[1], names[3]],
+        "samples": PER_SHARD,
+    }
     assert sorted(p.name for p in out.iterdir()) == names  # the leftover is gone
     for name in (names[0], names[1], names[3]):
         assert (out / name).stat().st_mtime_ns == mtimes[name]  # not written again
@@ -84,6 +90,10 @@ def test_every_id_once_equal_to_the_program_then_only_a_deleted_or_cut_shard_aga
 def test_bad_arguments_are_refused_before_anything_runs(ray_cluster, tmp_path):
     with pytest.raises(ConfigError, match="ray.data.Dataset"):
         ray_mod.generate_knowledge(
-            [1, 2], tmp_path, feed_list=["x"], schema={"a": "a"}, program=services.affine,
+            [1, 2],
+            tmp_path,
+            feed_list=["x"],
+            schema={"a": "a"},
+            program=services.affine,
             batch_size=8,
         )

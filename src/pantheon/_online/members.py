@@ -161,9 +161,7 @@ class Follow:
                     joined.append(index)
             for index in joined:
                 log.info("%s: replica %d joined at %s", source.name, index, members.replicas[index])
-                threading.Thread(
-                    target=self.reconnect, args=(source, index), daemon=True
-                ).start()
+                threading.Thread(target=self.reconnect, args=(source, index), daemon=True).start()
 
 
 def _owner(source: Followed) -> Any:

@@ -141,7 +141,8 @@ class Replica:
                 )
         self.slot = slot
         self.error: str | None = None
-        bind = ray.util.get_node_ip_address() if host == "node" else host
+        node: Callable[[], str] = ray.util.get_node_ip_address
+        bind = node() if host == "node" else host
         self.teacher = Teacher(out_port=0, host=bind, token=token, **dict(teacher_options))
         self.address = self.teacher.address
         self._thread = threading.Thread(

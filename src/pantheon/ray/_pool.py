@@ -113,7 +113,9 @@ class TeacherPool:
         _connected("TeacherPool")
         self.name = _check_name(name)
         if not callable(service):
-            raise ConfigError(f"service must be a factory (a callable), got {type(service).__name__}")
+            raise ConfigError(
+                f"service must be a factory (a callable), got {type(service).__name__}"
+            )
         count = check_int("replicas", replicas, minimum=0, unit="replicas")
         if isinstance(max_restarts, bool) or not isinstance(max_restarts, int) or max_restarts < -1:
             raise ConfigError(f"max_restarts must be -1 (always) or >= 0, got {max_restarts!r}")
@@ -149,7 +151,7 @@ class TeacherPool:
                 f"a pool named {self.name!r} exists in this Ray cluster: use "
                 f"TeacherPool.get({self.name!r}), close it, or choose another name"
             )
-        self._registry = (
+        self._registry: Any = (
             ray.remote(Registry)
             .options(
                 name=_registry_name(self.name),
@@ -212,7 +214,7 @@ class TeacherPool:
             "num_gpus": spec["num_gpus"],
         }
         total = first + count
-        handles = []
+        handles: list[Any] = []
         for slot in range(first, total):
             placement = spec["placement"]
             if isinstance(placement, str):

@@ -31,7 +31,9 @@ def block_of(reader_config: Mapping[str, Any], split_samples: int | None) -> int
     """
     if split_samples is not None:
         if isinstance(split_samples, bool) or not isinstance(split_samples, int):
-            raise ConfigError(f"split_samples must be a number of samples > 0, got {split_samples!r}")
+            raise ConfigError(
+                f"split_samples must be a number of samples > 0, got {split_samples!r}"
+            )
         if split_samples < 1:
             raise ConfigError(f"split_samples must be a number of samples > 0, got {split_samples}")
         return split_samples
