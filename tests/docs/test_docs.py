@@ -64,7 +64,7 @@ class Block:
 
 
 # Documents whose examples need an extra: document -> the module to import (and test mark).
-NEEDS: dict[str, str] = {"docs/guide/paddle.md": "paddle"}
+NEEDS: dict[str, str] = {"docs/guide/paddle.md": "paddle", "docs/guide/ray.md": "ray"}
 
 
 def doc_files() -> list[Path]:
@@ -329,6 +329,8 @@ def test_api_reference_builds(tmp_path) -> None:
     modules = ["pantheon", "pantheon.torch", "pantheon.onnx", "pantheon.hf"]
     if importlib.util.find_spec("paddle") is not None:
         modules.append("pantheon.paddle")
+    if importlib.util.find_spec("ray") is not None:
+        modules.append("pantheon.ray")
     proc = subprocess.run(
         [sys.executable, "-m", "pdoc", "--docformat", "google", "-o", str(tmp_path), *modules],
         env={**child_env(), "PDOC_ALLOW_EXEC": "1"},  # paddle runs ldd when imported
@@ -347,6 +349,8 @@ def test_api_reference_builds(tmp_path) -> None:
     assert "start_knowledge_service" in (tmp_path / "pantheon.html").read_text(encoding="utf-8")
     if "pantheon.paddle" in modules:
         assert "pantheon/paddle.html" in pages
+    if "pantheon.ray" in modules:
+        assert "pantheon/ray.html" in pages
 
 
 def _slug(heading: str) -> str:
