@@ -11,6 +11,10 @@ instance, and a student in this process that registers ``ray://NAME``.
 * **same-order mode**: the replicas split a reader of ``--batches`` batches (replica ``j``
   predicts every R-th); the student reads the round in order. One pool per replica count.
 
+* **data plane**: 1 MiB knowledge messages per second, 8 in flight: a Ray actor call
+  returning the array (through Ray's object store) vs a pool's answers over Pantheon's wire
+  (``--mib-messages`` of each).
+
 Each row shows samples per second, the ratio to one replica, and the *efficiency*: that
 ratio divided by R (target >= 0.8: R replicas give >= 0.8 x R times one replica). The
 clock starts at the first answer or batch (connecting and the descriptions are left out).
@@ -99,12 +103,54 @@ def same_order(name: str, batch: int) -> float:
     return n / seconds
 
 
+class Big:
+    """A Ray actor returning 1 MiB of float32 per call (the data plane's baseline)."""
+
+    def __init__(self) -> None:
+        self.value = np.ones((1, 262_144), np.float32)
+
+    def get(self, x: np.ndarray) -> np.ndarray:
+        return self.value
+
+
+def big_program(x: np.ndarray) -> dict[str, np.ndarray]:
+    """The pool's teacher for the data plane: 1 MiB of float32 per query of one sample."""
+    return {"y": np.ones((len(x), 262_144), np.float32)}
+
+
+def big_service() -> dict[str, Any]:
+    return {"feed_list": ["x"], "schema": {"y": "y"}, "program": big_program, "reader_config": None}
+
+
+def data_plane(messages: int) -> tuple[float, float]:
+    """1 MiB messages per second, 8 in flight: Ray actor calls, then a pool's answers."""
+    actor = ray.remote(Big).options(num_cpus=0.25).remote()
+    ray.get(actor.get.remote(np.zeros(1)))
+    t0 = time.perf_counter()
+    pending, done = [], 0
+    for _ in range(messages):
+        pending.append(actor.get.remote(np.zeros(1)))
+        if len(pending) >= 8:
+            ready, pending = ray.wait(pending, num_returns=1)
+            ray.get(ready)
+            done += 1
+    ray.get(pending)
+    ray_rate = messages / (time.perf_counter() - t0)
+    ray.kill(actor)
+    queries = ({"x": np.zeros((1, 1), np.float32)} for _ in range(messages + 1))
+    with TeacherPool("bench-wire", big_service, num_cpus=0.25), Student(read_ahead=8) as student:
+        student.register_teacher(in_address="ray://bench-wire")
+        n, seconds = _timed(student.get_knowledge_generator(batch_size=1, queries=queries)())
+    return ray_rate, n / seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--compute-ms", type=float, default=20.0, help="sleep per batch, ms")
     parser.add_argument("--batch", type=int, default=64, help="samples per batch")
     parser.add_argument("--batches", type=int, default=200, help="batches per measurement")
     parser.add_argument("--replicas", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--mib-messages", type=int, default=300, help="data plane: 0 to skip")
     args = parser.parse_args()
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     per_actor = {"num_cpus": 0.25}
@@ -120,6 +166,7 @@ def main() -> None:
             f"bench-rounds-{r}", service, replicas=r, split_samples=args.batch, **per_actor
         ):
             rows["same-order"][r] = same_order(f"bench-rounds-{r}", args.batch)
+    wire = data_plane(args.mib_messages) if args.mib_messages else None
     ray.shutdown()
     one = {mode: rows[mode][args.replicas[0]] / args.replicas[0] for mode in rows}
     out = []
@@ -132,6 +179,11 @@ def main() -> None:
         f"(one replica at most {1000 / args.compute_ms * args.batch:,.0f} samples/s)"
     )
     print(table(["mode", "replicas", "samples/s", "x one", "efficiency (x one / R)"], out))
+    if wire is not None:
+        print(
+            f"data plane, 1 MiB messages per second (8 in flight): Ray actor calls "
+            f"{wire[0]:,.0f}, Pantheon's wire {wire[1]:,.0f} ({wire[1] / wire[0]:.1f} x)"
+        )
 
 
 if __name__ == "__main__":

@@ -8,11 +8,7 @@ import pytest
 from pantheon import ConfigError, KnowledgeFile, Student
 from tests.ray import services
 
-pytestmark = [
-    pytest.mark.ray,
-    # Ray Data's groupby sets deprecated options of its own context, which then warns
-    pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context"),
-]
+pytestmark = pytest.mark.ray
 ray_mod = pytest.importorskip("pantheon.ray")
 ray = pytest.importorskip("ray")
 

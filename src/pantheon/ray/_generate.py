@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -218,19 +219,9 @@ def generate_knowledge(
         "codecs": dict(codecs) if codecs else None,
         "compression": compression,
     }
-    rows = (
-        dataset.map_batches(keyed, batch_format="numpy")
-        .groupby(SHARD_KEY)
-        .map_groups(
-            _ShardWriter,
-            fn_constructor_kwargs={"options": options},
-            batch_format="numpy",
-            concurrency=concurrency,
-            num_gpus=num_gpus,
-            num_cpus=num_cpus,
-        )
-        .take_all()
-    )
+    with warnings.catch_warnings():  # Ray Data sets deprecated options of its own context
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="ray.data.context")
+        rows = _run(dataset, keyed, options, concurrency, num_gpus, num_cpus)
     computed = sorted(int(r["shard"]) for r in rows)
     log.info(
         "generate_knowledge: %d shard(s) written to %s, %d already complete",
@@ -243,3 +234,28 @@ def generate_knowledge(
         "kept": [shard_name(k) for k in sorted(done)],
         "samples": int(sum(int(r["samples"]) for r in rows)),
     }
+
+
+def _run(
+    dataset: Any,
+    keyed: Any,
+    options: Mapping[str, Any],
+    concurrency: int | tuple[int, int],
+    num_gpus: float,
+    num_cpus: float,
+) -> list[dict[str, Any]]:
+    """The Ray Data job: rows keyed by shard, grouped, each group written by an actor."""
+    rows: list[dict[str, Any]] = (
+        dataset.map_batches(keyed, batch_format="numpy")
+        .groupby(SHARD_KEY)
+        .map_groups(
+            _ShardWriter,
+            fn_constructor_kwargs={"options": options},
+            batch_format="numpy",
+            concurrency=concurrency,
+            num_gpus=num_gpus,
+            num_cpus=num_cpus,
+        )
+        .take_all()
+    )
+    return rows
