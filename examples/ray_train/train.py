@@ -127,7 +127,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         shards = Path(tmp) / "knowledge"
         data = features(args.samples)
-        dataset = ray.data.from_items([{"id": i, "x": data[i]} for i in range(args.samples)])
+        rows = [{"id": i, "x": data[i]} for i in range(args.samples)]
+        dataset = ray.data.from_items(rows, override_num_blocks=4)
         t0 = time.perf_counter()
         generate_knowledge(
             dataset,

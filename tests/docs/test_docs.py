@@ -65,6 +65,14 @@ class Block:
 
 # Documents whose examples need an extra: document -> the module to import (and test mark).
 NEEDS: dict[str, str] = {"docs/guide/paddle.md": "paddle", "docs/guide/ray.md": "ray"}
+# More marks of a document's test.
+MARKS: dict[str, list[Any]] = {
+    "docs/guide/ray.md": [
+        # Ray Data's DataContext sets deprecated options of its own when it is created
+        pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context"),
+        pytest.mark.timeout(300),  # a local Ray instance, two pools, two Ray Data jobs
+    ],
+}
 
 
 def doc_files() -> list[Path]:
@@ -81,6 +89,7 @@ def doc_params() -> list[Any]:
     for path in doc_files():
         rel = path.relative_to(ROOT).as_posix()
         marks = [getattr(pytest.mark, NEEDS[rel])] if rel in NEEDS else []
+        marks += MARKS.get(rel, [])
         params.append(pytest.param(path, marks=marks, id=rel))
     return params
 

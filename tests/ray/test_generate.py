@@ -8,7 +8,11 @@ import pytest
 from pantheon import ConfigError, KnowledgeFile, Student
 from tests.ray import services
 
-pytestmark = pytest.mark.ray
+pytestmark = [
+    pytest.mark.ray,
+    # Ray Data's DataContext sets deprecated options of its own when it is created
+    pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context"),
+]
 ray_mod = pytest.importorskip("pantheon.ray")
 ray = pytest.importorskip("ray")
 

@@ -245,9 +245,11 @@ def _run(
     num_cpus: float,
 ) -> list[dict[str, Any]]:
     """The Ray Data job: rows keyed by shard, grouped, each group written by an actor."""
+    most = concurrency if isinstance(concurrency, int) else max(concurrency)
+    partitions = max(1, 2 * int(most))  # groups spread over the actors, not Ray's 200
     rows: list[dict[str, Any]] = (
         dataset.map_batches(keyed, batch_format="numpy")
-        .groupby(SHARD_KEY)
+        .groupby(SHARD_KEY, num_partitions=partitions)
         .map_groups(
             _ShardWriter,
             fn_constructor_kwargs={"options": options},
