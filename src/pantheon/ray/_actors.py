@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .._errors import ConfigError, PantheonError, TeacherError
+from .._errors import ClosedError, ConfigError, PantheonError, TeacherError
 from .._teacher import Teacher
 from ._split import block_of, split_reader
 
@@ -158,10 +158,11 @@ class Replica:
                 self.teacher.start_knowledge_service(**kwargs)
                 if mode != "queries":
                     return
+        except ClosedError:
+            pass  # close(): the pool stops this replica
         except PantheonError as exc:
-            if "closed" not in str(exc).lower():
-                self.error = str(exc)
-                log.error("replica %d: the knowledge service failed: %s", self.slot, exc)
+            self.error = str(exc)
+            log.error("replica %d: the knowledge service failed: %s", self.slot, exc)
         except Exception as exc:  # the user's program: kept to be reported by ready()
             self.error = f"{type(exc).__name__}: {exc}"
             log.error("replica %d: the knowledge service failed: %s", self.slot, self.error)
