@@ -80,13 +80,16 @@ def test_every_id_once_equal_to_the_program_then_only_a_deleted_shard_again(ray_
 def test_only_whole_shards_count_as_done(tmp_path):
     """What a re-run keeps: shards that read back whole; it removes the rest."""
     for k in range(3):
-        with KnowledgeWriter(tmp_path / f"part-{k:010d}.arrow") as w:
+        path = tmp_path / f"part-{k:010d}.arrow"
+        with KnowledgeWriter(path, metadata={"shard_samples": "4"}) as w:
             w.write({"a": np.zeros((4, 2), np.float32)}, ids=np.arange(4) + 4 * k)
     cut = tmp_path / "part-0000000001.arrow"
     cut.write_bytes(cut.read_bytes()[:-100])  # its footer lost: a writer killed at the end
     (tmp_path / f".part-0000000003.arrow.{'f' * 32}.tmp").write_bytes(b"half")
     (tmp_path / "notes.txt").write_text("kept")  # not a shard: left alone
-    assert _complete_shards(tmp_path) == {0, 2}
+    assert _complete_shards(tmp_path, 4) == {0, 2}
+    with pytest.raises(ConfigError, match="shards of 4 ids, but shard_samples=8"):
+        _complete_shards(tmp_path, 8)  # shards by other id ranges: never mixed
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "notes.txt",
         "part-0000000000.arrow",

@@ -133,8 +133,9 @@ class Replica:
         kwargs = dict(_service_kwargs(service, pool))
         reader = kwargs.setdefault("reader_config", None)
         mode, block = "queries", 0
-        if reader is not None:
-            mode, block = "rounds", block_of(reader, split_samples)
+        if reader is not None:  # one replica predicts every block: any size will do
+            mode = "rounds"
+            block = block_of(reader, split_samples) if replicas > 1 else split_samples or 1
             if replicas > 1:
                 kwargs["reader_config"] = split_reader(
                     kwargs["feed_list"], reader, slot, replicas, block

@@ -34,6 +34,7 @@ log = logging.getLogger("pantheon")
 SHARD_KEY = "__pantheon_shard"
 """The column :func:`generate_knowledge` adds to group rows by shard."""
 
+_META_SHARD = "shard_samples"  # user metadata of every shard: the ids per shard
 _FINAL = re.compile(r"part-(\d{10})\.arrow")
 _TEMP = re.compile(r"\.part-\d{10}\.arrow\.[0-9a-f]{32}\.tmp")
 
@@ -43,9 +44,13 @@ def shard_name(key: int) -> str:
     return f"part-{key:010d}.arrow"
 
 
-def _complete_shards(out: Path) -> set[int]:
+def _complete_shards(out: Path, per_shard: int | None = None) -> set[int]:
     """The shards of ``out`` that are whole; stale temporary files and shards that do not
-    read back whole are removed (they are computed again)."""
+    read back whole are removed (they are computed again).
+
+    Raises:
+        ConfigError: a shard written with another ``shard_samples`` than ``per_shard``.
+    """
     done: set[int] = set()
     for path in sorted(out.iterdir()):
         if _TEMP.fullmatch(path.name):
@@ -56,11 +61,17 @@ def _complete_shards(out: Path) -> set[int]:
         if match is None:
             continue
         try:
-            KnowledgeFile(path, allow_truncated=False).close()
+            with KnowledgeFile(path, allow_truncated=False) as kf:
+                written = kf.metadata.get(_META_SHARD)
         except FileFormatError as exc:
             log.warning("%s does not read back whole (%s); computing it again", path, exc)
             path.unlink()
             continue
+        if per_shard is not None and written not in (None, str(per_shard)):
+            raise ConfigError(
+                f"{path} holds shards of {written} ids, but shard_samples={per_shard}: pass "
+                f"shard_samples={written} to complete this output, or write to another out_path"
+            )
         done.add(int(match.group(1)))
     return done
 
@@ -93,7 +104,11 @@ class _ShardWriter:
         temp = out / f".{final.name}.{uuid.uuid4().hex}.tmp"
         step = o["batch_size"]
         writer = KnowledgeWriter(
-            temp, use_fp16=o["use_fp16"], codecs=o["codecs"], compression=o["compression"]
+            temp,
+            use_fp16=o["use_fp16"],
+            codecs=o["codecs"],
+            compression=o["compression"],
+            metadata={_META_SHARD: str(o["shard_samples"])},
         )
         try:
             for lo in range(0, len(ids), step):
@@ -185,8 +200,10 @@ def generate_knowledge(
     per_shard = check_int("shard_samples", shard_samples, unit="samples")
     ServiceSpec(tuple(feed_list), schema, program, None, exe)  # checks the arguments here
     out = Path(out_path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out_path {out} is a file; generate_knowledge writes a directory")
     out.mkdir(parents=True, exist_ok=True)
-    done = _complete_shards(out)
+    done = _complete_shards(out, per_shard)
     done_keys = np.array(sorted(done), dtype=np.int64)
 
     def keyed(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -215,6 +232,7 @@ def generate_knowledge(
         "id_column": id_column,
         "out_path": str(out),
         "batch_size": step,
+        "shard_samples": per_shard,
         "use_fp16": bool(use_fp16),
         "codecs": dict(codecs) if codecs else None,
         "compression": compression,
