@@ -10,8 +10,9 @@ registry of :mod:`.resolve`) whose members it follows as they change.
 
 from __future__ import annotations
 
-from .link import TRANSPORTS
+from .link import TRANSPORTS, check_transport
 from .members import Follow
+from .metrics import TeacherMeters, teacher_metrics
 from .payload import decode_payload, decode_plain, encode_chunks
 from .pool import PoolSource, SplitRound, open_source
 from .resolve import MODES, Membership, Resolver, open_resolver, register_scheme, scheme_of
@@ -29,7 +30,9 @@ __all__ = [
     "Resolver",
     "ServeOptions",
     "SplitRound",
+    "TeacherMeters",
     "TeacherServer",
+    "check_transport",
     "decode_payload",
     "decode_plain",
     "encode_chunks",
@@ -38,4 +41,5 @@ __all__ = [
     "open_source",
     "register_scheme",
     "scheme_of",
+    "teacher_metrics",
 ]

@@ -104,7 +104,9 @@ class Acceptor:
                 )
                 conn.close()
                 continue
-            threading.Thread(target=self._handshake, args=(conn,), daemon=True).start()
+            threading.Thread(
+                target=self._handshake, args=(conn,), name="pantheon-handshake", daemon=True
+            ).start()
 
     def _handshake(self, conn: Connection) -> None:
         try:

@@ -1,18 +1,16 @@
 """The online teacher's driver: sockets, threads and the round factory around the machine.
 
 :class:`TeacherServer` accepts and authenticates clients (a bounded number of handshakes at
-once), keeps one :class:`~.peer.Peer` per connection, runs one producer thread per cursor
-of the :class:`~.teacher_machine.TeacherMachine`, and carries out the machine's actions.
-The machine lives for one ``serve_rounds`` / ``serve_queries`` call; clients that connect
-before it are held (their messages queued) and handed to it when it starts. See
-``docs/protocol.md`` for the messages.
+once), keeps a :class:`~.peer.Peer` per connection, runs a producer thread per cursor of the
+:class:`~.teacher_machine.TeacherMachine` and carries out its actions. The machine lives for
+one ``serve_rounds`` / ``serve_queries`` call; clients that come between calls are held
+(their messages queued). ``docs/protocol.md`` describes the messages.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -31,29 +29,39 @@ from .._wire import (
     Heartbeat,
     Message,
     MsgType,
+    ShmSender,
+    UserInbox,
     check_bind,
-    decode_value,
     encode_value,
     listen,
     resolve_token,
-    take_message,
 )
 from .acceptor import Acceptor
 from .described import Described
 from .fanout import Action, Close, ProtocolViolation, Send, SendData, StartCursor, StopCursor
-from .messages import ErrorCode, Event, Fail, Hello, StatusRequest, header, parse
+from .messages import (
+    ErrorCode,
+    Event,
+    Fail,
+    Hello,
+    Query,
+    StatusRequest,
+    Subscribe,
+    header,
+    parse,
+)
+from .metrics import TeacherMeters
 from .options import ServeOptions
-from .payload import EncodedData, decode_plain, encode_chunks
-from .peer import Peer
+from .payload import EncodedData, decode_plain
+from .peer import Peer, log_round, replaced
 from .producer import CursorRunner, RoundFactory
-from .queries import PendingQuery, QueryBatcher
+from .queries import PendingQuery, QueryBatcher, send_answer
 from .teacher_machine import TeacherMachine
 
 __all__ = ["ServeOptions", "TeacherServer"]
 
 log = logging.getLogger("pantheon")
 
-_USER_INBOX = 1024  # unread user messages before the sender is cut off
 _EARLY_EVENTS = 64  # messages a client may send before the teacher starts serving
 _TICK = 0.25  # seconds between the serving loop's checks (gates, parked cursors, the end)
 
@@ -96,7 +104,7 @@ class TeacherServer:
         self._token = resolve_token(token)
         check_bind(host, self._token)
         self._timeout = timeout
-        self._described = Described(codecs, use_fp16)
+        self.described = Described(codecs, use_fp16)  # use_fp16 may change until it is known
         self._prefetch = prefetch_batches
         self._heartbeat = Heartbeat(heartbeat_interval, heartbeat_timeout)
         self._coalesce = coalesce_bytes
@@ -108,19 +116,19 @@ class TeacherServer:
         self._next_cid = 0
         self._runner: CursorRunner | None = None
         self._failed: str | None = None  # why the last serve call failed: told to newcomers
+        self._served_times = 0  # rounds the last serve call finished: told to newcomers
+        self._acks: set[tuple[str, int]] = set()  # (client, round) acks logged (sent again)
         self.program_name = ""  # what the teacher runs, for pantheon status
         self._batcher: QueryBatcher | None = None
-        self._inbox: queue.Queue[Any] = queue.Queue(maxsize=_USER_INBOX)
+        self._inbox = UserInbox("the student (Teacher.recv)")
         self._closed = False
-        self._stats = {
-            "batches": 0,
-            "samples": 0,
-            "bytes": 0,
-            "messages": 0,
-            "backpressure_seconds": 0.0,
-        }
+        counters = ("batches", "samples", "bytes", "messages", "backpressure_seconds")
+        self._stats: dict[str, float] = dict.fromkeys(counters, 0)
+        self.meters = TeacherMeters()
+        self._began = time.monotonic()
         self._listener = listen(host, port)
         self.address = self._listener.address
+        log.info("teacher listening on %s", self.address)
         self._acceptor = Acceptor(
             self._listener,
             self._token,
@@ -151,15 +159,30 @@ class TeacherServer:
             machine = self._machine
             if machine is None:
                 self._early[cid] = []
-                actions: list[Action] = []
-                if self._failed is not None and hello.role == "student":
-                    actions = [Send(cid, *header(Fail(self._failed, ErrorCode.FAILED)))]
+                actions = self._idle_welcome(cid, hello)
             else:
                 actions = machine.connect(cid, hello, conn.peer)
+            olds = [self._peers[c] for c in replaced(actions) if c in self._peers]
             peer.start()
             self._run(actions)
             self._cond.notify_all()
-        log.info("%s connected", peer.name)
+        level = logging.DEBUG if hello.role == "monitor" else logging.INFO
+        how = "shared memory" if isinstance(conn, ShmSender) else "TCP"
+        log.log(level, "%s connected and authenticated (knowledge over %s)", peer.name, how)
+        for old in olds:
+            log.info("%s replaces %s", peer.name, old.name)
+
+    def _idle_welcome(self, cid: int, hello: Hello) -> list[Action]:
+        """What a student connecting between serve calls is told: why the last one failed,
+        or the description with the rounds the last one served (asking for more then fails
+        at once, saying so)."""
+        if hello.role != "student":
+            return []
+        if self._failed is not None:
+            return [Send(cid, *header(Fail(self._failed, ErrorCode.FAILED)))]
+        if self._served_times and self.described.desc is not None:
+            return [Send(cid, *header(self.described.event(self._served_times)))]
+        return []
 
     def _on_close(self, peer: Peer, reason: BaseException | None) -> None:
         with self._cond:
@@ -170,25 +193,30 @@ class TeacherServer:
             if self._batcher is not None:
                 self._batcher.drop(peer.cid)
             self._run(actions)
+            # else logged when it was closed: by the machine, or for a protocol error
+            if not self._closed and not peer.close_reason and not isinstance(reason, ProtocolError):
+                peer.log_gone(peer.why(reason))
             self._cond.notify_all()
-        if not self._closed:
-            log.info("%s is gone%s", peer.name, f": {reason}" if reason else "")
 
     def _on_message(self, peer: Peer, msg: Message) -> None:
         """Reader thread: validate at the edge; a bad message closes only that connection."""
         t = msg.type
         if t == MsgType.USER:
-            self._on_user(msg)
+            self._inbox.put(msg)
             return
         event = parse(t, msg.header)  # ProtocolError: the session logs it and closes
         if t == MsgType.QUERY:
-            self._on_query(peer, msg, event)
+            self._on_query(peer, msg, decode_plain(msg.header, msg.frames))
         if isinstance(event, StatusRequest) and self._machine is None:
-            peer.send(MsgType.STATUS_INFO, {"status": {"mode": "idle", **self._status_extra()}})
+            peer.send(MsgType.STATUS_INFO, {"status": self.status()})
             return
         with self._cond:
             machine = self._machine
             if machine is None:
+                if self._failed is not None and isinstance(event, (Subscribe, Query)):
+                    # it connected while the failed call still ran; its request came after
+                    self._run([Send(peer.cid, *header(Fail(self._failed, ErrorCode.FAILED)))])
+                    return
                 early = self._early.setdefault(peer.cid, [])
                 if len(early) >= _EARLY_EVENTS:
                     raise ProtocolError(
@@ -201,24 +229,17 @@ class TeacherServer:
                 actions = machine.receive(peer.cid, event, time.monotonic())
             except ProtocolViolation as exc:
                 raise ProtocolError(f"{peer.name}: {exc}") from None
+            log_round(peer, event, machine, self._acks)
             self._run(actions)
             self._cond.notify_all()
 
-    def _on_user(self, msg: Message) -> None:
-        value = decode_value(msg.header.get("value"), msg.frames)
-        try:
-            self._inbox.put_nowait(value)
-        except queue.Full:
-            raise ProtocolError(
-                f"a student sent more than {_USER_INBOX} messages the teacher did not recv()"
-            ) from None
-
-    def _on_query(self, peer: Peer, msg: Message, event: Event) -> None:
+    def _on_query(self, peer: Peer, msg: Message, feeds: Chunk) -> None:
+        """A QUERY whose feeds were decoded (and so checked) whatever the teacher serves."""
         batcher = self._batcher
         if batcher is None:
             return  # not serving queries: the machine answers with an error
         qid = msg.header["qid"]
-        query = PendingQuery(peer.cid, qid, decode_plain(msg.header, msg.frames))
+        query = PendingQuery(peer.cid, qid, feeds)
         if not batcher.submit(query, timeout=self._heartbeat.timeout):
             fail = Fail(f"query {qid}: the teacher stopped answering", ErrorCode.FAILED, qid)
             peer.send(*header(fail))
@@ -243,7 +264,9 @@ class TeacherServer:
             elif isinstance(action, Close):
                 peer = self._peers.get(action.cid)
                 if peer is not None:
-                    log.info("closing %s: %s", peer.name, action.reason)
+                    if not peer.close_reason:
+                        peer.close_reason = action.reason
+                        peer.log_gone(action.reason)
                     peer.close_after_sends()
             elif isinstance(action, (StartCursor, StopCursor)):
                 runner = self._runner
@@ -251,7 +274,8 @@ class TeacherServer:
                     runner.apply(action)
 
     def _send_data(self, action: SendData) -> None:
-        encoded = EncodedData(action.chunks, self._described.codecs, self._stats)
+        codecs = self.described.codecs
+        encoded = EncodedData(action.chunks, codecs, self._stats, self.meters.observe_parts)
         for cid, sub in action.targets:
             peer = self._peers.get(cid)
             if peer is not None:
@@ -260,38 +284,43 @@ class TeacherServer:
 
     # ------------------------------------------------------------------ description
 
-    def set_use_fp16(self, use_fp16: bool) -> None:
-        """Change ``use_fp16`` before the description is known."""
-        self._described.use_fp16 = use_fp16
-
     def _status_extra(self) -> dict[str, Any]:
         """What the teacher adds to its machine's status: where it is, what it serves."""
-        extra = {"address": self.address, "stats": self.stats(), "program": self.program_name}
-        return {**extra, **self._described.status()}
+        extra: dict[str, Any] = {"address": self.address, "stats": self.stats()}
+        extra["program"] = self.program_name
+        extra["uptime_seconds"] = time.monotonic() - self._began
+        return {**extra, **self.described.status()}
+
+    def status(self) -> dict[str, Any]:
+        """What ``pantheon status`` shows (see ``docs/protocol.md``, STATUS_INFO)."""
+        with self._cond:
+            machine = self._machine
+            base = machine.status() if machine is not None else {"mode": "idle"}
+            return {**base, **self._status_extra()}
 
     def _known_desc(self, chunk: Chunk) -> Description:
         """The description, learned from ``chunk`` if this is the first."""
         self._learn_desc(chunk)
-        assert self._described.desc is not None
-        return self._described.desc
+        assert self.described.desc is not None
+        return self.described.desc
 
     def _learn_desc(self, chunk: Chunk) -> None:
-        if not self._described.learn(chunk):
+        if not self.described.learn(chunk):
             return
         with self._cond:
             machine = self._machine
-            actions = machine.set_desc(self._described.event(machine.times)) if machine else []
+            actions = machine.set_desc(self.described.event(machine.times)) if machine else []
             self._run(actions)
 
     def set_fingerprints(self, fingerprints: Mapping[str, str]) -> None:
         """What the DESC message tells of the teacher (``fingerprint``,
         ``dataset_fingerprint``); sent again if the description is already known."""
         with self._cond:
-            self._described.fingerprints = dict(fingerprints)
+            self.described.fingerprints = dict(fingerprints)
             machine = self._machine
-            if machine is None or self._described.desc is None:
+            if machine is None or self.described.desc is None:
                 return
-            actions = machine.set_desc(self._described.event(machine.times))
+            actions = machine.set_desc(self.described.event(machine.times))
             self._run(actions)
 
     # ------------------------------------------------------------------ serving
@@ -300,8 +329,8 @@ class TeacherServer:
         """Make ``machine`` current; hand it the clients that came before it, and their
         requests. Holds the lock."""
         self._machine = machine
-        if self._described.desc is not None:
-            machine.desc = self._described.event(machine.times)
+        if self.described.desc is not None:
+            machine.desc = self.described.event(machine.times)
         actions: list[Action] = []
         now = time.monotonic()
         for cid, peer in list(self._peers.items()):
@@ -313,6 +342,7 @@ class TeacherServer:
                     self._batcher.submit(q, timeout=self._heartbeat.timeout)
                 try:
                     actions += machine.receive(cid, event, now)
+                    log_round(peer, event, machine, self._acks)
                 except ProtocolViolation as exc:
                     log.warning("closing %s: %s", peer.name, exc)
                     peer.close()
@@ -333,6 +363,7 @@ class TeacherServer:
                     if self._runner is not None and self._runner.failure is not None:
                         raise self._runner.failure
                     if machine.finished():
+                        self._served_times = machine.times
                         return
                     reason = machine.abandoned()
                     if reason is not None:
@@ -392,18 +423,10 @@ class TeacherServer:
 
         def reply(query: PendingQuery, answer: Chunk | None, error: str | None) -> None:
             peer = self._peers.get(query.cid)
-            if peer is None:
-                return
-            if answer is None:
-                fail = Fail(error or "the query failed", ErrorCode.FAILED, query.qid)
-                peer.send(*header(fail))
-                return
-            self._learn_desc(answer)
-            head, frames = encode_chunks([answer], self._described.codecs)
-            head["qid"] = query.qid
-            peer.send(MsgType.ANSWER, head, frames)
-            self._stats["batches"] += 1
-            self._stats["samples"] += len(answer.ids)
+            if peer is not None:
+                if answer is not None:
+                    self._learn_desc(answer)
+                send_answer(peer, query, answer, error, self.described.codecs, self._stats)
 
         self._batcher = QueryBatcher(
             handler, reply, max_batch=opts.max_batch, max_delay=opts.max_delay
@@ -418,22 +441,17 @@ class TeacherServer:
 
     def wait_for_student(self, timeout: float) -> None:
         """Block until a student has connected and authenticated (at most ``timeout`` s)."""
-        self._wait_student(timeout)
 
-    def _wait_student(self, timeout: float) -> Peer:
-        def student() -> Peer | None:
+        def student() -> bool:
             self._check_open()
-            return next((p for p in self._peers.values() if p.hello.role == "student"), None)
+            return any(p.hello.role == "student" for p in self._peers.values())
 
         with self._cond:
-            if not wait_until(self._cond, lambda: student() is not None, Deadline(timeout)):
+            if not wait_until(self._cond, student, Deadline(timeout)):
                 raise PantheonTimeoutError(
                     f"no student connected to the teacher at {self.address} within {timeout:g} s; "
                     "start the student with register_teacher(in_address=...) pointing here"
                 )
-            found = student()
-            assert found is not None
-            return found
 
     def _check_open(self) -> None:
         if self._closed:
@@ -444,7 +462,7 @@ class TeacherServer:
     def send_user(self, data: Any, timeout: float) -> None:
         """Send one user message to every connected student (waits for one up to ``timeout`` s)."""
         value, frames = encode_value(data)
-        self._wait_student(timeout)
+        self.wait_for_student(timeout)
         with self._cond:
             peers = [p for p in self._peers.values() if p.hello.role == "student"]
         for peer in peers:
@@ -452,7 +470,7 @@ class TeacherServer:
 
     def recv_user(self, timeout: float) -> Any:
         """The next user message from a student."""
-        return take_message(self._inbox, timeout, "the student (Teacher.recv)")
+        return self._inbox.get(timeout)
 
     def stats(self) -> dict[str, Any]:
         """Counters: batches, samples, messages and bytes sent, chunks predicted."""

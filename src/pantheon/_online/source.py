@@ -10,7 +10,6 @@ their own. See ``docs/protocol.md`` for the messages.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 import uuid
@@ -34,13 +33,12 @@ from .._wire import (
     Message,
     MsgType,
     Session,
-    decode_value,
+    UserInbox,
     encode_value,
     parse_address,
     resolve_token,
-    take_message,
 )
-from .link import TRANSPORTS, Link
+from .link import Link, check_transport
 from .members import Follow
 from .messages import Bye, Data, Desc, EndRound, Fail, Query, header, parse
 from .payload import decode_payload, encode_chunks
@@ -49,8 +47,6 @@ from .student_machine import Action, Reconnect, RoundState, StudentMachine, Tran
 __all__ = ["OnlineRound", "OnlineSource"]
 
 log = logging.getLogger("pantheon")
-
-_USER_INBOX = 1024  # unread Teacher.send messages before the teacher is cut off
 
 
 class OnlineRound:
@@ -68,6 +64,8 @@ class OnlineRound:
         machine = src.machine
 
         def ready() -> bool:
+            if state.error is not None:
+                raise state.error
             if state.chunks or state.ended:
                 return True
             if machine.error is not None:
@@ -89,6 +87,7 @@ class OnlineRound:
                 return None
             chunk, actions = machine.take()
             src.queue(actions)
+            src.delivered(chunk)
         src.flush()
         return chunk
 
@@ -142,8 +141,7 @@ class OnlineSource:
         follow: Follow | None = None,
         name: str | None = None,
     ) -> None:
-        if transport not in TRANSPORTS:
-            raise ConfigError(f"transport must be one of {list(TRANSPORTS)}, got {transport!r}")
+        check_transport(transport)
         addresses = [address] if isinstance(address, str) else list(address)
         if not addresses:
             raise ConfigError("in_address needs at least one 'host:port'")
@@ -172,10 +170,16 @@ class OnlineSource:
         )
         self.links = [Link(self, a, i) for i, a in enumerate(addresses)]
         self.closed = False
-        self.inbox: queue.Queue[Any] = queue.Queue(maxsize=_USER_INBOX)
-        self._stats = {"bytes": 0, "reconnects": 0}
+        self.inbox = UserInbox(f"{self.name} (Student.recv)")
+        self._stats = {"batches": 0, "samples": 0, "bytes": 0, "reconnects": 0}
         self._down_since: float | None = None
         self.follow = follow
+
+    def delivered(self, chunk: Chunk | None) -> None:
+        """Count a chunk handed to the student (its ``batches`` and ``samples``)."""
+        if chunk is not None:
+            self._stats["batches"] += 1
+            self._stats["samples"] += len(chunk.ids)
 
     # ------------------------------------------------------------------ actions
 
@@ -235,12 +239,30 @@ class OnlineSource:
             if link.session is None or not link.session.alive:
                 return  # it closed already: its on_close took care of it
             self.queue(self.machine.link_up(link.index))
+            where = self._where(link)
             if self._down_since is not None:
                 gone = time.monotonic() - self._down_since
-                log.info("%s: reconnected to %s after %.1f s", self.name, link.address, gone)
+                log.info("%s: reconnected%s after %.1f s", self.name, where, gone)
                 self._down_since = None
+            else:
+                log.info("%s: connected%s (%s)", self.name, where, link.described)
             self.cond.notify_all()
         self.flush()
+
+    def _where(self, link: Link) -> str:
+        """`` to ADDRESS`` for a teacher of several replicas (the name holds a single one)."""
+        return f" to {link.address}" if len(self.links) > 1 else ""
+
+    def _why(self, link: Link, reason: BaseException | None) -> str:
+        """Why ``link`` went down, naming neither the teacher nor a single address again
+        (the log line starts with the teacher's name)."""
+        if reason is None:
+            return f"lost the connection{self._where(link)}"
+        session = f"{self.name} at {link.address}"
+        text = str(reason).removeprefix(f"lost connection to {session}: ")
+        text = text.replace(session, "the teacher")
+        text = text.replace(f" to {link.address}", self._where(link))
+        return text if len(self.links) > 1 else text.replace(link.address, "the teacher")
 
     def _reconnect(self, index: int) -> None:
         if self.follow is not None:
@@ -273,7 +295,7 @@ class OnlineSource:
             self.queue(actions)
             self.cond.notify_all()
         if actions:
-            log.warning("%s: %s; reconnecting", self.name, reason or f"lost {link.address}")
+            log.warning("%s: %s; reconnecting", self.name, self._why(link, reason))
         self.flush()
 
     # ------------------------------------------------------------------ messages
@@ -282,13 +304,9 @@ class OnlineSource:
         """A link's reader thread: check at the edge, then hand to the machine."""
         t = msg.type
         if t == MsgType.USER:
-            try:
-                self.inbox.put_nowait(decode_value(msg.header.get("value"), msg.frames))
-            except queue.Full:
-                raise ProtocolError(
-                    f"{self.name} sent more than {_USER_INBOX} messages that Student.recv() "
-                    "did not take"
-                ) from None
+            self.inbox.put(msg)  # ProtocolError (malformed, a flood): the link closes
+            with self.cond:
+                self.cond.notify_all()
             return
         if t == MsgType.STATUS_INFO:
             return
@@ -391,8 +409,9 @@ class OnlineSource:
                     f"{self.name} did not answer query {qid} within {timeout:g} s"
                 )
             result = m.answers.pop(qid)
-        if isinstance(result, BaseException):
-            raise result
+            if isinstance(result, BaseException):
+                raise result
+            self.delivered(result)
         return result
 
     # ------------------------------------------------------------------ user messages
@@ -426,12 +445,28 @@ class OnlineSource:
                 continue
 
     def recv_user(self, timeout: float) -> Any:
-        """The next message the teacher sent with ``Teacher.send``."""
-        return take_message(self.inbox, timeout, f"{self.name} (Student.recv)")
+        """The next message the teacher sent with ``Teacher.send`` (waits at most ``timeout``
+        s; the teacher's error, once the connection failed for good, is raised at once)."""
+        m = self.machine
+
+        def ready() -> bool:
+            if not self.inbox.empty():
+                return True
+            if m.error is not None:
+                raise m.error
+            return False
+
+        with self.cond:
+            if not wait_until(self.cond, ready, Deadline(timeout)):
+                raise PantheonTimeoutError(
+                    f"{self.name} (Student.recv) sent no message within {timeout:g} s"
+                )
+        return self.inbox.get(max(timeout, 0.001))
 
     def stats(self) -> Mapping[str, Any]:
-        """Bytes received, reconnections, messages through shared memory, and the transport
-        of each connected address (``{name: "shm" | "tcp"}``)."""
+        """Chunks (``batches``) and ``samples`` delivered, bytes received, reconnections,
+        messages through shared memory, and the transport of each connected address
+        (``{name: "shm" | "tcp"}``)."""
         out: dict[str, Any] = dict(self._stats)
         out["shm_messages"] = sum(link.shm_messages for link in self.links)
         out["transport"] = {

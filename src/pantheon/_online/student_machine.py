@@ -75,6 +75,8 @@ class RoundState:
     frontier: int = 0  # samples of the round the teacher has produced, as far as known
     taken: int = 0  # chunks taken since the last CREDIT
     closed: bool = False
+    first: int = 0  # the sample id the round was opened at
+    error: BaseException | None = None  # why the round cannot be read (raised to the loop)
 
 
 @dataclass(eq=False)
@@ -258,6 +260,16 @@ class StudentMachine:
                 f"{self.name} ended round {rnd.round} at {event.samples} samples, but sample "
                 f"{rnd.next} of rank {self.rank}'s shard never came: the round was cut short"
             )
+        if rnd.next == rnd.first and rnd.next - self.world >= event.samples:
+            count = self.shard_count(event.samples, 0)
+            rnd.error = ConfigError(
+                f"{self.name}: this student was opened at position {(rnd.first - self.rank) // self.world} "
+                f"of round {rnd.round} (sample {rnd.first}), past the end of the round: it has "
+                f"{event.samples} samples, {count} of rank {self.rank}'s shard; the state_dict "
+                "loaded belongs to other knowledge, or the teacher's reader changed"
+            )
+            rnd.ended, rnd.samples = True, event.samples
+            return
         if rnd.next - self.world >= event.samples:
             raise ProtocolError(
                 f"{self.name} sent sample {rnd.next - self.world} of round {rnd.round}, which "
@@ -295,7 +307,8 @@ class StudentMachine:
             )
         if self.round is not None:
             self.round.closed = True
-        self.round = RoundState(rnd, self.sample_of(position))
+        first = self.sample_of(position)
+        self.round = RoundState(rnd, first, first=first)
         link = self.live()
         if link is None:
             return self._reconnect_all()

@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import AlignmentError, PantheonTimeoutError
+from .._errors import AlignmentError, ClosedError, PantheonTimeoutError
 from .._knowledge import Chunk, normalize_batch
 from .._util import Deadline, wait_until
 from .merge import MergePlan, merge_batches
 from .rebatch import Rebatcher
 from .sources import RoundStream
 
-__all__ = ["Assembler", "QueryAssembler", "RoundAssembler"]
+__all__ = ["Assembler", "AssemblerStopped", "QueryAssembler", "RoundAssembler"]
 
 _Item = tuple[str, Any]
 _END: _Item = ("end", None)
@@ -34,8 +34,10 @@ class _Handoff:
     Leaner than :class:`queue.Queue` for this one-to-one case: items move through a deque
     (whose appends and pops are atomic) and the lock is taken only when a side has to wait or
     to wake the other. A full hand-off lets its producer sleep until the consumer has taken it
-    down to half (``maxsize // 2``), so the two threads wake each other about once per
-    ``maxsize / 2`` batches instead of once per batch.
+    down to a quarter (``maxsize // 4``), so the two threads wake each other about once per
+    ``3 * maxsize / 4`` batches instead of once per batch: each wake-up costs the training loop
+    a thread switch (on a loaded machine, up to milliseconds), and the producer refills the
+    hand-off in a fraction of the time the loop takes to use the quarter that is left.
 
     A side about to wait publishes its flag *before* it re-checks the deque under the lock,
     and the other side reads the flag *after* changing the deque, so no wake-up is lost.
@@ -47,7 +49,7 @@ class _Handoff:
     def __init__(self, maxsize: int) -> None:
         self._items: collections.deque[_Item] = collections.deque()
         self._maxsize = max(1, maxsize)
-        self._low = self._maxsize // 2
+        self._low = self._maxsize // 4
         self._cond = threading.Condition(threading.Lock())
         self._consumer_waiting = False
         self._producer_waiting = False
@@ -98,16 +100,20 @@ class _Handoff:
         """Return a final item (end or error) to the front, so that later gets see it again."""
         self._items.appendleft(item)
 
-    def get(self, timeout: float) -> _Item | None:
-        """The next item, or None if none came within ``timeout`` seconds."""
+    def get(self, timeout: float, stop: threading.Event) -> _Item | None:
+        """The next item, or None if none came within ``timeout`` seconds or ``stop`` is set."""
         items = self._items
+
+        def ready() -> bool:
+            return bool(items) or stop.is_set()
+
         try:
             item = items.popleft()
         except IndexError:
             with self._cond:
                 self._consumer_waiting = True
                 try:
-                    if not wait_until(self._cond, lambda: bool(items), Deadline(timeout)):
+                    if not wait_until(self._cond, ready, Deadline(timeout)) or not items:
                         return None
                 finally:
                     self._consumer_waiting = False
@@ -121,6 +127,11 @@ class _Handoff:
         """Wake a waiting producer (after its stop flag was set)."""
         with self._cond:
             self._cond.notify_all()
+
+
+class AssemblerStopped(ClosedError):
+    """:meth:`Assembler.get` on an assembler that was stopped (replaced or closed) while it
+    waited; the caller says which."""
 
 
 class Assembler:
@@ -149,7 +160,9 @@ class Assembler:
         The sources enforce ``timeout`` themselves and name the teacher; this wait is a safety
         net at twice that.
         """
-        got = self._queue.get(2 * timeout + 1)
+        got = self._queue.get(2 * timeout + 1, self._stop)
+        if got is None and self._stop.is_set():
+            raise AssemblerStopped("this knowledge generator's read-ahead was stopped")
         if got is None:
             raise PantheonTimeoutError(
                 f"no knowledge batch arrived within {timeout:g} s from "
@@ -164,8 +177,10 @@ class Assembler:
         return None
 
     def stop(self) -> None:
-        """Stop the thread and abandon the round streams (idempotent)."""
+        """Stop the thread and abandon the round streams (idempotent); a consumer waiting in
+        :meth:`get` is woken and raises :class:`AssemblerStopped`."""
         self._stop.set()
+        self._queue.wake()
         while self._thread.is_alive():
             self._queue.wake()  # a producer waiting for room sees the stop flag
             self._thread.join(timeout=0.05)

@@ -44,7 +44,14 @@ from .core import (
 from .framing import StreamConnection
 from .inproc import InprocConnection, PipeStream, inproc_pair, pipe_pair
 from .ring import SHM_ENV, Ring, RingMapping, map_offer, shm_unavailable
-from .session import Heartbeat, Session, take_message
+from .session import (
+    USER_INBOX_BYTES,
+    USER_INBOX_MESSAGES,
+    Heartbeat,
+    Session,
+    UserInbox,
+    take_message,
+)
 from .shm import ShmReceiver, ShmSender, accept_offer, is_local, read_ready
 from .tcp import (
     Listener,
@@ -72,6 +79,8 @@ __all__ = [
     "PROTOCOL_VERSION",
     "SHM_ENV",
     "TOKEN_ENV",
+    "USER_INBOX_BYTES",
+    "USER_INBOX_MESSAGES",
     "Alloc",
     "Buffer",
     "BufferPool",
@@ -92,6 +101,7 @@ __all__ = [
     "SocketStream",
     "StreamConnection",
     "TcpConnection",
+    "UserInbox",
     "accept_offer",
     "check_bind",
     "client_handshake",

@@ -19,8 +19,16 @@ from typing import Any
 
 from .._errors import ConnectionLostError, PantheonError, PantheonTimeoutError, ProtocolError
 from .core import Connection, Message, MsgType
+from .values import decode_value
 
-__all__ = ["Heartbeat", "Session", "take_message"]
+__all__ = [
+    "USER_INBOX_BYTES",
+    "USER_INBOX_MESSAGES",
+    "Heartbeat",
+    "Session",
+    "UserInbox",
+    "take_message",
+]
 
 log = logging.getLogger("pantheon")
 
@@ -176,3 +184,62 @@ def take_message(inbox: queue.Queue[Any], timeout: float, what: str) -> Any:
         return inbox.get(timeout=timeout)
     except queue.Empty:
         raise PantheonTimeoutError(f"{what} sent no message within {timeout:g} s") from None
+
+
+USER_INBOX_MESSAGES = 1024
+"""Unread user messages (``Teacher.send`` / ``Student.send``) a side holds at most."""
+USER_INBOX_BYTES = 256 << 20
+"""Bytes of unread user messages a side holds at most (256 MiB; one message always fits)."""
+
+
+class UserInbox:
+    """Unread user messages of one peer, bounded in count and in bytes.
+
+    A peer that sends more than the other side's program takes (a flood) is refused with a
+    :class:`~pantheon.ProtocolError` that closes its connection, instead of growing memory:
+    at most ``messages`` messages and ``nbytes`` bytes wait (a single message of any size
+    within the wire's caps is still taken when nothing else waits).
+
+    Args:
+        what: who sends, for messages (``"the student (Teacher.recv)"``).
+        messages: messages waiting at most (default :data:`USER_INBOX_MESSAGES`).
+        nbytes: bytes waiting at most (default :data:`USER_INBOX_BYTES`).
+    """
+
+    def __init__(self, what: str, *, messages: int | None = None, nbytes: int | None = None):
+        self._what = what
+        self._max = USER_INBOX_MESSAGES if messages is None else messages
+        self._max_bytes = USER_INBOX_BYTES if nbytes is None else nbytes
+        self._items: queue.Queue[tuple[Any, int]] = queue.Queue()
+        self._lock = threading.Lock()
+        self._bytes = 0
+
+    def empty(self) -> bool:
+        """Whether no message waits."""
+        return self._items.empty()
+
+    def put(self, msg: Message) -> None:
+        """Decode ``msg``'s value and keep it.
+
+        Raises:
+            ProtocolError: a malformed value, or the inbox is full (the sender is flooding).
+        """
+        size = len(msg.header.get("value") or b"") + sum(memoryview(f).nbytes for f in msg.frames)
+        with self._lock:
+            count = self._items.qsize()
+            if count >= self._max or (count and self._bytes + size > self._max_bytes):
+                raise ProtocolError(
+                    f"{self._what}: {count} messages ({self._bytes} bytes) are waiting to be "
+                    f"received, at most {self._max} messages and {self._max_bytes} bytes may "
+                    "wait; the sender sends faster than the other side calls recv()"
+                )
+            value = decode_value(msg.header.get("value"), msg.frames)
+            self._bytes += size
+            self._items.put((value, size))
+
+    def get(self, timeout: float) -> Any:
+        """The next message; :class:`PantheonTimeoutError` after ``timeout`` seconds."""
+        value, size = take_message(self._items, timeout, self._what)
+        with self._lock:
+            self._bytes -= size
+        return value
