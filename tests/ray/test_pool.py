@@ -141,3 +141,25 @@ def test_ranks_of_a_group_get_their_shards_of_a_split_round(ray_cluster):
             t.join(90)
     assert out[0] == list(range(0, services.SAMPLES, 2))
     assert out[1] == list(range(1, services.SAMPLES, 2))
+
+
+def test_a_same_order_replica_killed_mid_round_resumes_its_part(ray_cluster):
+    options = {"coalesce_bytes": 1, "prefetch_batches": 2}  # a message per block, few ahead
+    with TeacherPool(
+        "split-kill", services.rounds, replicas=2, num_cpus=0.5, teacher_options=options
+    ) as pool:
+        before = pool.pids()
+        batches = []
+        with Student(timeout=60, read_ahead=2, credits=2) as student:
+            student.register_teacher(in_address="ray://split-kill")
+            for batch in student.get_knowledge_generator(batch_size=16)():
+                batches.append(batch)
+                if len(batches) == 2:
+                    os.kill(before[1], signal.SIGKILL)
+        x = np.concatenate([b["x"] for b in batches])[:, 0]
+        assert x.tolist() == list(range(services.SAMPLES))  # every sample once, in order
+        assert np.array_equal(np.concatenate([b["y"] for b in batches])[:, 0], 2 * x)
+        assert pool.starts()[1] == 2
+        last = len(batches) - 1  # a batch is a block here: block k is replica k % 2's
+        last_of_replica_1 = batches[last - 1 if last % 2 == 0 else last]
+        assert int(last_of_replica_1["pid"][0, 0]) == pool.pids()[1] != before[1]
