@@ -123,9 +123,9 @@ class Follow:
                     self._failed(source, index, exc)
                     return
                 else:
-                    if not join:
-                        source.count_reconnect()
                     source.up(link)
+                    if not join:  # counted once the machine uses the link again
+                        source.count_reconnect()
                     return
             if deadline.expired:
                 why = f"last error: {last}" if last else "it has no address in the pool"
