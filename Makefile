@@ -65,7 +65,7 @@ bench: $(TEST_STAMP)
 	$(BIN)/pantheon bench
 
 docs: $(TEST_STAMP)
-	PDOC_ALLOW_EXEC=1 $(BIN)/python -m pdoc --docformat google -o build/api pantheon pantheon.torch pantheon.onnx pantheon.hf pantheon.paddle
+	PDOC_ALLOW_EXEC=1 $(BIN)/python -m pdoc --docformat google -o build/api pantheon pantheon.torch pantheon.onnx pantheon.hf pantheon.paddle pantheon.ray
 
 clean:
 	rm -rf $(VENV) build dist .pytest_cache .mypy_cache .ruff_cache

@@ -15,7 +15,7 @@ import pytest
 import pantheon
 
 SRC = Path(pantheon.__file__).resolve().parent
-PUBLIC = ["pantheon", "pantheon.torch", "pantheon.onnx", "pantheon.hf"]
+PUBLIC = ["pantheon", "pantheon.torch", "pantheon.onnx", "pantheon.hf", "pantheon.ray"]
 SEAMS = [
     "pantheon._codecs",
     "pantheon._files",

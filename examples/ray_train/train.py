@@ -116,7 +116,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=2048)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--address", default=None, help="a Ray cluster to join (default: start one)")
+    parser.add_argument(
+        "--address", default=None, help="a Ray cluster to join (default: start one)"
+    )
     args = parser.parse_args()
     if args.address:
         ray.init(address=args.address)
@@ -125,7 +127,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         shards = Path(tmp) / "knowledge"
         data = features(args.samples)
-        dataset = ray.data.from_items([{"id": i, "x": data[i]} for i in range(args.samples)])
+        rows = [{"id": i, "x": data[i]} for i in range(args.samples)]
+        dataset = ray.data.from_items(rows, override_num_blocks=4)
         t0 = time.perf_counter()
         generate_knowledge(
             dataset,

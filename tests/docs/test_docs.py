@@ -66,7 +66,15 @@ class Block:
 
 
 # Documents whose examples need an extra: document -> the module to import (and test mark).
-NEEDS: dict[str, str] = {"docs/guide/paddle.md": "paddle"}
+NEEDS: dict[str, str] = {"docs/guide/paddle.md": "paddle", "docs/guide/ray.md": "ray"}
+# More marks of a document's test.
+MARKS: dict[str, list[Any]] = {
+    "docs/guide/ray.md": [
+        # Ray Data's DataContext sets deprecated options of its own when it is created
+        pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context"),
+        pytest.mark.timeout(300),  # a local Ray instance, two pools, two Ray Data jobs
+    ],
+}
 
 
 def doc_files() -> list[Path]:
@@ -83,6 +91,7 @@ def doc_params() -> list[Any]:
     for path in doc_files():
         rel = path.relative_to(ROOT).as_posix()
         marks = [getattr(pytest.mark, NEEDS[rel])] if rel in NEEDS else []
+        marks += MARKS.get(rel, [])
         params.append(pytest.param(path, marks=marks, id=rel))
     return params
 
@@ -331,6 +340,8 @@ def test_api_reference_builds(tmp_path) -> None:
     modules = ["pantheon", "pantheon.torch", "pantheon.onnx", "pantheon.hf"]
     if importlib.util.find_spec("paddle") is not None:
         modules.append("pantheon.paddle")
+    if importlib.util.find_spec("ray") is not None:
+        modules.append("pantheon.ray")
     proc = subprocess.run(
         [sys.executable, "-m", "pdoc", "--docformat", "google", "-o", str(tmp_path), *modules],
         env={**child_env(), "PDOC_ALLOW_EXEC": "1"},  # paddle runs ldd when imported
@@ -349,6 +360,8 @@ def test_api_reference_builds(tmp_path) -> None:
     assert "start_knowledge_service" in (tmp_path / "pantheon.html").read_text(encoding="utf-8")
     if "pantheon.paddle" in modules:
         assert "pantheon/paddle.html" in pages
+    if "pantheon.ray" in modules:
+        assert "pantheon/ray.html" in pages
 
 
 def _slug(heading: str) -> str:

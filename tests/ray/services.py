@@ -52,3 +52,8 @@ def rounds() -> dict:
 def affine(x: np.ndarray) -> dict[str, np.ndarray]:
     """The generation teacher: ``3x + 1`` and ``x^2`` (float32)."""
     return {"a": 3 * x + 1, "b": x * x}
+
+
+def broken() -> dict:
+    """A factory that returns no service arguments."""
+    return {"feed_list": ["x"]}

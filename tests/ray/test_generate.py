@@ -5,16 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pantheon import ConfigError, KnowledgeFile, Student
+from pantheon import ConfigError, KnowledgeFile, KnowledgeWriter, Student
 from tests.ray import services
 
 pytestmark = [
     pytest.mark.ray,
-    # Ray Data's groupby sets deprecated options of its own context, which then warns
+    # Ray Data's DataContext sets deprecated options of its own when it is created
     pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context"),
 ]
 ray_mod = pytest.importorskip("pantheon.ray")
 ray = pytest.importorskip("ray")
+from pantheon.ray._generate import _complete_shards  # noqa: E402
 
 N = 10_000
 PER_SHARD = 2_500
@@ -42,10 +43,8 @@ def _generate(out):
     )
 
 
-@pytest.mark.timeout(300)  # three Ray Data jobs (a shuffle each) on 2 cores
-def test_every_id_once_equal_to_the_program_then_only_a_deleted_or_cut_shard_again(
-    ray_cluster, tmp_path
-):
+@pytest.mark.timeout(240)  # two Ray Data jobs (a shuffle each) on 2 cores
+def test_every_id_once_equal_to_the_program_then_only_a_deleted_shard_again(ray_cluster, tmp_path):
     out = tmp_path / "knowledge"
     report = _generate(out)
     names = [f"part-{k:010d}.arrow" for k in range(N // PER_SHARD)]
@@ -66,25 +65,36 @@ def test_every_id_once_equal_to_the_program_then_only_a_deleted_or_cut_shard_aga
     assert len(x) == N
 
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    (out / names[2]).unlink()
+    (out / names[2]).unlink()  # a shard lost
     (out / f".{names[1]}.{'0' * 32}.tmp").write_bytes(b"half a shard")  # a killed job's leftover
     again = _generate(out)
-    assert again == {
-        "computed": [names[2]],
-        "kept": [names[0], names[1], names[3]],
-        "samples": PER_SHARD,
-    }
+    assert again == {"computed": [names[2]], "kept": [*names[:2], names[3]], "samples": PER_SHARD}
     assert sorted(p.name for p in out.iterdir()) == names  # the leftover is gone
     for name in (names[0], names[1], names[3]):
         assert (out / name).stat().st_mtime_ns == mtimes[name]  # not written again
-    with KnowledgeFile(out) as kf:
-        assert kf.sample_ids.tolist() == list(range(N))
-
-    cut = out / names[1]  # a shard whose footer was lost does not pass for whole
-    cut.write_bytes(cut.read_bytes()[:-100])
-    assert _generate(out)["computed"] == [names[1]]
     with KnowledgeFile(out, allow_truncated=False) as kf:
         assert kf.sample_ids.tolist() == list(range(N))
+        assert np.array_equal(kf.take(ids)["a"], want["a"])
+
+
+def test_only_whole_shards_count_as_done(tmp_path):
+    """What a re-run keeps: shards that read back whole; it removes the rest."""
+    for k in range(3):
+        path = tmp_path / f"part-{k:010d}.arrow"
+        with KnowledgeWriter(path, metadata={"shard_samples": "4"}) as w:
+            w.write({"a": np.zeros((4, 2), np.float32)}, ids=np.arange(4) + 4 * k)
+    cut = tmp_path / "part-0000000001.arrow"
+    cut.write_bytes(cut.read_bytes()[:-100])  # its footer lost: a writer killed at the end
+    (tmp_path / f".part-0000000003.arrow.{'f' * 32}.tmp").write_bytes(b"half")
+    (tmp_path / "notes.txt").write_text("kept")  # not a shard: left alone
+    assert _complete_shards(tmp_path, 4) == {0, 2}
+    with pytest.raises(ConfigError, match="shards of 4 ids, but shard_samples=8"):
+        _complete_shards(tmp_path, 8)  # shards by other id ranges: never mixed
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "notes.txt",
+        "part-0000000000.arrow",
+        "part-0000000002.arrow",
+    ]
 
 
 def test_bad_arguments_are_refused_before_anything_runs(ray_cluster, tmp_path):

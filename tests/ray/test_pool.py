@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from pantheon import ConfigError, Student
+from pantheon import ConfigError, Student, TeacherError
 from tests.ray import services
 
 pytestmark = pytest.mark.ray
@@ -77,20 +77,30 @@ def test_scale_up_while_a_student_streams(ray_cluster):
             for i, q in enumerate(_query_batches(250)):
                 if i == 40:
                     pool.scale(2)  # waits until the new replica serves
+                if i == 41:  # the student connects to the new replica by itself
+                    _wait(lambda: len(student.stats()["transport"]) == 2, 60, "a second link")
+                if i == 160:
+                    pool.scale(1)  # its queries in flight go to the replica left
                 yield q
 
-        with Student(timeout=60) as student:
+        student = Student(timeout=60)
+
+        with student:
             student.register_teacher(in_address="ray://grow")
             gen = student.get_knowledge_generator(batch_size=8, queries=queries())
             batches = list(gen())
-        pids = _check_answers(batches, 250)
-        added = set(pool.pids()) - set(first)
-        assert len(pool.addresses()) == 2 and len(added) == 1
-        assert added <= set(pids[40 * 8 :])  # the new replica answered queries
-        pool.scale(1)
-        assert len(pool.addresses()) == 1
-        with pytest.raises(ConfigError):
+        pids = _check_answers(batches, 250)  # through the scale-up and the scale-down
+        assert len(set(pids[41 * 8 : 160 * 8])) == 2  # the new replica answered queries
+        assert pool.pids() == first and len(pool.addresses()) == 1
+        with pytest.raises(ConfigError, match="exists"):
             TeacherPool("grow", services.queries)  # the name is taken
+
+
+def test_a_replica_that_cannot_start_is_an_error_naming_it(ray_cluster):
+    with pytest.raises(TeacherError, match="service\\(\\) must return"):
+        TeacherPool("broken", services.broken, num_cpus=0.5, timeout=60)
+    with pytest.raises(ConfigError, match="no pool named 'broken'"):
+        TeacherPool.get("broken")  # nothing left behind
 
 
 def test_a_same_order_pool_splits_the_round_and_gives_it_in_order(ray_cluster):
@@ -131,3 +141,25 @@ def test_ranks_of_a_group_get_their_shards_of_a_split_round(ray_cluster):
             t.join(90)
     assert out[0] == list(range(0, services.SAMPLES, 2))
     assert out[1] == list(range(1, services.SAMPLES, 2))
+
+
+def test_a_same_order_replica_killed_mid_round_resumes_its_part(ray_cluster):
+    options = {"coalesce_bytes": 1, "prefetch_batches": 2}  # a message per block, few ahead
+    with TeacherPool(
+        "split-kill", services.rounds, replicas=2, num_cpus=0.5, teacher_options=options
+    ) as pool:
+        before = pool.pids()
+        batches = []
+        with Student(timeout=60, read_ahead=2, credits=2) as student:
+            student.register_teacher(in_address="ray://split-kill")
+            for batch in student.get_knowledge_generator(batch_size=16)():
+                batches.append(batch)
+                if len(batches) == 2:
+                    os.kill(before[1], signal.SIGKILL)
+        x = np.concatenate([b["x"] for b in batches])[:, 0]
+        assert x.tolist() == list(range(services.SAMPLES))  # every sample once, in order
+        assert np.array_equal(np.concatenate([b["y"] for b in batches])[:, 0], 2 * x)
+        assert pool.starts()[1] == 2
+        last = len(batches) - 1  # a batch is a block here: block k is replica k % 2's
+        last_of_replica_1 = batches[last - 1 if last % 2 == 0 else last]
+        assert int(last_of_replica_1["pid"][0, 0]) == pool.pids()[1] != before[1]

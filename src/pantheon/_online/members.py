@@ -93,8 +93,10 @@ class Follow:
             log.debug("%s: membership not available: %s", self.resolver.name, exc)
             return None
 
-    def reconnect(self, source: Followed, index: int) -> None:
-        """Reconnect link ``index`` to its slot's current address (a reconnection thread)."""
+    def reconnect(self, source: Followed, index: int, *, join: bool = False) -> None:
+        """Reconnect link ``index`` to its slot's current address (a reconnection thread;
+        ``join``: the first connection of a replica that joined, not counted as a
+        reconnection)."""
         link = source.links[index]
         deadline = Deadline(source.timeout)
         last: BaseException | None = None
@@ -121,8 +123,9 @@ class Follow:
                     self._failed(source, index, exc)
                     return
                 else:
-                    source.count_reconnect()
                     source.up(link)
+                    if not join:  # counted once the machine uses the link again
+                        source.count_reconnect()
                     return
             if deadline.expired:
                 why = f"last error: {last}" if last else "it has no address in the pool"
@@ -161,7 +164,9 @@ class Follow:
                     joined.append(index)
             for index in joined:
                 log.info("%s: replica %d joined at %s", source.name, index, members.replicas[index])
-                threading.Thread(target=self.reconnect, args=(source, index), daemon=True).start()
+                threading.Thread(
+                    target=self.reconnect, args=(source, index), kwargs={"join": True}, daemon=True
+                ).start()
 
 
 def _owner(source: Followed) -> Any:

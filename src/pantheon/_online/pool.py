@@ -66,7 +66,8 @@ class SplitRound:
 
     def _global_ids(self, j: int, ids: np.ndarray) -> np.ndarray:
         b, r = self._block, len(self._streams)
-        return (ids // b) * (r * b) + j * b + ids % b
+        out: np.ndarray = (ids // b) * (r * b) + j * b + ids % b
+        return out
 
     def next_chunk(self, timeout: float) -> Chunk | None:
         """The next samples of the round in order (from one replica), or None at its end."""
@@ -96,7 +97,7 @@ class SplitRound:
 
     def known_samples(self) -> int:
         """Samples of the round known to exist in order: whole once every replica ended."""
-        counts = [s.known_samples() for s in self._streams]
+        counts = [int(s.known_samples()) for s in self._streams]
         r, b = len(counts), self._block
         first_gap = min((c // b) * r + j for j, c in enumerate(counts))
         total = sum(counts)
@@ -260,7 +261,9 @@ class PoolSource:
             source.close(goodbye)
 
 
-def open_source(index: int, address: str | Sequence[str], **options: Any) -> Any:
+def open_source(
+    index: int, address: str | Sequence[str], **options: Any
+) -> OnlineSource | PoolSource:
     """The source of an online teacher: an :class:`OnlineSource` for ``"host:port"``
     addresses, a :class:`PoolSource` for a pool's ``"scheme://NAME"`` (given alone).
 

@@ -157,9 +157,9 @@ class Student(Resumable):
 
         Args:
             in_path: an offline teacher's knowledge file (or directory of shards).
-            in_address: an online teacher's ``"host:port"``, or a list of the addresses of
+            in_address: an online teacher's ``"host:port"``, a list of the addresses of
                 replicas of one teacher (queries are spread over them; they take over from
-                each other).
+                each other), or a pool's ``"ray://NAME"`` (:mod:`pantheon.ray`).
             cache_path: online: a directory where the first round received is written as the
                 training loop reads it; later rounds are replayed from it, so the teacher
                 serves ``times=1`` and may then be gone. With ``world_size > 1`` each rank

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .._errors import ConfigError, PantheonError, TeacherError
+from .._errors import ClosedError, ConfigError, PantheonError, TeacherError
 from .._teacher import Teacher
 from ._split import block_of, split_reader
 
@@ -133,15 +133,17 @@ class Replica:
         kwargs = dict(_service_kwargs(service, pool))
         reader = kwargs.setdefault("reader_config", None)
         mode, block = "queries", 0
-        if reader is not None:
-            mode, block = "rounds", block_of(reader, split_samples)
+        if reader is not None:  # one replica predicts every block: any size will do
+            mode = "rounds"
+            block = block_of(reader, split_samples) if replicas > 1 else split_samples or 1
             if replicas > 1:
                 kwargs["reader_config"] = split_reader(
                     kwargs["feed_list"], reader, slot, replicas, block
                 )
         self.slot = slot
         self.error: str | None = None
-        bind = ray.util.get_node_ip_address() if host == "node" else host
+        node: Callable[[], str] = ray.util.get_node_ip_address
+        bind = node() if host == "node" else host
         self.teacher = Teacher(out_port=0, host=bind, token=token, **dict(teacher_options))
         self.address = self.teacher.address
         self._thread = threading.Thread(
@@ -157,10 +159,11 @@ class Replica:
                 self.teacher.start_knowledge_service(**kwargs)
                 if mode != "queries":
                     return
+        except ClosedError:
+            pass  # close(): the pool stops this replica
         except PantheonError as exc:
-            if "closed" not in str(exc).lower():
-                self.error = str(exc)
-                log.error("replica %d: the knowledge service failed: %s", self.slot, exc)
+            self.error = str(exc)
+            log.error("replica %d: the knowledge service failed: %s", self.slot, exc)
         except Exception as exc:  # the user's program: kept to be reported by ready()
             self.error = f"{type(exc).__name__}: {exc}"
             log.error("replica %d: the knowledge service failed: %s", self.slot, self.error)

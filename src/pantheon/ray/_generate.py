@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import uuid
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ log = logging.getLogger("pantheon")
 SHARD_KEY = "__pantheon_shard"
 """The column :func:`generate_knowledge` adds to group rows by shard."""
 
+_META_SHARD = "shard_samples"  # user metadata of every shard: the ids per shard
 _FINAL = re.compile(r"part-(\d{10})\.arrow")
 _TEMP = re.compile(r"\.part-\d{10}\.arrow\.[0-9a-f]{32}\.tmp")
 
@@ -42,9 +44,13 @@ def shard_name(key: int) -> str:
     return f"part-{key:010d}.arrow"
 
 
-def _complete_shards(out: Path) -> set[int]:
+def _complete_shards(out: Path, per_shard: int | None = None) -> set[int]:
     """The shards of ``out`` that are whole; stale temporary files and shards that do not
-    read back whole are removed (they are computed again)."""
+    read back whole are removed (they are computed again).
+
+    Raises:
+        ConfigError: a shard written with another ``shard_samples`` than ``per_shard``.
+    """
     done: set[int] = set()
     for path in sorted(out.iterdir()):
         if _TEMP.fullmatch(path.name):
@@ -55,11 +61,17 @@ def _complete_shards(out: Path) -> set[int]:
         if match is None:
             continue
         try:
-            KnowledgeFile(path, allow_truncated=False).close()
+            with KnowledgeFile(path, allow_truncated=False) as kf:
+                written = kf.metadata.get(_META_SHARD)
         except FileFormatError as exc:
             log.warning("%s does not read back whole (%s); computing it again", path, exc)
             path.unlink()
             continue
+        if per_shard is not None and written not in (None, str(per_shard)):
+            raise ConfigError(
+                f"{path} holds shards of {written} ids, but shard_samples={per_shard}: pass "
+                f"shard_samples={written} to complete this output, or write to another out_path"
+            )
         done.add(int(match.group(1)))
     return done
 
@@ -92,7 +104,11 @@ class _ShardWriter:
         temp = out / f".{final.name}.{uuid.uuid4().hex}.tmp"
         step = o["batch_size"]
         writer = KnowledgeWriter(
-            temp, use_fp16=o["use_fp16"], codecs=o["codecs"], compression=o["compression"]
+            temp,
+            use_fp16=o["use_fp16"],
+            codecs=o["codecs"],
+            compression=o["compression"],
+            metadata={_META_SHARD: str(o["shard_samples"])},
         )
         try:
             for lo in range(0, len(ids), step):
@@ -184,8 +200,10 @@ def generate_knowledge(
     per_shard = check_int("shard_samples", shard_samples, unit="samples")
     ServiceSpec(tuple(feed_list), schema, program, None, exe)  # checks the arguments here
     out = Path(out_path)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out_path {out} is a file; generate_knowledge writes a directory")
     out.mkdir(parents=True, exist_ok=True)
-    done = _complete_shards(out)
+    done = _complete_shards(out, per_shard)
     done_keys = np.array(sorted(done), dtype=np.int64)
 
     def keyed(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -214,23 +232,14 @@ def generate_knowledge(
         "id_column": id_column,
         "out_path": str(out),
         "batch_size": step,
+        "shard_samples": per_shard,
         "use_fp16": bool(use_fp16),
         "codecs": dict(codecs) if codecs else None,
         "compression": compression,
     }
-    rows = (
-        dataset.map_batches(keyed, batch_format="numpy")
-        .groupby(SHARD_KEY)
-        .map_groups(
-            _ShardWriter,
-            fn_constructor_kwargs={"options": options},
-            batch_format="numpy",
-            concurrency=concurrency,
-            num_gpus=num_gpus,
-            num_cpus=num_cpus,
-        )
-        .take_all()
-    )
+    with warnings.catch_warnings():  # Ray Data sets deprecated options of its own context
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module="ray.data.context")
+        rows = _run(dataset, keyed, options, concurrency, num_gpus, num_cpus)
     computed = sorted(int(r["shard"]) for r in rows)
     log.info(
         "generate_knowledge: %d shard(s) written to %s, %d already complete",
@@ -243,3 +252,30 @@ def generate_knowledge(
         "kept": [shard_name(k) for k in sorted(done)],
         "samples": int(sum(int(r["samples"]) for r in rows)),
     }
+
+
+def _run(
+    dataset: Any,
+    keyed: Any,
+    options: Mapping[str, Any],
+    concurrency: int | tuple[int, int],
+    num_gpus: float,
+    num_cpus: float,
+) -> list[dict[str, Any]]:
+    """The Ray Data job: rows keyed by shard, grouped, each group written by an actor."""
+    most = concurrency if isinstance(concurrency, int) else max(concurrency)
+    partitions = max(1, 2 * int(most))  # groups spread over the actors, not Ray's 200
+    rows: list[dict[str, Any]] = (
+        dataset.map_batches(keyed, batch_format="numpy")
+        .groupby(SHARD_KEY, num_partitions=partitions)
+        .map_groups(
+            _ShardWriter,
+            fn_constructor_kwargs={"options": options},
+            batch_format="numpy",
+            concurrency=concurrency,
+            num_gpus=num_gpus,
+            num_cpus=num_cpus,
+        )
+        .take_all()
+    )
+    return rows

@@ -151,16 +151,19 @@ class TeacherPool:
                 f"a pool named {self.name!r} exists in this Ray cluster: use "
                 f"TeacherPool.get({self.name!r}), close it, or choose another name"
             )
-        self._registry = (
-            ray.remote(Registry)
-            .options(
-                name=_registry_name(self.name),
-                namespace=NAMESPACE,
-                lifetime="detached" if detached else None,
-                num_cpus=0,
+        try:
+            self._registry: Any = (
+                ray.remote(Registry)
+                .options(
+                    name=_registry_name(self.name),
+                    namespace=NAMESPACE,
+                    lifetime="detached" if detached else None,
+                    num_cpus=0,
+                )
+                .remote(self.name, spec)
             )
-            .remote(self.name, spec)
-        )
+        except ValueError as exc:  # another process took the name meanwhile
+            raise ConfigError(f"pool {self.name!r} could not be created: {exc}") from None
         self._closed = False
         try:
             self._start(0, count)
@@ -214,7 +217,7 @@ class TeacherPool:
             "num_gpus": spec["num_gpus"],
         }
         total = first + count
-        handles = []
+        handles: list[Any] = []
         for slot in range(first, total):
             placement = spec["placement"]
             if isinstance(placement, str):
