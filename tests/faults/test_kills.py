@@ -72,7 +72,7 @@ def test_student_killed_at_random_points_resumes_exactly_once(teacher_proc, spaw
     address = teacher.address()
     checkpoint = tmp_path / "student.json"
     args = [str(TESTS / "student_proc.py"), "--address", address, "--checkpoint", str(checkpoint)]
-    args += ["--batch", "16", "--delay", "0.003", "--timeout", "120", "--transport", "tcp"]
+    args += ["--batch", "16", "--delay", "0.003", "--timeout", "120"]  # shared memory if it can
     for kill in range(KILLS):
         student = spawn(args)
         student.wait_line(f"STEP {rng.randrange(2, 12)}", timeout=120)
