@@ -16,9 +16,14 @@ marker. Methods:
 ``wire-pool`` the same, receiving into buffers recycled by ``pantheon._wire.BufferPool``.
 ``pantheon`` the public API end to end: ``Teacher.serve`` in the child, the student's
              ``get_knowledge_generator(batch_size=...)`` here (credits, re-batching, read-ahead).
+``service``  as users run a knowledge service: ``start_knowledge_service`` in the child (a
+             reader of batches, no program: inputs passed through), the student here with
+             ``transport="tcp"``.
+``service-shm`` the same with ``transport="auto"``: on one host, knowledge through the
+             student's shared-memory ring.
 
-Methods run interleaved (raw, manager, wire, wire-pool, raw, ...) after a warm-up, ``--repeats`` times;
-the table shows medians and each method's ratio to raw TCP. Throughput counts the batch
+Methods run interleaved (raw, manager, wire, ..., raw, ...) after a warm-up, ``--repeats`` times;
+the table shows medians, each method's ratio to raw TCP and to the seed's transport. Throughput counts the batch
 arrays' bytes only (MB = 10**6 bytes). To add a method, write a receiver
 ``run_<name>(shape, seconds) -> Result`` and its sender, and add it to ``METHODS``.
 
@@ -234,27 +239,8 @@ def _pantheon_sender(port: int, shape: tuple[int, int], seconds: float) -> None:
 
 
 def run_pantheon(shape: tuple[int, int], seconds: float) -> Result:
-    """Teacher.serve in the child, Student.get_knowledge_generator here (the whole stack)."""
-    from pantheon import Student
-
-    with socket.socket() as probe:  # a free port for the child to listen on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    proc = spawn(_pantheon_sender, port, shape, seconds)
-    total = batches = 0
-    start = 0.0
-    with Student(timeout=60) as student:
-        student.register_teacher(in_address=f"127.0.0.1:{port}")
-        student.start()
-        for batch in student.get_knowledge_generator(batch_size=shape[0])():
-            if not batches:
-                start = time.perf_counter()
-            else:
-                total += batch["x"].nbytes
-            batches += 1
-        elapsed = time.perf_counter() - start
-    finish(proc)
-    return Result(total, batches - 1, elapsed)
+    """Teacher.serve in the child, Student.get_knowledge_generator here over TCP."""
+    return _receive(_pantheon_sender, shape, seconds, "tcp")
 
 
 def _service_sender(port: int, shape: tuple[int, int], seconds: float) -> None:
@@ -297,8 +283,7 @@ def _receive(
     proc = spawn(sender, port, shape, seconds)
     total = batches = 0
     start = 0.0
-    kwargs = {"transport": transport} if transport != "tcp" or _HAS_TRANSPORT else {}
-    with Student(timeout=60, **kwargs) as student:
+    with Student(timeout=60, transport=transport) as student:
         student.register_teacher(in_address=f"127.0.0.1:{port}")
         student.start()
         for batch in student.get_knowledge_generator(batch_size=shape[0])():
@@ -312,17 +297,6 @@ def _receive(
     return Result(total, batches - 1, elapsed)
 
 
-def _has_transport() -> bool:
-    import inspect
-
-    from pantheon import Student
-
-    return "transport" in inspect.signature(Student).parameters
-
-
-_HAS_TRANSPORT = _has_transport()
-
-
 METHODS: dict[str, Callable[[tuple[int, int], float], Result]] = {
     "raw": run_raw,
     "manager": run_manager,
@@ -330,10 +304,20 @@ METHODS: dict[str, Callable[[tuple[int, int], float], Result]] = {
     "wire-pool": run_wire_pool,
     "pantheon": run_pantheon,
     "service": run_service,
+    "service-shm": run_service_shm,
 }
-if _HAS_TRANSPORT:
-    METHODS["service-shm"] = run_service_shm
 """Receivers by method name; ``raw`` is the reference the ratios are computed against."""
+
+DESCRIPTIONS: dict[str, str] = {
+    "raw": "length prefix + bytes over a plain TCP socket, recv_into one buffer (the reference)",
+    "manager": "the seed's transport: pickled dicts through a BaseManager queue server",
+    "wire": "Pantheon's framing alone: DATA messages of chunks, fresh receive buffers",
+    "wire-pool": "Pantheon's framing alone, receive buffers recycled by a BufferPool",
+    "pantheon": "Teacher.serve -> Student generator over TCP (credits, re-batching, read-ahead)",
+    "service": "start_knowledge_service -> Student(transport='tcp') generator, as users run it",
+    "service-shm": "start_knowledge_service -> Student(transport='auto'): same-host shared memory",
+}
+"""One line per method, printed above the table."""
 
 
 def run_method(name: str, shape: tuple[int, int], seconds: float) -> Result:
@@ -361,17 +345,32 @@ def main(argv: list[str] | None = None) -> None:
             for name in methods:
                 results[name].append(run_method(name, shape, args.seconds))
         base = median([r.mb_s for r in results["raw"]]) if "raw" in results else None
+        seed = median([r.mb_s for r in results["manager"]]) if "manager" in results else None
         for name in methods:
             mb_s = median([r.mb_s for r in results[name]])
             per_s = median([r.batches_s for r in results[name]])
-            ratio = f"{mb_s / base:.2f}" if base else "-"
             label = f"{size} ({shape[0]}x{shape[1]} float32)"
-            rows.append([label, name, f"{mb_s:,.0f}", f"{per_s:,.0f}", ratio])
+            rows.append(
+                [
+                    label,
+                    name,
+                    f"{mb_s:,.0f}",
+                    f"{per_s:,.0f}",
+                    _ratio(mb_s, base),
+                    _ratio(mb_s, seed),
+                ]
+            )
     print(
         f"online transport, {args.repeats} runs of {args.seconds:g} s each, medians "
         f"(sender in a child process, receiver here; {os.cpu_count()} CPUs)"
     )
-    print(table(["batch", "method", "MB/s", "batches/s", "x raw TCP"], rows))
+    for name in methods:
+        print(f"  {name:<12} {DESCRIPTIONS.get(name, '')}")
+    print(table(["batch", "method", "MB/s", "batches/s", "x raw TCP", "x seed"], rows))
+
+
+def _ratio(value: float, base: float | None) -> str:
+    return f"{value / base:.2f}" if base else "-"
 
 
 if __name__ == "__main__":

@@ -10,7 +10,17 @@ Extending Pantheon: a codec (how a knowledge field is stored and sent) implement
 
 from __future__ import annotations
 
-from ._codecs import Codec, SparseTopK, TopK, register_codec, registered_codecs
+from ._codecs import (
+    Codec,
+    IntCast,
+    Packed,
+    Sampled,
+    SparseSamples,
+    SparseTopK,
+    TopK,
+    register_codec,
+    registered_codecs,
+)
 from ._errors import (
     AlignmentError,
     AuthenticationError,
@@ -30,11 +40,14 @@ from ._errors import (
 )
 from ._files import KnowledgeFile, KnowledgeWriter
 from ._knowledge import Chunk, Ragged
+from ._logs import install_from_env
 from ._student import Student
 from ._teacher import Teacher
 from ._version import __version__
 
 __docformat__ = "google"
+
+install_from_env()  # PANTHEON_LOG=json|text: a handler on the "pantheon" logger
 
 __all__ = [
     "AlignmentError",
@@ -45,15 +58,19 @@ __all__ = [
     "ConfigError",
     "ConnectionLostError",
     "FileFormatError",
+    "IntCast",
     "KnowledgeError",
     "KnowledgeFile",
     "KnowledgeWriter",
     "MergeError",
     "MissingDependencyError",
+    "Packed",
     "PantheonError",
     "PantheonTimeoutError",
     "ProtocolError",
     "Ragged",
+    "Sampled",
+    "SparseSamples",
     "SparseTopK",
     "Student",
     "Teacher",

@@ -10,7 +10,8 @@ from typing import Any
 from ._errors import ClosedError, ConfigError
 from ._files import KnowledgeWriter
 from ._knowledge import check_fingerprint
-from ._online import ServeOptions, TeacherServer
+from ._metrics import Metric, MetricsEndpoint, check_metrics_port
+from ._online import ServeOptions, TeacherMeters, TeacherServer, teacher_metrics
 from ._service import (
     RoundFactory,
     ServiceSpec,
@@ -61,6 +62,10 @@ class Teacher:
         dataset_fingerprint: what identifies the data the teacher reads (a string, e.g. the
             dataset's name, version and split). Teachers merged by one student must agree on
             it. Default None: none.
+        metrics_port: serve Prometheus metrics on ``http://metrics_host:PORT/metrics``
+            (``0``: a free port, see :attr:`metrics_address`); default None: no metrics. Needs
+            the ``metrics`` extra. The metrics are listed in ``docs/guide/operating.md``.
+        metrics_host: the interface of the metrics endpoint (default ``"127.0.0.1"``).
 
     Exactly one of ``out_path`` and ``out_port`` must be given.
     """
@@ -84,6 +89,8 @@ class Teacher:
         max_students: int = 64,
         fingerprint: Any = None,
         dataset_fingerprint: str | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         if (out_path is None) == (out_port is None):
             raise ConfigError(
@@ -93,6 +100,7 @@ class Teacher:
             )
         seconds = check_seconds("timeout", timeout)
         assert seconds is not None
+        metrics = check_metrics_port(metrics_port, metrics_host)
         self.out_path = out_path
         self.out_port = out_port
         self._timeout = seconds
@@ -102,6 +110,8 @@ class Teacher:
         self._max_shard_samples = max_shard_samples
         self._writer: KnowledgeWriter | None = None
         self._server: TeacherServer | None = None
+        self._meters = TeacherMeters()
+        self._metrics: MetricsEndpoint | None = None
         self._closed = False
         self._fingerprint_given = fingerprint is not None
         self._fingerprints = {
@@ -133,6 +143,9 @@ class Teacher:
                 max_students=check_int("max_students", max_students, unit="students"),
             )
             self._server.set_fingerprints(self.fingerprints)
+            self._meters = self._server.meters
+        if metrics is not None:
+            self._start_metrics(*metrics)
 
     # -- common ---------------------------------------------------------------------------
 
@@ -147,6 +160,26 @@ class Teacher:
         if self._server is None:
             raise ConfigError("an offline teacher (out_path) has no address")
         return str(self._server.address)
+
+    @property
+    def metrics_address(self) -> str | None:
+        """Where ``/metrics`` is served (``"host:port"``), or None without ``metrics_port``."""
+        return self._metrics.address if self._metrics is not None else None
+
+    def _start_metrics(self, port: int, host: str) -> None:
+        where = (
+            f"the teacher at {self.address}" if self.online else f"the teacher of {self.out_path}"
+        )
+        try:
+            self._metrics = MetricsEndpoint(self._metric_families, host=host, port=port, what=where)
+        except BaseException:
+            self.close()
+            raise
+        log.info("%s: metrics on http://%s/metrics", where, self._metrics.address)
+
+    def _metric_families(self) -> list[Metric]:
+        status = self._server.status() if self._server is not None else None
+        return teacher_metrics(self.stats(), status, self._meters)
 
     @property
     def fingerprints(self) -> dict[str, str]:
@@ -230,6 +263,8 @@ class Teacher:
         that it can shuffle each round with a seed of its own; sample ids stay the positions
         in the round.
         """
+        if self._server is not None and not self._server.program_name:
+            self._server.program_name = "a reader of knowledge batches (Teacher.serve)"
         self.serve_rounds(reader_round_factory(reader), times=times, groups=groups)
 
     def serve_rounds(self, make_round: RoundFactory, times: int = 1, *, groups: int = 1) -> None:
@@ -260,6 +295,8 @@ class Teacher:
         groups: int = 1,
         max_batch: int | None = None,
         max_delay: float = 0.002,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         """Run the teacher model over a reader and serve (online) or dump (offline) its knowledge.
 
@@ -288,10 +325,15 @@ class Teacher:
             max_batch: query mode: merge the queries of several students into one program call
                 of at most this many samples (default ``None``: a call per query).
             max_delay: query mode: seconds to wait for more queries to merge (default 0.002).
+            metrics_port / metrics_host: as ``Teacher(metrics_port=...)``, for a teacher
+                built without them (the endpoint then lives until :meth:`close`).
         """
         from ._service import make_query_handler, make_round_factory
 
         self._check_open()
+        metrics = check_metrics_port(metrics_port, metrics_host)
+        if metrics is not None and self._metrics is None:
+            self._start_metrics(*metrics)
         spec = ServiceSpec(tuple(feed_list), schema, program, reader_config, exe, buf_size)
         if use_fp16 is not None and bool(use_fp16) != self._use_fp16:
             if self._writer is not None and self._writer.num_batches:
@@ -315,10 +357,12 @@ class Teacher:
                 max_batch=None if max_batch is None else check_int("max_batch", max_batch),
                 max_delay=float(check_seconds("max_delay", max_delay) or 0.0),
             )
-            self._server.serve_queries(make_query_handler(spec), options)
+            handler = make_query_handler(spec, self._meters.predict_seconds)
+            self._server.serve_queries(handler, options)
             return
         label = "dumping knowledge" if self._server is None else "serving knowledge"
-        make_round = with_progress(make_round_factory(spec), label, progress)
+        factory = make_round_factory(spec, self._meters.predict_seconds)
+        make_round = with_progress(factory, label, progress)
         where = f"to {self.out_path}" if self._server is None else f"on {self._server.address}"
         log.info("knowledge service: %s %s, workers on %s", label, where, spec.devices)
         self.serve_rounds(make_round, times=1 if self._server is None else times, groups=groups)
@@ -364,6 +408,8 @@ class Teacher:
         if self._closed:
             return
         self._closed = True
+        if self._metrics is not None:
+            self._metrics.close()
         if self._writer is not None:
             self._writer.close()
         if self._server is not None:

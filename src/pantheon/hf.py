@@ -20,6 +20,21 @@ knowledge is the teacher's top-k of ``log_softmax(logits[t] / T)`` over the voca
 distribution of the token that follows ``t``. Needs ``torch`` and ``transformers``
 (``pip install 'pantheon-kd[hf]'``).
 
+:func:`causal_lm_hidden_program` sends the teacher's last hidden state instead (exact
+knowledge in ``d`` values per token) and :func:`save_lm_head` writes its ``lm_head`` once, for
+:func:`pantheon.torch.hidden_kd_loss`.
+
+Stored at their width: ``program.codecs()`` gives the codecs that store the indices
+bit-packed at ``ceil(log2(V))`` bits (18 for a 152k vocabulary, the layout of
+:class:`~pantheon.TopK`'s indices), the log-probabilities as float16 and the token ids as
+int32 (range checked on write)::
+
+    program = causal_lm_topk_program(model, k=16, tail=True)
+    teacher = Teacher(out_path="k.arrow", codecs=program.codecs(ids_key="input_ids"))
+
+With ``tail=True`` the program also outputs ``"topk_tail"``, ``log(1 - sum(exp(topk)))`` per
+token (the probability mass outside the top-k, computed from the full distribution).
+
 :func:`knowledge_dataset` opens a knowledge file as a ``datasets.Dataset`` (no copy), for
 ``map``, ``with_format("torch")`` and the rest of Hugging Face ``datasets``.
 """
@@ -36,7 +51,14 @@ import numpy as np
 from ._errors import ConfigError, missing_extra
 from ._knowledge import Ragged, Value
 
-__all__ = ["CausalLMTopK", "causal_lm_topk_program", "knowledge_dataset"]
+__all__ = [
+    "CausalLMHidden",
+    "CausalLMTopK",
+    "causal_lm_hidden_program",
+    "causal_lm_topk_program",
+    "knowledge_dataset",
+    "save_lm_head",
+]
 
 
 def _torch() -> Any:
@@ -51,8 +73,9 @@ class CausalLMTopK:
     """A causal LM program producing ragged top-k log-probabilities per token.
 
     Outputs (for the schema): ``"topk_logprobs"`` float32 ``[n, -1, k]`` (sorted decreasingly)
-    and ``"topk_indices"`` int32 ``[n, -1, k]``, both :class:`~pantheon.Ragged` with one row per
-    input token. Build it with :func:`causal_lm_topk_program`.
+    and ``"topk_indices"`` int32 ``[n, -1, k]``, and with ``tail`` ``"topk_tail"`` float32
+    ``[n, -1, 1]``, all :class:`~pantheon.Ragged` with one row per input token. Build it with
+    :func:`causal_lm_topk_program`.
     """
 
     def __init__(
@@ -64,6 +87,8 @@ class CausalLMTopK:
         lengths_feed: str | None = None,
         temperature: float = 1.0,
         pad_token_id: int = 0,
+        tail: bool = False,
+        vocab_size: int | None = None,
     ) -> None:
         torch = _torch()
         from ._service.torch_program import TorchProgram
@@ -81,11 +106,48 @@ class CausalLMTopK:
         self.lengths_feed = lengths_feed
         self.temperature = float(temperature)
         self.pad_token_id = int(pad_token_id)
+        self.tail = bool(tail)
+        self.vocab_size = _vocab_size(model) if vocab_size is None else int(vocab_size)
         self._placer = TorchProgram(model, [feed])
 
+    def codecs(
+        self,
+        *,
+        values_key: str = "topk_logprobs",
+        indices_key: str = "topk_indices",
+        ids_key: str | None = None,
+        values: str = "float16",
+    ) -> dict[str, Any]:
+        """Codecs storing this program's knowledge at its width, for ``Teacher(codecs=...)``.
+
+        Args:
+            values_key: the knowledge key of ``"topk_logprobs"`` in the schema.
+            indices_key: the knowledge key of ``"topk_indices"``: bit-packed at
+                ``ceil(log2(vocab_size))`` bits (:class:`~pantheon.Packed`).
+            ids_key: the key of the token ids passed through, if any: stored as int32.
+            values: the log-probabilities' storage, ``"float16"`` (default), ``"bfloat16"``
+                or ``"none"`` (float32).
+
+        Raises:
+            ConfigError: the vocabulary size is unknown (give ``vocab_size=``).
+        """
+        from ._codecs import Packed
+
+        if self.vocab_size is None:
+            raise ConfigError(
+                "causal LM program: the model's vocabulary size is unknown (no config.vocab_size "
+                "nor output embeddings); give causal_lm_topk_program(..., vocab_size=V)"
+            )
+        out: dict[str, Any] = {values_key: values, indices_key: Packed.for_vocab(self.vocab_size)}
+        if ids_key is not None:
+            out[ids_key] = "int32"
+        return out
+
     def fingerprint(self) -> str:
-        """What this teacher is: the model's state dict fingerprint, ``k`` and the temperature."""
-        return f"{self._placer.fingerprint()};k={self.k};T={self.temperature:g}"
+        """What this teacher is: the model's state dict fingerprint, ``k``, the temperature and
+        whether it outputs the tail."""
+        tail = ";tail" if self.tail else ""
+        return f"{self._placer.fingerprint()};k={self.k};T={self.temperature:g}{tail}"
 
     def for_device(self, device: str) -> _CausalLMRunner:
         """The runner of one worker on ``device`` (a deep copy of the model there, except for
@@ -141,10 +203,13 @@ class _CausalLMRunner:
         k = spec.k
         if width_kept == 0:
             empty = np.zeros((0, k), dtype=np.float32)
-            return {
+            out = {
                 "topk_logprobs": Ragged(empty, lengths),
                 "topk_indices": Ragged(empty.astype(np.int32), lengths),
             }
+            if spec.tail:
+                out["topk_tail"] = Ragged(np.zeros((0, 1), np.float32), lengths)
+            return out
         x = torch.from_numpy(np.ascontiguousarray(ids[keep, :width_kept], dtype=np.int64))
         lens = torch.from_numpy(lengths[keep])
         mask = torch.arange(width_kept)[None, :] < lens[:, None]
@@ -158,9 +223,14 @@ class _CausalLMRunner:
             tokens = logits[mask_d].float()  # [T, V], sample after sample
             logp = torch.log_softmax(tokens / spec.temperature, dim=-1)
             vals, idx = torch.topk(logp, k, dim=-1)
-            vals_np = vals.cpu().numpy()
-            idx_np = idx.to(torch.int32).cpu().numpy()
-        return {"topk_logprobs": Ragged(vals_np, lengths), "topk_indices": Ragged(idx_np, lengths)}
+            result = {
+                "topk_logprobs": Ragged(vals.cpu().numpy(), lengths),
+                "topk_indices": Ragged(idx.to(torch.int32).cpu().numpy(), lengths),
+            }
+            if spec.tail:  # log of the mass outside the top-k, without 1 - sum(p) cancellation
+                rest = logp.scatter(-1, idx, float("-inf")).logsumexp(dim=-1, keepdim=True)
+                result["topk_tail"] = Ragged(rest.cpu().numpy(), lengths)
+        return result
 
 
 def causal_lm_topk_program(
@@ -171,6 +241,8 @@ def causal_lm_topk_program(
     lengths_feed: str | None = None,
     temperature: float = 1.0,
     pad_token_id: int = 0,
+    tail: bool = False,
+    vocab_size: int | None = None,
 ) -> CausalLMTopK:
     """A knowledge service program for a Hugging Face causal LM: top-k log-probs per token.
 
@@ -186,11 +258,17 @@ def causal_lm_topk_program(
             ``"attention_mask"`` feed is used if present, else every row is full.
         temperature: ``T``: log-probs are ``log_softmax(logits / T)`` (default 1.0).
         pad_token_id: the id used to right-pad ragged sequences (masked out; default 0).
+        tail: also output ``"topk_tail"``, ragged ``[n, -1, 1]`` float32: per token
+            ``log(1 - sum(exp(topk_logprobs)))``, computed as the log-sum-exp of the
+            log-probabilities outside the top-k (default False).
+        vocab_size: ``V``, for :meth:`CausalLMTopK.codecs` (default: the model's
+            ``config.vocab_size``, else its output embeddings' rows).
 
     Returns:
         A program (an object with ``for_device``) for ``start_knowledge_service`` whose outputs
         are ``"topk_logprobs"`` (float32) and ``"topk_indices"`` (int32), ragged
-        ``[n, -1, k]``: one row per input token.
+        ``[n, -1, k]``: one row per input token (and ``"topk_tail"`` with ``tail``); its
+        ``codecs()`` store them at their width.
     """
     return CausalLMTopK(
         model,
@@ -199,7 +277,20 @@ def causal_lm_topk_program(
         lengths_feed=lengths_feed,
         temperature=temperature,
         pad_token_id=pad_token_id,
+        tail=tail,
+        vocab_size=vocab_size,
     )
+
+
+def _vocab_size(model: Any) -> int | None:
+    """The vocabulary of a causal LM: ``config.vocab_size``, else its output embeddings' rows."""
+    size = getattr(getattr(model, "config", None), "vocab_size", None)
+    if isinstance(size, int) and size > 0:
+        return size
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    weight = getattr(head, "weight", None)
+    return int(weight.shape[0]) if weight is not None and weight.ndim == 2 else None
 
 
 def knowledge_dataset(path: str | os.PathLike[str], *, allow_truncated: bool = True) -> Any:
@@ -235,3 +326,186 @@ def knowledge_dataset(path: str | os.PathLike[str], *, allow_truncated: bool = T
         stamp = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in kf.shards]
     fingerprint = hashlib.sha256(repr(stamp).encode()).hexdigest()[:16]  # no hashing of data
     return datasets.Dataset(table, fingerprint=fingerprint)
+
+
+_HIDDEN_DTYPES = ("float32", "float16", "bfloat16")
+
+
+class CausalLMHidden:
+    """A causal LM program producing its last hidden state per token (exact knowledge, ``d``
+    values per token instead of ``V``).
+
+    Output (for the schema): ``"hidden"`` ``[n, -1, d]`` :class:`~pantheon.Ragged`, one row per
+    input token, in ``dtype``: the final hidden state (after the model's final norm), the
+    vector its ``lm_head`` maps to the logits of the next token. Pair it with the
+    ``lm_head`` side file (:func:`save_lm_head`) and
+    :func:`pantheon.torch.hidden_kd_loss`. Build it with :func:`causal_lm_hidden_program`.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        feed: str = "input_ids",
+        lengths_feed: str | None = None,
+        dtype: str = "float32",
+        pad_token_id: int = 0,
+        check_logits: bool = True,
+    ) -> None:
+        torch = _torch()
+        from ._service.torch_program import TorchProgram
+
+        if not isinstance(model, torch.nn.Module):
+            raise ConfigError(
+                f"causal_lm_hidden_program needs a torch causal LM, got {type(model).__name__}"
+            )
+        if dtype not in _HIDDEN_DTYPES:
+            raise ConfigError(f"dtype must be one of {list(_HIDDEN_DTYPES)}, got {dtype!r}")
+        self.feed = feed
+        self.lengths_feed = lengths_feed
+        self.dtype = dtype
+        self.pad_token_id = int(pad_token_id)
+        self.check_logits = bool(check_logits)
+        self._placer = TorchProgram(model, [feed])
+
+    def fingerprint(self) -> str:
+        """What this teacher is: the model's state dict fingerprint and the dtype."""
+        return f"{self._placer.fingerprint()};hidden;dtype={self.dtype}"
+
+    def for_device(self, device: str) -> _HiddenRunner:
+        """The runner of one worker on ``device`` (as :meth:`CausalLMTopK.for_device`)."""
+        torch = _torch()
+        dev = torch.device(device)
+        return _HiddenRunner(self, self._placer.module_for(dev).eval(), dev)
+
+
+class _HiddenRunner(_CausalLMRunner):
+    def __init__(self, spec: CausalLMHidden, model: Any, device: Any) -> None:
+        super().__init__(spec, model, device)  # type: ignore[arg-type]  # the same feed fields
+        self.hidden = spec
+        self.checked = not spec.check_logits
+
+    def _check(self, logits: Any, hidden: Any) -> None:
+        """Once per worker: the model's logits are its ``lm_head`` applied to the hidden state
+        it reports (not so with logit soft-capping or scaling)."""
+        head = self.model.get_output_embeddings()
+        ref = head(hidden[:64].to(head.weight.dtype)).float()
+        got = logits[:64].float()
+        err = float((ref - got).abs().max()) if got.numel() else 0.0
+        if err > 1e-3 * (1.0 + float(got.abs().max() if got.numel() else 0.0)):
+            raise ConfigError(
+                f"causal_lm_hidden_program: the model's logits differ from its lm_head applied "
+                f"to its last hidden state (by up to {err:.3g}); the model transforms its "
+                "logits further (soft-capping or scaling?), so hidden-state knowledge would "
+                "not be exact: use causal_lm_topk_program, or check_logits=False if you "
+                "reproduce the transform in the loss"
+            )
+        self.checked = True
+
+    def __call__(self, feeds: Mapping[str, Value]) -> dict[str, Ragged]:
+        torch = _torch()
+        from ._knowledge import to_dtype, to_numpy
+
+        spec = self.hidden
+        ids, lengths = self._ids_and_lengths(feeds)
+        keep = lengths > 0
+        width = int(lengths.max()) if lengths.size and keep.any() else 0
+        if width == 0:
+            hidden_size = int(self.model.get_output_embeddings().weight.shape[1])
+            empty = np.zeros((0, hidden_size), dtype=to_dtype(spec.dtype))
+            return {"hidden": Ragged(empty, lengths)}
+        x = torch.from_numpy(np.ascontiguousarray(ids[keep, :width], dtype=np.int64))
+        mask = torch.arange(width)[None, :] < torch.from_numpy(lengths[keep])[:, None]
+        with torch.inference_mode():
+            x = x.to(self.device, non_blocking=True)
+            mask_d = mask.to(self.device, non_blocking=True)
+            out = self.model(input_ids=x, attention_mask=mask_d.long(), output_hidden_states=True)
+            hidden = out.hidden_states[-1][mask_d]  # [T, d], sample after sample
+            if not self.checked:
+                self._check(out.logits[mask_d], hidden)
+            cast = getattr(torch, spec.dtype)
+            values = to_numpy(hidden.to(cast))
+        return {"hidden": Ragged(np.ascontiguousarray(values), lengths)}
+
+
+def causal_lm_hidden_program(
+    model: Any,
+    *,
+    feed: str = "input_ids",
+    lengths_feed: str | None = None,
+    dtype: str = "float32",
+    pad_token_id: int = 0,
+    check_logits: bool = True,
+) -> CausalLMHidden:
+    """A knowledge service program for a Hugging Face causal LM: its last hidden state per token.
+
+    ``d`` values per token (``2 d`` bytes in float16: 8 KB for ``d = 4096``, against
+    ``4 V`` for float32 logits) from which the student recomputes the teacher's exact
+    distribution with the ``lm_head`` side file (:func:`save_lm_head`) and
+    :func:`pantheon.torch.hidden_kd_loss`.
+
+    Args:
+        model: a ``transformers`` causal LM whose ``forward(input_ids=, attention_mask=,
+            output_hidden_states=True)`` returns ``.hidden_states`` (the last one after the
+            final norm) and ``.logits``, and whose ``get_output_embeddings()`` is its
+            ``lm_head``.
+        feed, lengths_feed, pad_token_id: as :func:`causal_lm_topk_program`.
+        dtype: ``"float32"`` (default), ``"float16"`` or ``"bfloat16"``.
+        check_logits: on each worker's first batch, check that the logits are the
+            ``lm_head`` of the hidden state (a ``ConfigError`` for a model with logit
+            soft-capping or scaling; default True).
+
+    Returns:
+        A program for ``start_knowledge_service`` with one output, ``"hidden"``, ragged
+        ``[n, -1, d]``.
+    """
+    return CausalLMHidden(
+        model,
+        feed=feed,
+        lengths_feed=lengths_feed,
+        dtype=dtype,
+        pad_token_id=pad_token_id,
+        check_logits=check_logits,
+    )
+
+
+def save_lm_head(model: Any, path: str | os.PathLike[str], *, dtype: str | None = None) -> None:
+    """Write a causal LM's ``lm_head`` (weight ``[V, d]``, bias if any) to an ``.npz`` side
+    file, to ship once beside hidden-state knowledge (read it with
+    :func:`pantheon.torch.load_lm_head`; nothing is pickled; format in ``docs/guide/llm.md``).
+
+    Args:
+        model: a model with ``get_output_embeddings()`` (a ``transformers`` causal LM), or the
+            ``torch.nn.Linear`` itself.
+        path: the file to write.
+        dtype: ``"float16"`` or ``"float32"`` (default: float16 for a float16 head, float32
+            otherwise: bfloat16 converts exactly).
+
+    Raises:
+        ConfigError: no ``lm_head`` found, or an unknown dtype.
+    """
+    torch = _torch()
+    from ._files import LM_HEAD_DTYPES, write_lm_head
+
+    head = model if isinstance(model, torch.nn.Linear) else None
+    if head is None and callable(getattr(model, "get_output_embeddings", None)):
+        head = model.get_output_embeddings()
+    weight = getattr(head, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+        raise ConfigError(
+            f"save_lm_head: expected a causal LM with get_output_embeddings() or a "
+            f"torch.nn.Linear, got {type(model).__name__}"
+        )
+    if dtype is None:
+        dtype = "float16" if weight.dtype == torch.float16 else "float32"
+    if dtype not in LM_HEAD_DTYPES:
+        raise ConfigError(
+            f"save_lm_head: dtype must be one of {list(LM_HEAD_DTYPES)}, got {dtype!r}"
+        )
+    cast = getattr(torch, dtype)
+    bias = getattr(head, "bias", None)
+    write_lm_head(
+        path,
+        weight.detach().to("cpu", cast).numpy(),
+        None if bias is None else bias.detach().to("cpu", cast).numpy(),
+    )

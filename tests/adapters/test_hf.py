@@ -140,3 +140,49 @@ def test_causal_lm_on_cuda(model: Any) -> None:
     vals = Ragged.concat([c.data["topk_logprobs"] for c in chunks])  # type: ignore[misc]
     idx = Ragged.concat([c.data["topk_indices"] for c in chunks])  # type: ignore[misc]
     check_against_model(model, seqs, vals, idx)
+
+
+def test_knowledge_stored_at_its_width_with_the_tail(model: Any, tmp_path: Any) -> None:
+    """The program's codecs: indices bit-packed at ceil(log2(V)) = 10 bits, float16
+    log-probabilities, int32 token ids; the tail is log(1 - sum p) of the full distribution."""
+    from pantheon import KnowledgeFile, Packed, Teacher
+
+    seqs = sequences()
+    program = causal_lm_topk_program(model, k=K, tail=True)
+    codecs = program.codecs(ids_key="tokens")
+    assert codecs["topk_indices"].spec() == Packed(10).spec()
+    path = tmp_path / "k.arrow"
+    schema = {**SCHEMA, "topk_tail": "topk_tail"}
+    with Teacher(out_path=path, codecs=codecs) as teacher:
+        teacher.start()
+        teacher.start_knowledge_service(
+            feed_list=["input_ids"],
+            schema=schema,
+            program=program,
+            reader_config={
+                "sample_generator": lambda: ((s,) for s in seqs),
+                "batch_size": 3,
+                "drop_last": False,
+            },
+        )
+    with KnowledgeFile(path) as kf:
+        dtypes = {k: [c["dtype"] for c in kf.storage[k]["columns"]] for k in kf.desc}
+        assert dtypes == {
+            "tokens": ["int32"],
+            "topk_logprobs": ["float16"],
+            "topk_indices": ["uint8"],
+            "topk_tail": ["float32"],
+        }
+        assert kf.storage["topk_indices"]["columns"][0]["shape"] == [-1, -1, 7]  # 5 x 10 bits
+        assert kf.desc["topk_indices"]["dtype"] == "int32"
+        data = [c.data for c in kf.iter_chunks()]
+    vals = Ragged.concat([d["topk_logprobs"] for d in data])  # type: ignore[misc]
+    idx = Ragged.concat([d["topk_indices"] for d in data])  # type: ignore[misc]
+    tail = Ragged.concat([d["topk_tail"] for d in data])  # type: ignore[misc]
+    assert idx.dtype == np.int32
+    for seq, v, i, t in zip(seqs, vals.to_list(), idx.to_list(), tail.to_list(), strict=True):
+        full = reference(model, seq)
+        np.testing.assert_allclose(np.take_along_axis(full, i, axis=-1), v, atol=2e-3)
+        rest = full.copy()
+        np.put_along_axis(rest, i.astype(np.intp), -np.inf, axis=-1)
+        np.testing.assert_allclose(t[:, 0], np.log(np.exp(rest).sum(-1)), atol=ATOL)

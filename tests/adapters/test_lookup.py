@@ -192,3 +192,17 @@ def test_with_knowledge_refuses_a_dataset_of_another_length(tmp_path: Path) -> N
     path = dump(tmp_path / "k.arrow", n=N - 1)
     with pytest.raises(ConfigError, match=r"60 items but .* 59 samples"):
         WithKnowledge(Numbers(), path)
+
+
+def test_sampled_fields_come_as_ids_and_counts(tmp_path: Path) -> None:
+    from pantheon import Sampled
+
+    path = dump(tmp_path / "k.arrow", codecs={"logits": Sampled(4, seed=2)})
+    lookup = KnowledgeLookup(path, sparse_topk=True)
+    ids, counts = lookup.take([4, 0])["logits"]
+    assert ids.shape == counts.shape == (2, 4)
+    assert ids.dtype == torch.int32 and counts.dtype == torch.uint8
+    assert counts.sum(dim=1).tolist() == [4, 4]
+    one_ids, one_counts = lookup[4]["logits"]
+    assert one_ids.tolist() == ids[0].tolist() and one_counts.tolist() == counts[0].tolist()
+    ids[0, 0] = 7  # tensors of a read can be written to (copies of the mapped file)

@@ -117,6 +117,31 @@ def test_onnx_export_from_torch(tmp_path: Path) -> None:
     np.testing.assert_allclose(y, direct(module, x), rtol=RTOL, atol=ATOL)
 
 
+def test_onnx_export_with_dynamo_runs_as_a_program(tmp_path: Path) -> None:
+    """torch's default exporter (dynamo=True) needs onnxscript, which the onnx extra installs."""
+    pytest.importorskip("onnxscript", reason="the onnx extra installs onnxscript")
+    module = mlp()
+    path = tmp_path / "dynamo.onnx"
+    batch = torch.export.Dim("batch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (torch.zeros(2, 8),),
+            str(path),
+            dynamo=True,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+        )
+    cfg = {"sample_generator": features, "batch_size": 5, "drop_last": False}
+    chunks = list(round_factory(["x"], {"x": "x", "y": "logits"}, path, cfg)(0))
+    x = np.concatenate([c.data["x"] for c in chunks])
+    y = np.concatenate([c.data["y"] for c in chunks])
+    assert len(x) == 23
+    np.testing.assert_allclose(y, direct(module, x), rtol=RTOL, atol=ATOL)
+
+
 def test_onnx_query_and_errors(tmp_path: Path) -> None:
     module = mlp()
     path = mlp_as_onnx(module, tmp_path / "mlp.onnx")

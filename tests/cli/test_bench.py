@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import subprocess
 import sys
@@ -92,16 +93,85 @@ def test_measure_returns_one_row_per_reader(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+_RANDOM = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("bench_offline", sys.argv[1])
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+rows = bench.measure_random(4 / 1024, 1, 2, sys.argv[2])
+text, met = bench.random_report(rows, 1)
+print(json.dumps({"rows": rows, "text": text, "met": met, "reads": bench.LOADER_READS}))
+"""
+
+
 def test_measure_random_returns_one_row_per_reader(tmp_path):
-    bench = _load()
-    rows = bench.measure_random(4 / 1024, 1, 2, str(tmp_path))
+    # in a fresh process: DataLoader workers are forked, and a fork of the test process (with
+    # the threads earlier tests left behind) is not what a user's script is
+    proc = subprocess.run(
+        [sys.executable, "-c", _RANDOM, str(SCRIPT), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.splitlines()[-1])
+    rows = out["rows"]
     assert [r["reader"] for r in rows] == ["take", "pyarrow", "loader-0", "loader-2"]
     for row in rows:
         assert set(row) == {"reader", "mb_s", "takes_s", "x_pyarrow", "nbytes", "takes"}
     assert rows[0]["takes"] == 2
     assert rows[0]["nbytes"] == 2 * 256 * 1000 * 4
-    assert rows[2]["takes"] == 2 * bench.LOADER_READS
-    text, met = bench.random_report(rows, 1)
-    assert isinstance(met, bool)
-    assert "random access" in text
+    assert rows[2]["takes"] == 2 * out["reads"]
+    assert isinstance(out["met"], bool)
+    assert "random access" in out["text"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_wait_benchmark_reports_both_transports_and_the_online_legend():
+    """``benchmarks/wait.py`` and ``online.py`` run end to end (small sizes) and print what
+    each row is; their figures are for the closing notes, not for tests."""
+    bench = SCRIPT.parent
+    wait = subprocess.run(
+        [
+            sys.executable,
+            str(bench / "wait.py"),
+            "--steps",
+            "30",
+            "--repeats",
+            "1",
+            "--step-ms",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert wait.returncode == 0, wait.stderr
+    rows = [line for line in wait.stdout.splitlines() if "%" in line]
+    assert [r.split("(")[0].strip() for r in rows] == ["TCP", "same host"]
+    online = subprocess.run(
+        [
+            sys.executable,
+            str(bench / "online.py"),
+            "--repeats",
+            "1",
+            "--seconds",
+            "0.2",
+            "--warmup",
+            "0.05",
+            "--methods",
+            "raw,manager,service,service-shm",
+            "--sizes",
+            "small",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert online.returncode == 0, online.stderr
+    legend = [line.split()[0] for line in online.stdout.splitlines() if line.startswith("  ")]
+    assert legend == ["raw", "manager", "service", "service-shm"]
+    assert "x seed" in online.stdout

@@ -40,7 +40,7 @@ from pantheon._cli.demo.models import (
 )
 from pantheon._cli.demo.orchestrate import PantheonKnowledge
 from pantheon._cli.demo.procs import TeacherProcess, teacher_command
-from pantheon._cli.demo.report import format_table, verdict, write_report
+from pantheon._cli.demo.report import format_table, plot_figure, verdict, write_report
 from pantheon._cli.demo.teacher_proc import ADDRESS_PREFIX, build_parser, make_program
 from pantheon._cli.demo.train import (
     StudentConfig,
@@ -241,6 +241,32 @@ def test_write_report_writes_markdown_json_and_png(tmp_path: Path) -> None:
     assert data["verdict"].startswith("distillation helped")
 
 
+def test_plot_tells_the_teachers_apart_and_marks_finals_and_gain() -> None:
+    import dataclasses
+
+    result = dataclasses.replace(
+        _result([0.5, 0.9], [0.4, 0.95]),
+        teachers=[
+            TeacherResult("mlp", "online, over TCP", 0.976, 1.0),
+            TeacherResult("cnn", "offline, knowledge file", 0.98, 1.0),
+        ],
+    )
+    ax = plot_figure(result).axes[0]
+    texts = [t.get_text() for t in ax.texts]
+    assert "90.0 %" in texts and "95.0 %" in texts  # the final accuracies, at the last points
+    assert "+5.0 points" in texts  # the gain
+    teachers = [line for line in ax.get_lines() if line.get_label().startswith("teacher ")]
+    assert len(teachers) == len(result.teachers) == 2
+    assert len({(line.get_color(), line.get_linestyle()) for line in teachers}) == 2
+    labels = [line.get_label() for line in teachers]
+    for t in result.teachers:
+        assert sum(f"teacher {t.name} " in label for label in labels) == 1
+        assert any(f"{100 * t.test_accuracy:.1f} %" in label for label in labels)
+    legend = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert "student, distilled from both teachers: 95.0 %" in legend
+    assert "+5.0 points" in ax.get_title()
+
+
 # -- teacher processes ------------------------------------------------------------------------
 
 
@@ -344,7 +370,17 @@ def test_pantheon_run_reproduces_local_reference(tmp_path: Path) -> None:
     np.testing.assert_allclose(real.distilled_curve, local.distilled_curve, atol=0.01)
     assert real.counters.samples == local.counters.samples == 600
     assert real.counters.source == "Student.stats()"
-    assert (tmp_path / "real" / "work" / "cnn_knowledge.arrow").exists()
+    work = tmp_path / "real" / "work"
+    assert (work / "cnn_knowledge.arrow").exists()
+    # each teacher's log holds its own lines, Pantheon's INFO records included
+    online = (work / "teacher_mlp_online.log").read_text(encoding="utf-8")
+    offline = (work / "teacher_cnn_offline.log").read_text(encoding="utf-8")
+    assert "INFO pantheon.demo: demo teacher mlp: weights loaded from" in online
+    assert "INFO pantheon.demo: demo teacher mlp: waiting for the student on 127.0.0.1:" in online
+    assert "INFO pantheon: knowledge service: serving knowledge on 127.0.0.1:" in online
+    assert "INFO pantheon.demo: demo teacher cnn: weights loaded from" in offline
+    assert "INFO pantheon: knowledge service: dumping knowledge to" in offline
+    assert "demo teacher cnn" not in online and "demo teacher mlp" not in offline
 
 
 def test_failing_teacher_process_is_reported_with_its_log(tmp_path: Path) -> None:

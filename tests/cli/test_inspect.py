@@ -52,8 +52,15 @@ def test_inspect_prints_a_table(knowledge):
     for text in ("samples", "12", "batches", "bytes on disk", "compression", "none", "cut short"):
         assert text in out
     lines = {line.split()[0]: line.split() for line in out.splitlines() if line.strip()}
-    assert lines["x"][1:] == ["[-1,", "1]", "int64", "0", "int64", "0", "11", "5.5"]
-    assert lines["logits"][3:] == ["float32", "0", "float16", "(cast)", "0.5", "0.5", "0.5"]
+    assert lines["x"][1:] == [
+        *["[-1,", "1]", "int64", "0", "int64", "0", "11", "5.5"],
+        "8/sample",  # bytes per sample of its column
+        "-",  # holds: no knowledge codec
+        "-",  # temperature
+        "-",  # top-k mass
+    ]
+    assert lines["logits"][3:10] == ["float32", "0", "float16", "(cast)", "0.5", "0.5", "0.5"]
+    assert lines["logits"][10] == "20/sample"  # 10 float16
     assert lines["tok"][1:4] == ["[-1,", "-1]", "int32"]
     assert "teacher=t1" in out
 

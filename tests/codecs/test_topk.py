@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 
 from pantheon import ConfigError, KnowledgeError, Ragged
-from pantheon._codecs import SparseTopK, TopK, codec_from_spec, registered_codecs, resolve_codecs
+from pantheon._codecs import (
+    SparseTopK,
+    TopK,
+    bits_for,
+    codec_from_spec,
+    pack_bits,
+    packed_size,
+    registered_codecs,
+    resolve_codecs,
+    unpack_bits,
+)
 from pantheon._knowledge import BFLOAT16, describe
 
 
@@ -30,11 +40,12 @@ def test_dense_round_trip(shape: tuple[int, ...]) -> None:
     vals, idx = parts["values"], parts["indices"]
     assert isinstance(vals, np.ndarray)
     assert isinstance(idx, np.ndarray)
-    assert vals.shape == idx.shape == (*shape[:-1], 7)
+    assert vals.shape == (*shape[:-1], 7)
+    assert idx.shape == (*shape[:-1], packed_size(7, 6))  # 50 entries: 6-bit indices
     assert vals.dtype == np.float16
-    assert idx.dtype == np.int16  # uint16 bits for a vocabulary <= 65536
+    assert idx.dtype == np.uint8
     ref_vals, ref_idx = reference_topk(x, 7)
-    np.testing.assert_array_equal(idx.view(np.uint16), ref_idx)
+    np.testing.assert_array_equal(unpack_bits(idx, 6, 7), ref_idx)
     np.testing.assert_array_equal(vals, ref_vals.astype(np.float16))
     field = describe({"x": x})["x"]
     dense = codec.decode(parts, field)
@@ -56,9 +67,10 @@ def test_ragged_round_trip_per_token() -> None:
     assert isinstance(idx, Ragged)
     assert vals.lengths.tolist() == idx.lengths.tolist() == [3, 0, 2]
     assert vals.inner_shape == (5,)
+    assert idx.inner_shape == (packed_size(5, 6),)
     ref_vals, ref_idx = reference_topk(field_value.values, 5)
     np.testing.assert_array_equal(vals.values, ref_vals)
-    np.testing.assert_array_equal(idx.values.view(np.uint16), ref_idx)
+    np.testing.assert_array_equal(unpack_bits(idx.values, 6, 5), ref_idx)
     field = describe({"l": field_value})["l"]
     assert field == {"shape": [-1, -1, 40], "dtype": "float32", "lod_level": 1}
     dense = codec.decode(parts, field)
@@ -69,16 +81,35 @@ def test_ragged_round_trip_per_token() -> None:
     np.testing.assert_array_equal(dense.values, expected)
 
 
-def test_large_vocabulary_uses_int32_indices() -> None:
+def test_large_vocabulary_packs_indices_at_17_bits() -> None:
     x = logits(2, 70_000)
     parts = TopK(3).encode(x)
     idx = parts["indices"]
     assert isinstance(idx, np.ndarray)
-    assert idx.dtype == np.int32
-    np.testing.assert_array_equal(idx, reference_topk(x, 3)[1])
+    assert idx.dtype == np.uint8
+    assert idx.shape == (2, 7)  # 3 * 17 = 51 bits
+    np.testing.assert_array_equal(unpack_bits(idx, 17, 3), reference_topk(x, 3)[1])
     sparse = TopK(3).sparse(parts, describe({"x": x})["x"])
     assert sparse.vocab_size == 70_000
     assert sparse.indices.dtype == np.int32
+    np.testing.assert_array_equal(sparse.indices, reference_topk(x, 3)[1])
+
+
+def test_layout_1_large_vocabulary_uses_int32_indices() -> None:
+    x = logits(2, 70_000)
+    codec = codec_from_spec(
+        {"name": "topk", "k": 3, "values_dtype": "float16", "log_softmax": False, "fill": None}
+    )
+    assert isinstance(codec, TopK)
+    assert codec.layout == 1
+    parts = codec.encode(x)
+    idx = parts["indices"]
+    assert isinstance(idx, np.ndarray)
+    assert idx.dtype == np.int32
+    np.testing.assert_array_equal(idx, reference_topk(x, 3)[1])
+    sparse = codec.sparse(parts, describe({"x": x})["x"])
+    assert sparse.indices.dtype == np.int32
+    assert sparse.holds is None  # raw values of an earlier file: unknown
 
 
 def test_log_softmax_values_and_custom_fill() -> None:
@@ -127,9 +158,13 @@ def test_spec_registry_and_resolve() -> None:
     spec = codec.spec()
     assert spec == {
         "name": "topk",
+        "version": 2,
         "k": 20,
         "values_dtype": "float16",
         "log_softmax": True,
+        "holds": "logprobs",
+        "temperature": 1.0,
+        "tail": False,
         "fill": None,
     }
     rebuilt = codec_from_spec(spec)
@@ -138,6 +173,11 @@ def test_spec_registry_and_resolve() -> None:
     default = codec_from_spec({"name": "topk"})
     assert isinstance(default, TopK)
     assert default.k == 20
+    assert default.layout == 2
+    with pytest.raises(ConfigError, match="contradicts"):
+        codec_from_spec({**spec, "holds": "logits"})
+    with pytest.raises(ConfigError, match="layout"):
+        codec_from_spec({**spec, "version": 3})
     with pytest.raises(ConfigError, match="also"):
         codec_from_spec({"name": "topk", "k": 3, "code": "evil"})
     desc = {"logits": {"shape": [-1, 100], "dtype": "float32", "lod_level": 0}}
@@ -179,7 +219,7 @@ def test_bytes_per_token_of_top20_of_32k_vocabulary() -> None:
     x = logits(tokens, vocab)
     parts = TopK(20).encode(x)
     per_token = sum(np.asarray(p).nbytes for p in parts.values()) / tokens
-    assert per_token == 80  # float16 values + 2-byte indices
+    assert per_token == 40 + 38  # float16 values + 20 indices at 15 bits
     dense_fp16 = vocab * 2
     assert per_token / dense_fp16 < 0.00126
 
@@ -196,14 +236,22 @@ def test_candidate_filter_agrees_with_a_full_sort(rows: int, vocab: int, k: int)
     ties = rng.integers(0, 3, size=(rows, vocab)).astype(np.float32)  # heavy ties: fallback
     tied = TopK(k, values_dtype="float32").encode(ties)
     np.testing.assert_array_equal(tied["values"], -np.sort(-ties, axis=-1)[:, :k])
-    got = np.take_along_axis(ties, tied["indices"].view(np.uint16).astype(np.intp), axis=-1)
+    tied_idx = unpack_bits(tied["indices"], bits_for(vocab), k).astype(np.intp)
+    got = np.take_along_axis(ties, tied_idx, axis=-1)
     np.testing.assert_array_equal(got, tied["values"])
 
 
 def test_indices_outside_the_vocabulary_are_refused_not_wrapped() -> None:
-    codec = TopK(2)
+    codec = TopK(2, layout=1)
     field = {"shape": [-1, 6], "dtype": "float32", "lod_level": 0}
     values = np.ones((1, 2), np.float16)
+    packed = TopK(2)
+    for high in (6, 7):  # 3 bits hold up to 7
+        stored = {"values": values, "indices": pack_bits(np.array([[0, high]]), 3)}
+        with pytest.raises(KnowledgeError, match=rf"{high}, outside the vocabulary \[0, 6\)"):
+            packed.sparse(stored, field)
+    with pytest.raises(KnowledgeError, match="packed at 3 bits"):
+        packed.sparse({"values": values, "indices": np.zeros((1, 2), np.int16)}, field)
     for bad in (np.array([[-1, 0]], np.int32), np.array([[6, 0]], np.int32)):
         with pytest.raises(KnowledgeError, match=r"outside the vocabulary \[0, 6\)"):
             codec.decode({"values": values, "indices": bad}, field)

@@ -121,6 +121,8 @@ def test_finding_5_a_topk_index_outside_the_vocabulary_is_refused(
     path = tmp_path / "k.arrow"
     data, at = _topk_file(path, vocab)
     mutated = bytearray(data)
+    # the indices are packed at ceil(log2(V)) bits, little-endian: the low bytes of `bad`
+    # written at the first index give it the value `bad` modulo 2**bits, out of range here
     dtype = np.int16 if vocab <= 65536 else np.int32
     mutated[at : at + dtype().itemsize] = np.asarray([bad]).astype(dtype).tobytes()
     path.write_bytes(bytes(mutated))
@@ -135,9 +137,9 @@ def test_a_topk_index_outside_the_vocabulary_on_the_wire_is_refused() -> None:
     parts = codec.encode(np.random.default_rng(0).normal(size=(3, 10)).astype(np.float32))
     header, frames = encode_parts(np.arange(3), {("logits", p): v for p, v in parts.items()})
     raw = [bytearray(np.asarray(f).tobytes()) for f in frames]
-    raw[2][:2] = np.int16(-7).tobytes()  # the first index: 65529 as uint16
+    raw[2][:1] = b"\xff"  # the first index, packed at 4 bits: 15
     _, got = decode_parts(header, raw)
-    with pytest.raises(KnowledgeError, match=r"knowledge 'logits'.*65529, outside .*\[0, 10\)"):
+    with pytest.raises(KnowledgeError, match=r"knowledge 'logits'.*15, outside .*\[0, 10\)"):
         decode_batch(got, {"logits": field}, {"logits": codec})
 
 

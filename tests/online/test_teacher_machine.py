@@ -353,6 +353,16 @@ def test_failure_reaches_every_student_and_new_subscriptions() -> None:
     assert d.errors(1)[-1]["code"] == "failed"
 
 
+def test_a_student_connecting_after_the_failure_is_told_at_once() -> None:
+    """A student that waits for the description before subscribing would otherwise hear
+    nothing: the failure came before it, and it asks for nothing the machine could refuse."""
+    d = Driver(TeacherMachine(times=1))
+    d.run(d.m.prefetch(0))
+    d.run(d.m.fail("the teacher's first batch clashes"))
+    d.connect(1, hello())
+    assert "clashes" in d.errors(1)[0]["message"]
+
+
 def test_status_and_monitors() -> None:
     d = Driver(TeacherMachine(times=3))
     d.connect(1, hello(rank=1, world=2))
@@ -389,3 +399,14 @@ def test_query_mode_waits_for_the_groups_it_was_told_of() -> None:
     d.connect(2, hello(group="b"))
     d.send(2, Bye())
     assert d.m.finished()
+
+
+def test_a_round_computed_ahead_before_anyone_came_is_served_not_computed_again() -> None:
+    m = TeacherMachine(times=1, window=10)
+    (start,) = of(m.prefetch(0), StartCursor)
+    m.add_chunks(start.id, [chunk(0, 10), chunk(10, 5)])
+    m.end_cursor(start.id)  # the whole (short) round is ready before any student
+    m.connect(1, hello(), "peer")
+    acts = m.receive(1, Subscribe(sub=1, round=0, start=0, credits=8))
+    assert of(acts, StartCursor) == []  # the computed round is used, not recomputed
+    assert sent_ids(acts, 1) == list(range(15))

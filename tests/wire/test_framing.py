@@ -639,6 +639,8 @@ def test_message_type_values_are_stable() -> None:
         "ROUND_DONE": 20,
         "STATUS": 21,
         "STATUS_INFO": 22,
+        "SHM_READY": 23,
+        "SHM_FREE": 24,
         "DATA": 32,
         "QUERY": 33,
         "ANSWER": 34,

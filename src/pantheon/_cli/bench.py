@@ -1,6 +1,7 @@
 """``pantheon bench``: run the benchmark scripts of a source checkout and print their tables.
 
-The benchmarks (``benchmarks/offline.py``, ``online.py``, ``service.py``) compare Pantheon
+The benchmarks (``benchmarks/offline.py``, ``online.py``, ``service.py``, ``wait.py``,
+``students.py``) compare Pantheon
 with baselines measured side by side in the same run (bare pyarrow, raw TCP, the seed's
 pickle file and ``BaseManager`` queue, a bare model loop) and print ratios: absolute
 figures on a shared machine mean little.
@@ -21,6 +22,8 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "offline": ([], ["--quick"]),
     "online": ([], ["--repeats", "1", "--seconds", "0.5", "--warmup", "0.2"]),
     "service": ([], ["--repeats", "2", "--batches", "8", "--paths", "bare,service,teacher"]),
+    "wait": ([], ["--steps", "200", "--repeats", "1"]),
+    "students": ([], ["--quick"]),
 }
 
 
@@ -47,6 +50,8 @@ def register(main: click.Group) -> None:
         offline  student reading a knowledge file vs bare pyarrow and the seed's pickle file
         online   teacher-to-student over TCP vs raw TCP and the seed's BaseManager queue
         service  knowledge service vs the same model in a bare loop; top-k bytes per token
+        wait     share of a PyTorch training loop's time spent waiting for online knowledge
+        students one teacher serving several students and groups vs one student alone
         """
         folder = benchmark_dir()
         if folder is None:

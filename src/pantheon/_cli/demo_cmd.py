@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +31,14 @@ def register(main: click.Group) -> None:
     )
     @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
     @click.option("--quick", is_flag=True, help="A small, fast run (distillation has little time).")
-    def demo(out_dir: Path, epochs: int | None, seed: int, quick: bool) -> None:
+    @click.option(
+        "--progress/--no-progress",
+        default=None,
+        help="Show progress bars on stderr (default: only when stderr is a terminal).",
+    )
+    def demo(
+        out_dir: Path, epochs: int | None, seed: int, quick: bool, progress: bool | None
+    ) -> None:
         """Distil two teachers into a small student on handwritten digits.
 
         Trains two teacher networks on scikit-learn's digits (shipped with the package, no
@@ -48,7 +56,14 @@ def register(main: click.Group) -> None:
         from .._errors import PantheonError
 
         try:
-            result: Any = run_demo(out_dir, epochs=epochs, seed=seed, quick=quick, echo=click.echo)
+            result: Any = run_demo(
+                out_dir,
+                epochs=epochs,
+                seed=seed,
+                quick=quick,
+                progress=sys.stderr.isatty() if progress is None else progress,
+                echo=click.echo,
+            )
         except PantheonError as exc:
             raise click.ClickException(str(exc)) from exc
         files = ", ".join(sorted(p.name for p in out_dir.glob("*.*")))

@@ -9,16 +9,13 @@ arguments and calls a helper that does the work (and that tests and other code c
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
-from typing import Any
 
 import click
-import numpy as np
 
 from .._errors import PantheonError
-from .._knowledge import BFLOAT16, Ragged
 from .._version import __version__
+from .inspect_file import format_report, inspect_report
 
 __all__ = ["format_report", "inspect_report", "main"]
 
@@ -37,197 +34,6 @@ def main() -> None:
 # --------------------------------------------------------------------------- inspect
 
 
-def _finite(x: float) -> float | str:
-    """A float for JSON: inf and nan become the strings "inf", "-inf", "nan"."""
-    return x if math.isfinite(x) else str(x)
-
-
-class _Stats:
-    """Running min / max / sum / count over the values of one key (ragged: every token)."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.total = 0.0
-        self.low = math.inf
-        self.high = -math.inf
-        self.nan = False
-
-    def add(self, value: Any) -> None:
-        value = _kept(value)
-        arr = value.values if isinstance(value, Ragged) else value
-        if arr.size == 0:
-            return
-        if arr.dtype == BFLOAT16:
-            arr = arr.astype(np.float32)
-        elif arr.dtype == np.bool_:
-            arr = arr.view(np.uint8)
-        low, high = float(arr.min()), float(arr.max())
-        if math.isnan(low) or math.isnan(high):
-            self.nan = True
-        else:
-            self.low, self.high = min(self.low, low), max(self.high, high)
-        self.total += float(arr.sum(dtype=np.float64))
-        self.count += int(arr.size)
-
-    def report(self) -> dict[str, Any]:
-        if self.count == 0:
-            return {"count": 0, "min": None, "max": None, "mean": None}
-        nan = math.nan if self.nan else None
-        return {
-            "count": self.count,
-            "min": _finite(nan if nan is not None else self.low),
-            "max": _finite(nan if nan is not None else self.high),
-            "mean": _finite(self.total / self.count),
-        }
-
-
-def _kept(value: Any) -> Any:
-    """The kept entries of a sparse top-k value; any other value as it is."""
-    from .._codecs import SparseTopK
-
-    return value.values if isinstance(value, SparseTopK) else value
-
-
-def _tokens(value: Any) -> int:
-    """Tokens (positions along the variable axis) of a ragged field, or of a sparse top-k one."""
-    value = _kept(value)
-    return int(value.lengths.sum()) if isinstance(value, Ragged) else 0
-
-
-def inspect_report(path: str | Path, *, stats: bool = True) -> dict[str, Any]:
-    """Everything ``pantheon inspect`` shows about a knowledge file, as a JSON-able dict.
-
-    Args:
-        path: a knowledge file or a directory of shards.
-        stats: also read every value to compute per-key min / max / mean (default True).
-
-    Raises:
-        FileFormatError: the path is missing or not a readable knowledge file.
-    """
-    from .._files import FORMAT_VERSION, KnowledgeFile
-
-    with KnowledgeFile(path, sparse_topk=True) as kf:  # top-k stays sparse: stats of kept entries
-        sizes = kf.batch_sizes()
-        ragged = [key for key, field in kf.desc.items() if field["lod_level"]]
-        storage = kf.storage
-        keys: dict[str, Any] = {}
-        for key, field in kf.desc.items():
-            keys[key] = {
-                **field,
-                "codec": storage[key]["codec"],
-                "columns": [
-                    {"name": c["name"], "dtype": c["dtype"], "shape": c["shape"]}
-                    for c in storage[key]["columns"]
-                ],
-            }
-        tokens = 0
-        if stats or ragged:
-            running = {key: _Stats() for key in keys}
-            for chunk in kf.iter_chunks():
-                if ragged:
-                    tokens += _tokens(chunk.data[ragged[0]])
-                if stats:
-                    for key, value in chunk.data.items():
-                        running[key].add(value)
-            if stats:
-                for key, st in running.items():
-                    keys[key].update(st.report())
-        cut = kf.truncated
-        return {
-            "path": str(kf.path),
-            "shards": [str(p) for p in kf.shards],
-            "format": FORMAT_VERSION,
-            "written_by": kf.version,
-            "samples": kf.num_samples,
-            "batches": kf.num_batches,
-            "batch_size_min": min(sizes) if sizes else None,
-            "batch_size_max": max(sizes) if sizes else None,
-            "bytes": kf.nbytes,
-            "bytes_per_sample": kf.nbytes / kf.num_samples if kf.num_samples else None,
-            "tokens": tokens if ragged else None,
-            "bytes_per_token": kf.nbytes / tokens if tokens else None,
-            "compression": kf.compression,
-            "codecs": kf.codecs,
-            "metadata": kf.metadata,
-            "fingerprint": kf.fingerprint,
-            "dataset_fingerprint": kf.dataset_fingerprint,
-            "truncated": None
-            if cut is None
-            else {
-                "path": cut.path,
-                "complete_batches": cut.complete_batches,
-                "complete_samples": cut.complete_samples,
-                "offset": cut.offset,
-            },
-            "keys": keys,
-        }
-
-
-def _num(x: Any) -> str:
-    if x is None:
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.6g}"
-    return str(x)
-
-
-def _table(rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-
-
-def format_report(report: dict[str, Any]) -> str:
-    """The human-readable form of :func:`inspect_report`'s dict."""
-    cut = report["truncated"]
-    per = report["bytes_per_sample"]
-    lines = _table(
-        [
-            ["knowledge file", report["path"]],
-            ["shards", str(len(report["shards"]))],
-            ["format", f"{report['format']} (written by pantheon {report['written_by'] or '?'})"],
-            ["samples", f"{report['samples']:,}"],
-            [
-                "batches",
-                f"{report['batches']:,} (sizes {_num(report['batch_size_min'])}"
-                f"..{_num(report['batch_size_max'])})",
-            ],
-            ["bytes on disk", f"{report['bytes']:,} ({_num(per)} per sample)"],
-            *(
-                [
-                    [
-                        "tokens",
-                        f"{report['tokens']:,} ({_num(report['bytes_per_token'])} bytes per token)",
-                    ]
-                ]
-                if report.get("tokens")
-                else []
-            ),
-            ["compression", report["compression"] or "none"],
-            [
-                "cut short",
-                "no"
-                if cut is None
-                else f"YES: {cut['path']} stops at byte {cut['offset']:,} after "
-                f"{cut['complete_batches']} complete batches ({cut['complete_samples']} samples)",
-            ],
-            ["metadata", ", ".join(f"{k}={v}" for k, v in report["metadata"].items()) or "-"],
-            ["teacher fingerprint", report.get("fingerprint") or "-"],
-            ["dataset fingerprint", report.get("dataset_fingerprint") or "-"],
-        ]
-    )
-    rows = [["key", "shape", "dtype", "lod", "stored as", "min", "max", "mean"]]
-    for key, info in report["keys"].items():
-        codec = info["codec"]
-        stored = ", ".join(c["dtype"] for c in info["columns"])
-        if codec is not None:
-            stored += f" ({codec['name']})"
-        rows.append(
-            [key, str(info["shape"]), info["dtype"], str(info["lod_level"]), stored]
-            + [_num(info.get(s)) for s in ("min", "max", "mean")]
-        )
-    return "\n".join([*lines, "", *_table(rows)])
-
-
 @main.command()
 @click.argument("path", type=click.Path(path_type=Path, dir_okay=True))
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON object instead of a table.")
@@ -241,8 +47,11 @@ def inspect(path: Path, as_json: bool, no_stats: bool) -> None:
 
     PATH is a knowledge file a teacher dumped (or a directory of its shards). Prints the
     description (name, shape, dtype, lod_level of every key), the numbers of samples and
-    batches, bytes on disk and per sample, compression, codecs, the teacher's and the
-    dataset's fingerprints, per-key min/max/mean, and whether the file was cut short (its teacher stopped before closing it) and where.
+    batches, bytes on disk and per sample (and per token for token knowledge), compression,
+    codecs, the teacher's and the dataset's fingerprints, per key min/max/mean, stored bytes
+    per token (or per sample), what a knowledge codec's values hold (logits, logprobs or
+    samples) at which temperature T and the share of probability mass top-k entries keep,
+    and whether the file was cut short (its teacher stopped before closing it) and where.
     Exits with status 1 if PATH is not a readable knowledge file.
     """
     try:
@@ -256,11 +65,12 @@ def inspect(path: Path, as_json: bool, no_stats: bool) -> None:
 
 
 def _register_commands() -> None:
-    from . import bench, demo_cmd, serve
+    from . import bench, demo_cmd, serve, status_cmd
 
     demo_cmd.register(main)
     serve.register(main)
     bench.register(main)
+    status_cmd.register(main)
 
 
 _register_commands()

@@ -1,8 +1,13 @@
 """``pantheon serve`` and ``pantheon dump``: a teacher from the command line.
 
 The program is ``package.module:callable`` (a Python callable ``program(**feeds)``, or a
-``torch.nn.Module`` instance / zero-argument factory), a TorchScript ``.pt`` file or an
-``.onnx`` file; the reader is ``package.module:callable``, a reader creator as in the seed.
+``torch.nn.Module`` class, built without arguments, or instance; ``--weights`` loads a torch
+checkpoint into it), a TorchScript ``.pt`` file or an ``.onnx`` file; the reader is
+``package.module:callable``, a reader creator as in the seed.
+
+Exit status: 0 on success; 2 when the command line is wrong (the message names the option);
+1 when the teacher fails while running (the message says why, no usage text); 130 on Ctrl-C or
+SIGTERM, after the teacher closed what it wrote.
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from .._errors import ConfigError, PantheonError
+from .errors import run_error, usage_error
+from .inspect_file import inspect_report, size_line
+from .options import common_options, offline_options, online_options, refused_online_options
 
-__all__ = ["load_object", "parse_schema", "run_teacher"]
-
-READER_KINDS = ("batch_generator", "sample_generator", "sample_list_generator")
+__all__ = ["load_object", "load_program", "parse_schema", "register", "run_teacher"]
 
 
 def load_object(spec: str, what: str) -> Any:
@@ -43,19 +50,47 @@ def load_object(spec: str, what: str) -> Any:
 
 
 def load_program(spec: str) -> Any:
-    """A program from a file (``.onnx``, ``.pt``) or ``package.module:callable``."""
-    if spec.endswith(".onnx"):
+    """A program from a file (``.onnx``, ``.pt``) or ``package.module:callable``.
+
+    A class is built without arguments (e.g. a ``torch.nn.Module``).
+    """
+    if spec.endswith((".onnx", ".pt", ".pth")):
+        kind = "ONNX" if spec.endswith(".onnx") else "TorchScript"
         if not Path(spec).is_file():
-            raise ConfigError(f"ONNX file {spec!r} does not exist")
-        return spec
-    if spec.endswith((".pt", ".pth")):
-        if not Path(spec).is_file():
-            raise ConfigError(f"TorchScript file {spec!r} does not exist")
+            raise ConfigError(f"{kind} file {spec!r} does not exist")
         return spec
     obj = load_object(spec, "the program")
     if isinstance(obj, type):  # a class: build it (e.g. a torch.nn.Module with no arguments)
-        obj = obj()
+        try:
+            obj = obj()
+        except TypeError as exc:
+            raise ConfigError(
+                f"cannot build the program class {spec!r} without arguments: {exc}; give a "
+                "class whose constructor needs no arguments, or a module-level instance"
+            ) from None
     return obj
+
+
+def _program(spec: str, weights: Path | None) -> Any:
+    """:func:`load_program`, then ``--weights`` loaded into it; errors name the culprit."""
+    try:
+        program = load_program(spec)
+    except ConfigError as exc:
+        raise usage_error(exc, "'PROGRAM'") from None
+    if weights is None:
+        return program
+    from .weights import load_weights
+
+    if isinstance(program, str):
+        raise click.BadParameter(
+            f"applies to a torch.nn.Module class or instance given as package.module:name; "
+            f"the file {program!r} holds its weights already",
+            param_hint="'--weights'",
+        )
+    try:
+        return load_weights(program, weights)
+    except ConfigError as exc:
+        raise usage_error(exc, "'--weights'") from None
 
 
 def parse_schema(items: tuple[str, ...]) -> dict[str, str]:
@@ -64,7 +99,9 @@ def parse_schema(items: tuple[str, ...]) -> dict[str, str]:
     for item in items:
         name, _, source = item.partition("=")
         if not name:
-            raise ConfigError(f"--schema entries look like NAME=SOURCE or NAME, got {item!r}")
+            raise click.BadParameter(
+                f"entries look like NAME=SOURCE or NAME, got {item!r}", param_hint="'--schema'"
+            )
         schema[name] = source or name
     return schema
 
@@ -75,7 +112,63 @@ def _exe(value: str | None) -> Any:
     if value.isdigit():
         return int(value)
     devices = [d.strip() for d in value.split(",") if d.strip()]
+    if not devices:
+        raise click.BadParameter(
+            f"expected devices or a number, got {value!r}", param_hint="'--exe'"
+        )
     return devices if len(devices) > 1 else devices[0]
+
+
+def _codecs(topk: tuple[str, ...]) -> dict[str, Any]:
+    from .._codecs import TopK
+
+    codecs: dict[str, Any] = {}
+    for item in topk:
+        key, _, k = item.partition("=")
+        if not key or not k.isdigit() or int(k) < 1:
+            raise click.BadParameter(
+                f"entries look like KEY=K with K >= 1 (e.g. logits=20), got {item!r}",
+                param_hint="'--topk'",
+            )
+        codecs[key] = TopK(int(k))
+    return codecs
+
+
+def _reader_config(reader: str | None, kind: str, batch_size: int | None) -> Any:
+    if batch_size is not None and kind != "sample_generator":
+        raise click.BadParameter(
+            f"applies to --reader-kind sample_generator (samples grouped into batches); a "
+            f"{kind} yields its own batches",
+            param_hint="'--batch-size'",
+        )
+    if reader is None:
+        return None
+    try:
+        config: dict[str, Any] = {kind: load_object(reader, "the reader")}
+    except ConfigError as exc:
+        raise usage_error(exc, "'--reader'") from None
+    if kind == "sample_generator":
+        if batch_size is None:
+            raise click.UsageError("--reader-kind sample_generator needs --batch-size")
+        config.update(batch_size=batch_size, drop_last=False)
+    return config
+
+
+def _check(port: int | None, out: Path | None, feeds: tuple[str, ...], **given: Any) -> None:
+    """Refuse what does not fit together, before anything runs."""
+    if (port is None) == (out is None):
+        raise click.UsageError("give exactly one of --port (online) or --out (offline)")
+    if not feeds:
+        raise click.UsageError(
+            "give the reader's input names with --feed (once per input, in order)"
+        )
+    if out is not None and given["reader"] is None:
+        raise click.UsageError(
+            "an offline teacher (--out) needs --reader: without one a teacher only answers "
+            "queries, online (--port)"
+        )
+    if port is not None and given["compression"] is not None:
+        raise click.UsageError("--compression applies to a knowledge file (--out), not to --port")
 
 
 def run_teacher(
@@ -88,144 +181,62 @@ def run_teacher(
     batch_size: int | None,
     port: int | None,
     out: Path | None,
-    host: str,
-    token: str | None,
-    times: int,
-    exe: str | None,
-    fp16: bool,
-    compression: str | None,
-    topk: tuple[str, ...],
-    timeout: float,
-    echo: Callable[[str], None],
+    host: str = "127.0.0.1",
+    token: str | None = None,
+    times: int = 1,
+    exe: str | None = None,
+    fp16: bool = False,
+    compression: str | None = None,
+    topk: tuple[str, ...] = (),
+    timeout: float = 300.0,
+    weights: Path | None = None,
+    progress: bool | None = None,
+    echo: Callable[[str], None] = click.echo,
 ) -> dict[str, Any]:
-    """Build a Teacher and run the knowledge service; returns the teacher's counters."""
-    from .._codecs import TopK
+    """Build a Teacher and run the knowledge service; returns the teacher's counters.
+
+    Raises:
+        click.UsageError: the command line is wrong (exit status 2), the option named.
+        click.ClickException: the teacher failed while running (exit status 1).
+    """
+    from .._service import ServiceSpec
     from .._teacher import Teacher
 
-    if (port is None) == (out is None):
-        raise click.UsageError("give exactly one of --port (online) or --out (offline)")
-    if not feeds:
-        raise click.UsageError(
-            "give the reader's input names with --feed (once per input, in order)"
-        )
-    codecs: dict[str, Any] = {}
-    for item in topk:
-        key, _, k = item.partition("=")
-        if not key or not k.isdigit():
-            raise click.UsageError(f"--topk looks like KEY=K (e.g. logits=20), got {item!r}")
-        codecs[key] = TopK(int(k))
-    reader_config: dict[str, Any] | None = None
-    if reader is not None:
-        reader_config = {reader_kind: load_object(reader, "the reader")}
-        if reader_kind == "sample_generator":
-            if batch_size is None:
-                raise click.UsageError("--reader-kind sample_generator needs --batch-size")
-            reader_config.update(batch_size=batch_size, drop_last=False)
-    teacher = Teacher(
-        out_path=out,
-        out_port=port,
-        host=host,
-        token=token,
-        compression=compression,
-        use_fp16=fp16,
-        codecs=codecs,
-        timeout=timeout,
-    )
-    with teacher:
-        if port is not None:
-            echo(f"teacher listening on {teacher.address}")
-        teacher.start()
-        teacher.start_knowledge_service(
-            feed_list=list(feeds),
-            schema=parse_schema(schema) or {"output": "output"},
-            program=load_program(program),
-            reader_config=reader_config,
-            exe=_exe(exe),
-            times=times,
-            progress=True,
-        )
-        return teacher.stats()
-
-
-def _options(func: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
-        click.argument("program"),
-        click.option(
-            "--reader",
-            help="The data: package.module:callable returning a fresh iterator "
-            "(a reader creator, as in the seed). Omit to answer queries only (online).",
-        ),
-        click.option(
-            "--reader-kind",
-            type=click.Choice(READER_KINDS),
-            default="batch_generator",
-            show_default=True,
-            help="What the reader yields.",
-        ),
-        click.option(
-            "--feed",
-            "feeds",
-            multiple=True,
-            metavar="NAME",
-            help="Name of a reader field, in order (repeat for each).",
-        ),
-        click.option(
-            "--schema",
-            multiple=True,
-            metavar="NAME[=SOURCE]",
-            help="Knowledge to serve: NAME taken from the program output or feed SOURCE "
-            "(repeat; default: output=output).",
-        ),
-        click.option(
-            "--batch-size",
-            type=click.IntRange(min=1),
-            default=None,
-            help="Samples per batch for --reader-kind sample_generator.",
-        ),
-        click.option(
-            "--times",
-            type=click.IntRange(min=1),
-            default=1,
-            show_default=True,
-            help="Online: rounds (passes over the reader) to serve.",
-        ),
-        click.option(
-            "--exe",
-            default=None,
-            metavar="DEVICES",
-            help="Where to predict: cpu, cuda:0, a comma-separated list of devices, or a "
-            "number of CPU workers (default: one CPU worker).",
-        ),
-        click.option("--fp16", is_flag=True, help="Send / store float knowledge as float16."),
-        click.option(
-            "--topk",
-            multiple=True,
-            metavar="KEY=K",
-            help="Keep only the K largest entries of KEY (e.g. logits=20).",
-        ),
-        click.option(
-            "--host",
-            default="127.0.0.1",
-            show_default=True,
-            help="Online: interface to listen on (anything but loopback needs a token).",
-        ),
-        click.option(
-            "--token",
-            envvar="PANTHEON_TOKEN",
-            default=None,
-            help="Shared secret students must know (default: $PANTHEON_TOKEN).",
-        ),
-        click.option(
-            "--timeout",
-            type=click.FloatRange(min=0, min_open=True),
-            default=300.0,
-            show_default=True,
-            help="Seconds to wait for a student.",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
+    _check(port, out, feeds, reader=reader, compression=compression)
+    codecs = _codecs(topk)
+    reader_config = _reader_config(reader, reader_kind, batch_size)
+    service: dict[str, Any] = {
+        "program": _program(program, weights),
+        "feed_list": list(feeds),
+        "schema": parse_schema(schema) or {"output": "output"},
+        "exe": _exe(exe),
+        "times": times,
+        "progress": progress,
+        "reader_config": reader_config,
+    }
+    try:  # what can be checked before anything runs is a usage error
+        ServiceSpec(
+            tuple(service["feed_list"]), service["schema"], service["program"],
+            reader_config, service["exe"],
+        )  # fmt: skip
+    except ConfigError as exc:
+        raise usage_error(exc) from None
+    try:
+        teacher = Teacher(
+            out_path=out, out_port=port, host=host, token=token, compression=compression,
+            use_fp16=fp16, codecs=codecs, timeout=timeout,
+        )  # fmt: skip
+    except ConfigError as exc:
+        raise usage_error(exc) from None
+    try:
+        with teacher:
+            if port is not None:
+                echo(f"teacher listening on {teacher.address}")
+            teacher.start()
+            teacher.start_knowledge_service(**service)
+            return teacher.stats()
+    except (PantheonError, OSError) as exc:
+        raise run_error(exc) from None
 
 
 def _run(echo: Callable[[str], None], **kwargs: Any) -> None:
@@ -236,17 +247,16 @@ def _run(echo: Callable[[str], None], **kwargs: Any) -> None:
     except KeyboardInterrupt:
         echo("interrupted: the teacher closed what it had written (files stay readable)")
         raise SystemExit(130) from None
-    except ConfigError as exc:  # bad arguments: usage error, exit code 2
-        raise click.UsageError(str(exc)) from exc
-    except PantheonError as exc:
-        raise click.ClickException(str(exc)) from exc
+    out: Path | None = kwargs.get("out")
+    if out is not None:  # the file's own figures, as `pantheon inspect` shows them
+        try:
+            echo(f"done: {size_line(inspect_report(out, stats=False))}")
+        except PantheonError as exc:
+            raise run_error(exc) from None
+        return
     echo(
-        f"done: {stats.get('samples', 0)} samples in {stats.get('batches', 0)} batches"
-        + (
-            f", {stats['bytes'] / max(1, stats.get('samples', 0)):.1f} bytes per sample"
-            if stats.get("bytes")
-            else ""
-        )
+        f"done: {stats.get('samples', 0):,} samples in {stats.get('batches', 0):,} batches, "
+        f"{stats.get('bytes', 0):,} bytes sent"
     )
 
 
@@ -254,51 +264,43 @@ def register(main: click.Group) -> None:
     """Add ``serve`` and ``dump`` to the ``pantheon`` command group."""
 
     @main.command()
-    @_options
-    @click.option(
-        "--port",
-        type=click.IntRange(0, 65535),
-        default=None,
-        help="Serve online on this TCP port (0: any free port, printed).",
-    )
-    @click.option(
-        "--out",
-        type=click.Path(path_type=Path),
-        default=None,
-        help="Dump to this knowledge file instead (offline).",
-    )
-    @click.option(
-        "--compression",
-        type=click.Choice(["lz4", "zstd"]),
-        default=None,
-        help="Offline: compress the file.",
-    )
+    @common_options
+    @online_options
+    @offline_options(required=False)
     def serve(**kwargs: Any) -> None:
-        """Run a teacher model over a reader and serve its knowledge (online) or dump it.
+        """Run a teacher model over a reader and serve its knowledge online (or dump it).
 
         PROGRAM is package.module:callable (called as program(**feeds)), a torch.nn.Module
-        class or instance given the same way, a TorchScript .pt file or an .onnx file.
+        class or instance given the same way (--weights loads a checkpoint into it), a
+        TorchScript .pt file or an .onnx file. Omit --reader to answer queries only.
 
         \b
         Example (online, one round, port picked for you):
           pantheon serve mymodels:teacher --reader mydata:batches --feed x --schema logits=output --port 0
         """
+        if kwargs["out"] is not None:
+            ctx = click.get_current_context()
+            for name in ("host", "times", "timeout"):
+                if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE:
+                    raise click.UsageError(
+                        f"--{name} applies to an online teacher (--port), not to --out"
+                    )
         _run(click.echo, **kwargs)
 
     @main.command()
-    @_options
-    @click.option(
-        "--out", type=click.Path(path_type=Path), required=True, help="The knowledge file to write."
-    )
-    @click.option(
-        "--compression", type=click.Choice(["lz4", "zstd"]), default=None, help="Compress the file."
-    )
+    @common_options
+    @offline_options(required=True)
+    @refused_online_options
     def dump(**kwargs: Any) -> None:
-        """Run a teacher model over a reader and dump its knowledge to a file (serve --out).
+        """Run a teacher model over a reader and dump its knowledge to a file.
+
+        PROGRAM is package.module:callable (called as program(**feeds)), a torch.nn.Module
+        class or instance given the same way (--weights loads a checkpoint into it), a
+        TorchScript .pt file or an .onnx file. Prints the file's size as `pantheon inspect`
+        does.
 
         \b
         Example:
           pantheon dump mymodels:teacher --reader mydata:batches --feed x --schema logits=output --out k.arrow
         """
-        kwargs["port"] = None
-        _run(click.echo, **kwargs)
+        _run(click.echo, port=None, **kwargs)

@@ -3,8 +3,10 @@
 The seam of the codec layer. Files (:mod:`pantheon._files`) and the wire
 (:mod:`pantheon._online`) both go through :func:`resolve_codecs`, :func:`encode_batch` and
 :func:`decode_batch`; codecs are rebuilt from specs only through the registry
-(:func:`codec_from_spec`). Built in: :class:`Cast` (``"cast"``) and :class:`TopK`
-(``"topk"``, with :class:`SparseTopK`, its sparse form).
+(:func:`codec_from_spec`). Built in: :class:`Cast` (``"cast"``), :class:`TopK`
+(``"topk"``, with :class:`SparseTopK`, its sparse form), :class:`Sampled` (``"sampled"``,
+with :class:`SparseSamples`), :class:`IntCast` (``"int"``) and :class:`Packed`
+(``"packed"``).
 """
 
 from __future__ import annotations
@@ -26,27 +28,40 @@ from .batch import (
     encode_batch,
     resolve_codecs,
 )
+from .bits import bits_for, pack_bits, packed_size, unpack_bits
 from .cast import CAST_ALIASES, Cast
-from .topk import SparseTopK, TopK, index_dtype, unpack_indices
+from .ints import IntCast, Packed
+from .sampled import Sampled, SparseSamples
+from .sparse import HOLDS, SparseTopK
+from .topk import TopK, index_dtype, unpack_indices
 
 __all__ = [
     "CAST_ALIASES",
     "FLOAT_DTYPES",
+    "HOLDS",
     "Cast",
     "Codec",
     "CodecFactory",
+    "IntCast",
+    "Packed",
     "PartKey",
+    "Sampled",
+    "SparseSamples",
     "SparseTopK",
     "StoredParts",
     "TopK",
+    "bits_for",
     "codec_from_spec",
     "column_name",
     "decode_batch",
     "decode_field",
     "encode_batch",
     "index_dtype",
+    "pack_bits",
+    "packed_size",
     "register_codec",
     "registered_codecs",
     "resolve_codecs",
+    "unpack_bits",
     "unpack_indices",
 ]

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
+
 from .._errors import ConfigError, KnowledgeError
 from .._knowledge import Description, FieldDesc, Knowledge, Value
 from .base import Codec, codec_from_spec
 from .cast import CAST_ALIASES, Cast
+from .ints import IntCast
 
 __all__ = [
     "PartKey",
@@ -39,12 +42,27 @@ def column_name(key: str, part: str) -> str:
     return key if part == "" else f"{key}@{part}"
 
 
-def encode_batch(data: Knowledge, codecs: Mapping[str, Codec], *, where: str = "") -> StoredParts:
+def encode_batch(
+    data: Knowledge,
+    codecs: Mapping[str, Codec],
+    *,
+    where: str = "",
+    ids: np.ndarray | None = None,
+) -> StoredParts:
     """The stored parts of a (normalized) batch: each key through its codec, if it has one.
 
+    Args:
+        data: the batch.
+        codecs: key -> codec.
+        where: what the batch is, for error messages.
+        ids: the batch's int64 sample ids, handed to codecs that draw random numbers
+            (``encode_ids(value, ids)``, e.g. :class:`~pantheon._codecs.Sampled`) so that a
+            sample's knowledge depends on its id only; default ``0, 1, ...``.
+
     Raises:
-        KnowledgeError: a part whose column name (``"key@part"``) is another key of the batch
-            or another part's, naming both; the message says how to fix it.
+        KnowledgeError: a value its codec refuses (naming the key), or a part whose column
+            name (``"key@part"``) is another key of the batch or another part's, naming both;
+            the message says how to fix it.
     """
     if not codecs:
         return {(key, ""): value for key, value in data.items()}
@@ -54,7 +72,18 @@ def encode_batch(data: Knowledge, codecs: Mapping[str, Codec], *, where: str = "
         if codec is None:
             out[(key, "")] = value
             continue
-        for part, part_value in codec.encode(value).items():
+        try:
+            with_ids = getattr(codec, "encode_ids", None)
+            if with_ids is not None:
+                n = len(value)
+                parts = with_ids(value, np.arange(n, dtype=np.int64) if ids is None else ids)
+            else:
+                parts = codec.encode(value)
+        except KnowledgeError as exc:
+            raise KnowledgeError(
+                f"{where + ': ' if where else ''}knowledge {key!r}: {exc}"
+            ) from None
+        for part, part_value in parts.items():
             out[(key, part)] = part_value
     _check_columns(out, where)
     return out
@@ -135,6 +164,7 @@ def _missing(part: PartKey, where: str) -> KnowledgeError:
 
 
 _NO_CODEC = frozenset({"none", "raw"})
+_INT_NAMES = frozenset({"int8", "int16", "int32", "uint8", "uint16", "uint32"})
 
 
 def _codec_from_arg(key: str, arg: object) -> Codec | None:
@@ -143,12 +173,15 @@ def _codec_from_arg(key: str, arg: object) -> Codec | None:
             return None
         if arg in CAST_ALIASES:
             return Cast(arg)
+        if arg in _INT_NAMES:
+            return IntCast(arg)
         try:
             return codec_from_spec({"name": arg})
         except ConfigError as exc:
             raise ConfigError(
                 f"codec {arg!r} for knowledge {key!r}: {exc}. Strings may also be "
-                f"'float16', 'bfloat16' (casts) or 'none' (store as is)"
+                f"'float16', 'bfloat16' (casts), 'int32', 'int16', 'uint16', ... (integer "
+                "narrowing) or 'none' (store as is)"
             ) from None
     if all(callable(getattr(arg, m, None)) for m in ("spec", "encode", "decode")):
         return arg  # type: ignore[return-value]
@@ -166,7 +199,9 @@ def resolve_codecs(
     Args:
         desc: the knowledge description (original dtypes).
         codecs: key -> codec object or name (``"float16"``/``"fp16"``, ``"bfloat16"``/``"bf16"``,
-            ``"none"`` to store a key as is, or a registered codec name). Default: none.
+            ``"int8"``, ``"int16"``, ``"int32"``, ``"uint8"``, ``"uint16"``, ``"uint32"``
+            (integers narrowed, range checked on write), ``"none"`` to store a key as is, or
+            a registered codec name). Default: none.
         use_fp16: store every float32/float64 key not named in ``codecs`` as float16.
 
     Raises:

@@ -18,6 +18,7 @@ from .layout import (
     parse_layout,
     shard_paths,
 )
+from .lm_head import LM_HEAD_DTYPES, read_lm_head, write_lm_head
 from .reader import KnowledgeFile
 from .recover import repair
 from .writer import KnowledgeWriter
@@ -26,6 +27,7 @@ __all__ = [
     "COMPRESSIONS",
     "FORMAT_VERSION",
     "ID_COLUMN",
+    "LM_HEAD_DTYPES",
     "ColumnSpec",
     "KnowledgeFile",
     "KnowledgeWriter",
@@ -33,6 +35,8 @@ __all__ = [
     "arrow_type",
     "batch_info",
     "parse_layout",
+    "read_lm_head",
     "repair",
     "shard_paths",
+    "write_lm_head",
 ]

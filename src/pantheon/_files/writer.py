@@ -278,10 +278,10 @@ class KnowledgeWriter:
             else _check_ids(ids, n, where)
         )
         if self._desc is None:
-            stored = self._setup(batch, where)
+            stored = self._setup(batch, where, id_arr)
         else:
             check_batch(batch, self._desc, where=where)
-            stored = self._encode(batch, where)
+            stored = self._encode(batch, where, id_arr)
         arrays = [pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(id_arr)])]
         arrays += [col.array(stored[(key, col.spec.part)]) for key, col in self._columns]
         record = pa.RecordBatch.from_arrays(arrays, schema=self._schema)
@@ -296,18 +296,18 @@ class KnowledgeWriter:
         if self._max_shard is not None and self._shard_samples >= self._max_shard:
             self._close_current()
 
-    def _encode(self, batch: Mapping[str, Value], where: str) -> StoredParts:
-        stored = encode_batch(dict(batch), self._codecs, where=where)
+    def _encode(self, batch: Mapping[str, Value], where: str, ids: np.ndarray) -> StoredParts:
+        stored = encode_batch(dict(batch), self._codecs, where=where, ids=ids)
         if self._codecs:
             named = {column_name(k, p): v for (k, p), v in stored.items()}
             check_batch(named, self._part_desc, where=f"{where} (after its codecs)")
         return stored
 
-    def _setup(self, batch: Mapping[str, Value], where: str) -> StoredParts:
+    def _setup(self, batch: Mapping[str, Value], where: str, ids: np.ndarray) -> StoredParts:
         """Fix the description, codecs, columns and schema from the first batch; encode it."""
         desc = describe(batch)
         codecs = resolve_codecs(desc, self._codec_args, self._use_fp16)
-        stored = encode_batch(dict(batch), codecs, where=where)
+        stored = encode_batch(dict(batch), codecs, where=where, ids=ids)
         storage: dict[str, Any] = {}
         columns: list[tuple[str, _Column]] = []
         named: dict[str, Value] = {}

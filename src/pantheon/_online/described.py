@@ -46,7 +46,7 @@ class Described:
             return False
         desc = describe(chunk.data)
         codecs = resolve_codecs(desc, self._codec_args, self.use_fp16)
-        encode_batch(chunk.data, codecs, where="the teacher's first batch")
+        encode_batch(chunk.data, codecs, where="the teacher's first batch", ids=chunk.ids)
         with self._lock:
             if self.desc is not None:
                 return False

@@ -97,6 +97,7 @@ class Cursor:
     consumers: set[int] = field(default_factory=set)
     done: bool = False
     idle_since: float | None = None
+    joined: bool = False  # a consumer attached once (a round computed ahead keeps its chunks)
 
     @property
     def end(self) -> int:
@@ -207,8 +208,9 @@ def _send_span(cursor: Cursor, members: list[Consumer], stop: int) -> list[Actio
 
 def _trim(cursor: Cursor, consumers: dict[int, Consumer]) -> None:
     """Drop the chunks every consumer has; a cursor without consumers keeps what it holds
-    (parked, or computing ahead) unless its round is over."""
-    if not cursor.consumers and not cursor.done:
+    (parked, or computing ahead: even a whole round, until its first consumers come) unless
+    its round is over and was served."""
+    if not cursor.consumers and (not cursor.done or not cursor.joined):
         return
     keep_from = slowest(cursor, consumers)
     while cursor.base < keep_from and cursor.chunks:

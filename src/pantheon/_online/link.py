@@ -30,11 +30,23 @@ from .._wire import (
     shm_unavailable,
 )
 
-__all__ = ["TRANSPORTS", "Link", "LinkOwner"]
+__all__ = ["TRANSPORTS", "Link", "LinkOwner", "check_transport"]
 
 log = logging.getLogger("pantheon")
 
 TRANSPORTS = ("auto", "tcp", "shm")
+
+
+def check_transport(transport: object) -> str:
+    """``transport`` if it names one of :data:`TRANSPORTS`, else a ConfigError."""
+    if transport not in TRANSPORTS:
+        raise ConfigError(
+            f"transport must be one of {list(TRANSPORTS)} (how online knowledge travels: "
+            f"shared memory on one host or TCP), got {transport!r}"
+        )
+    return str(transport)
+
+
 """How a student gets its knowledge: ``auto`` (shared memory with a teacher on the same host,
 TCP otherwise), ``tcp`` (always the socket) or ``shm`` (shared memory, or an error)."""
 
@@ -68,11 +80,19 @@ class Link:
         self.ring: Ring | None = None  # the shared-memory ring of the current connection
         self._shm: ShmReceiver | None = None
         self._shm_before = 0  # messages that came through the rings of earlier connections
+        self.fallback = ""  # why the current connection is TCP only ("": asked for, or remote)
 
     @property
     def transport(self) -> str:
         """``"shm"`` when the current connection carries knowledge through shared memory."""
         return "shm" if self._shm is not None and not self._shm.closed else "tcp"
+
+    @property
+    def described(self) -> str:
+        """How knowledge travels on the current connection, in words (for the log)."""
+        if self.transport == "shm":
+            return "knowledge through shared memory"
+        return f"knowledge over TCP: {self.fallback}" if self.fallback else "knowledge over TCP"
 
     @property
     def shm_messages(self) -> int:
@@ -92,12 +112,13 @@ class Link:
                 why = f"could not create shared memory ({exc})"
         if mode == "shm":
             raise ConfigError(f"{self.source.name}: transport='shm' but {why}; use 'auto'")
-        log.info("%s: knowledge over TCP: %s", self.source.name, why)
+        self.fallback = why
         return None
 
     def _handshake(self, conn: Connection, deadline: Deadline) -> None:
         src = self.source
         timeout = max(0.1, deadline.cap(src.heartbeat.timeout))
+        self.fallback = ""
         ring = self._offer_ring(conn)
         hello = src.hello if ring is None else {**src.hello, "shm": ring.offer()}
         try:
@@ -116,7 +137,7 @@ class Link:
                     f"this student's shared memory: {why}; use transport='auto' to fall back "
                     "to TCP"
                 )
-            log.info("%s: knowledge over TCP: %s", src.name, why)
+            self.fallback = why
         self.ring = ring
 
     def connect(self, deadline: Deadline) -> Session:

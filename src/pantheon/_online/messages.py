@@ -21,6 +21,9 @@ from .._wire import MsgType
 __all__ = [
     "MAX_CREDITS",
     "MAX_ID",
+    "NO_QUERIES",
+    "NO_ROUNDS",
+    "REPLACED",
     "Bye",
     "Credit",
     "Data",
@@ -281,3 +284,16 @@ def parse_hello(h: Mapping[str, Any]) -> Hello:
     world = _int(h, "hello", "world_size", 1, 1 << 20, default=1)
     rank = _int(h, "hello", "rank", 0, world - 1, default=0)
     return Hello(_str(h, "hello", "client", ""), role, group, rank, world)
+
+
+# refusals the teacher machine sends
+
+REPLACED = "replaced by a newer student of the same group and rank"
+NO_QUERIES = (
+    "this teacher streams rounds from its reader; it answers no queries (serve it with "
+    "reader_config=None for query mode)"
+)
+NO_ROUNDS = (
+    "this teacher only answers queries (it has no reader); use "
+    "get_knowledge_generator(batch_size, queries=...)"
+)

@@ -4,11 +4,11 @@ into one message, and back."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .._chunks import concat_chunks
-from .._codecs import Codec, decode_batch, encode_batch
+from .._codecs import Codec, StoredParts, decode_batch, encode_batch
 from .._errors import ProtocolError
 from .._knowledge import Chunk, Description, Knowledge
 from .._wire import MsgType, decode_parts, encode_parts
@@ -26,7 +26,7 @@ def encode_chunks(
             :func:`pantheon._codecs.encode_batch`).
     """
     chunk = concat_chunks(chunks)
-    return encode_parts(chunk.ids, encode_batch(chunk.data, codecs))
+    return encode_parts(chunk.ids, encode_batch(chunk.data, codecs, ids=chunk.ids))
 
 
 def decode_payload(
@@ -79,12 +79,20 @@ class EncodedData:
         chunks: consecutive chunks, coalesced into one message.
         codecs: the teacher's codecs.
         stats: the teacher's counters, updated under this object's lock.
+        observe: called once with the encoded parts (the teacher's top-k mass metric).
     """
 
-    def __init__(self, chunks: Sequence[Chunk], codecs: Mapping[str, Any], stats: dict[str, Any]):
+    def __init__(
+        self,
+        chunks: Sequence[Chunk],
+        codecs: Mapping[str, Any],
+        stats: dict[str, Any],
+        observe: Callable[[StoredParts, Mapping[str, Any]], None] | None = None,
+    ):
         self._chunks: Sequence[Chunk] | None = chunks
         self._codecs = codecs
         self._stats = stats
+        self._observe = observe
         self._lock = threading.Lock()
         self._done: tuple[dict[str, Any], list[Any]] | None = None
 
@@ -92,7 +100,12 @@ class EncodedData:
         with self._lock:
             if self._done is None:
                 assert self._chunks is not None
-                self._done = encode_chunks(list(self._chunks), self._codecs)
+                whole = concat_chunks(list(self._chunks))
+                parts = encode_batch(whole.data, self._codecs)
+                if self._observe is not None:
+                    self._observe(parts, self._codecs)
+                head0, frames0 = encode_parts(whole.ids, parts)
+                self._done = (head0, list(frames0))
                 self._stats["batches"] += len(self._chunks)
                 self._stats["samples"] += sum(len(c.ids) for c in self._chunks)
                 self._chunks = None

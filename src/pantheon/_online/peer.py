@@ -1,5 +1,6 @@
 """One connected peer of a teacher: its session (reader and heartbeat) and an outbox drained
-by a sender thread, so that a slow student never blocks the teacher's other work."""
+by a sender thread, so that a slow student never blocks the teacher's other work; the log
+lines of its rounds."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from typing import Any
 from .._errors import ConnectionLostError
 from .._util import Deadline, wait_until
 from .._wire import Connection, Heartbeat, Message, MsgType, Session
-from .messages import Hello
+from .fanout import Close
+from .messages import Hello, RoundDone, Subscribe
 
-__all__ = ["Peer"]
+__all__ = ["Peer", "log_round", "replaced"]
 
 log = logging.getLogger("pantheon")
 
@@ -51,6 +53,7 @@ class Peer:
         self.peer = conn.peer
         who = "monitor" if hello.role == "monitor" else f"{hello.group!r} rank {hello.rank}"
         self.name = f"student {who} ({conn.peer})"
+        self.close_reason = ""  # why the teacher closed it (logged once it is gone)
         self._outbox: collections.deque[_Item] = collections.deque()
         self._max_outbox = max_outbox
         self._cond = threading.Condition()
@@ -65,6 +68,19 @@ class Peer:
         self._sender = threading.Thread(
             target=self._send_loop, name=f"pantheon-send {self.name}", daemon=True
         )
+
+    def why(self, reason: BaseException | None) -> str:
+        """Why the connection ended, in words that do not repeat the peer's name or address."""
+        if reason is None:
+            return "the connection closed"
+        text = str(reason).removeprefix(f"lost connection to {self.name}: ")
+        text = text.replace(self.name, "the student").replace(f" to {self.peer}", "")
+        return text.replace(self.peer, "the student")
+
+    def log_gone(self, why: str) -> None:
+        """The one line that says this peer is gone (DEBUG for a monitor)."""
+        level = logging.DEBUG if self.hello.role == "monitor" else logging.INFO
+        log.log(level, "%s is gone: %s", self.name, why)
 
     def start(self) -> Peer:
         """Start the reader, heartbeat and sender threads."""
@@ -151,3 +167,18 @@ class Peer:
                 log.error("closing %s: its knowledge could not be sent: %s", self.name, exc)
                 self.session.close(exc)
                 return
+
+
+def replaced(actions: Sequence[object]) -> list[int]:
+    """The connections ``actions`` close because a newer student of their rank replaced them."""
+    return [a.cid for a in actions if isinstance(a, Close) and a.reason.startswith("replaced")]
+
+
+def log_round(peer: Peer, event: Subscribe | RoundDone) -> None:
+    """One line per round a student starts, resumes or finishes."""
+    if isinstance(event, RoundDone):
+        log.info("%s finished round %d", peer.name, event.round)
+    elif event.start < peer.hello.world_size:
+        log.info("%s started round %d", peer.name, event.round)
+    else:
+        log.info("%s resumed round %d at sample %d", peer.name, event.round, event.start)

@@ -23,8 +23,12 @@ import numpy as np
 from .._errors import KnowledgeError, PantheonError
 from .._knowledge import Chunk, Knowledge, concat_values, describe, normalize_batch, slice_value
 from .._util import Deadline, wait_until
+from .._wire import MsgType
+from .messages import ErrorCode, Fail, header
+from .payload import encode_chunks
+from .peer import Peer
 
-__all__ = ["PendingQuery", "QueryBatcher"]
+__all__ = ["PendingQuery", "QueryBatcher", "send_answer"]
 
 log = logging.getLogger("pantheon")
 
@@ -173,3 +177,24 @@ class QueryBatcher:
             }
             self._reply(q, Chunk(np.asarray(q.feeds.ids), part), None)
             offset += size
+
+
+def send_answer(
+    peer: Peer,
+    query: PendingQuery,
+    answer: Chunk | None,
+    error: str | None,
+    codecs: Mapping[str, Any],
+    stats: dict[str, Any],
+) -> None:
+    """Send ``peer`` the ANSWER to ``query`` (counted in the teacher's ``stats``), or the
+    ERROR saying why it failed."""
+    if answer is None:
+        peer.send(*header(Fail(error or "the query failed", ErrorCode.FAILED, query.qid)))
+        return
+    head, frames = encode_chunks([answer], codecs)
+    head["qid"] = query.qid
+    peer.send(MsgType.ANSWER, head, frames)
+    stats["bytes"] += sum(memoryview(f).nbytes for f in frames)
+    stats["batches"] += 1
+    stats["samples"] += len(answer.ids)

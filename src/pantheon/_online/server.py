@@ -1,11 +1,10 @@
 """The online teacher's driver: sockets, threads and the round factory around the machine.
 
 :class:`TeacherServer` accepts and authenticates clients (a bounded number of handshakes at
-once), keeps one :class:`~.peer.Peer` per connection, runs one producer thread per cursor
-of the :class:`~.teacher_machine.TeacherMachine`, and carries out the machine's actions.
-The machine lives for one ``serve_rounds`` / ``serve_queries`` call; clients that connect
-before it are held (their messages queued) and handed to it when it starts. See
-``docs/protocol.md`` for the messages.
+once), keeps a :class:`~.peer.Peer` per connection, runs a producer thread per cursor of the
+:class:`~.teacher_machine.TeacherMachine` and carries out its actions. The machine lives for
+one ``serve_rounds`` / ``serve_queries`` call; clients that come between calls are held
+(their messages queued). ``docs/protocol.md`` describes the messages.
 """
 
 from __future__ import annotations
@@ -30,6 +29,7 @@ from .._wire import (
     Heartbeat,
     Message,
     MsgType,
+    ShmSender,
     UserInbox,
     check_bind,
     encode_value,
@@ -45,16 +45,18 @@ from .messages import (
     Fail,
     Hello,
     Query,
+    RoundDone,
     StatusRequest,
     Subscribe,
     header,
     parse,
 )
+from .metrics import TeacherMeters
 from .options import ServeOptions
-from .payload import EncodedData, decode_plain, encode_chunks
-from .peer import Peer
+from .payload import EncodedData, decode_plain
+from .peer import Peer, log_round, replaced
 from .producer import CursorRunner, RoundFactory
-from .queries import PendingQuery, QueryBatcher
+from .queries import PendingQuery, QueryBatcher, send_answer
 from .teacher_machine import TeacherMachine
 
 __all__ = ["ServeOptions", "TeacherServer"]
@@ -115,6 +117,7 @@ class TeacherServer:
         self._next_cid = 0
         self._runner: CursorRunner | None = None
         self._failed: str | None = None  # why the last serve call failed: told to newcomers
+        self._served_times = 0  # rounds the last serve call finished: told to newcomers
         self.program_name = ""  # what the teacher runs, for pantheon status
         self._batcher: QueryBatcher | None = None
         self._inbox = UserInbox("the student (Teacher.recv)")
@@ -126,8 +129,11 @@ class TeacherServer:
             "messages": 0,
             "backpressure_seconds": 0.0,
         }
+        self.meters = TeacherMeters()
+        self._began = time.monotonic()
         self._listener = listen(host, port)
         self.address = self._listener.address
+        log.info("teacher listening on %s", self.address)
         self._acceptor = Acceptor(
             self._listener,
             self._token,
@@ -158,15 +164,30 @@ class TeacherServer:
             machine = self._machine
             if machine is None:
                 self._early[cid] = []
-                actions: list[Action] = []
-                if self._failed is not None and hello.role == "student":
-                    actions = [Send(cid, *header(Fail(self._failed, ErrorCode.FAILED)))]
+                actions = self._idle_welcome(cid, hello)
             else:
                 actions = machine.connect(cid, hello, conn.peer)
+            olds = [self._peers[c] for c in replaced(actions) if c in self._peers]
             peer.start()
             self._run(actions)
             self._cond.notify_all()
-        log.info("%s connected", peer.name)
+        level = logging.DEBUG if hello.role == "monitor" else logging.INFO
+        how = "shared memory" if isinstance(conn, ShmSender) else "TCP"
+        log.log(level, "%s connected and authenticated (knowledge over %s)", peer.name, how)
+        for old in olds:
+            log.info("%s replaces %s", peer.name, old.name)
+
+    def _idle_welcome(self, cid: int, hello: Hello) -> list[Action]:
+        """What a student connecting between serve calls is told: why the last one failed,
+        or the description with the rounds the last one served (asking for more then fails
+        at once, saying so)."""
+        if hello.role != "student":
+            return []
+        if self._failed is not None:
+            return [Send(cid, *header(Fail(self._failed, ErrorCode.FAILED)))]
+        if self._served_times and self._described.desc is not None:
+            return [Send(cid, *header(self._described.event(self._served_times)))]
+        return []
 
     def _on_close(self, peer: Peer, reason: BaseException | None) -> None:
         with self._cond:
@@ -177,27 +198,30 @@ class TeacherServer:
             if self._batcher is not None:
                 self._batcher.drop(peer.cid)
             self._run(actions)
+            if not self._closed and not peer.close_reason:  # else logged when closed
+                peer.log_gone(peer.why(reason))
             self._cond.notify_all()
-        if not self._closed and not isinstance(reason, ProtocolError):  # logged as it closed
-            log.info("%s is gone%s", peer.name, f": {reason}" if reason else "")
 
     def _on_message(self, peer: Peer, msg: Message) -> None:
         """Reader thread: validate at the edge; a bad message closes only that connection."""
         t = msg.type
         if t == MsgType.USER:
-            self._on_user(msg)
+            self._inbox.put(msg)
             return
         event = parse(t, msg.header)  # ProtocolError: the session logs it and closes
         if t == MsgType.QUERY:
             self._on_query(peer, msg, decode_plain(msg.header, msg.frames))
         if isinstance(event, StatusRequest) and self._machine is None:
-            peer.send(MsgType.STATUS_INFO, {"status": {"mode": "idle", **self._status_extra()}})
+            peer.send(MsgType.STATUS_INFO, {"status": self.status()})
             return
+        if isinstance(event, (Subscribe, RoundDone)):
+            log_round(peer, event)
         with self._cond:
             machine = self._machine
             if machine is None:
                 if self._failed is not None and isinstance(event, (Subscribe, Query)):
-                    peer.send(*header(Fail(self._failed, ErrorCode.FAILED)))  # never served
+                    # it connected while the failed call still ran; its request came after
+                    self._run([Send(peer.cid, *header(Fail(self._failed, ErrorCode.FAILED)))])
                     return
                 early = self._early.setdefault(peer.cid, [])
                 if len(early) >= _EARLY_EVENTS:
@@ -213,9 +237,6 @@ class TeacherServer:
                 raise ProtocolError(f"{peer.name}: {exc}") from None
             self._run(actions)
             self._cond.notify_all()
-
-    def _on_user(self, msg: Message) -> None:
-        self._inbox.put(msg)  # ProtocolError (malformed, a flood): that connection closes
 
     def _on_query(self, peer: Peer, msg: Message, feeds: Chunk) -> None:
         """A QUERY whose feeds were decoded (and so checked) whatever the teacher serves."""
@@ -248,7 +269,9 @@ class TeacherServer:
             elif isinstance(action, Close):
                 peer = self._peers.get(action.cid)
                 if peer is not None:
-                    log.info("closing %s: %s", peer.name, action.reason)
+                    if not peer.close_reason:
+                        peer.close_reason = action.reason
+                        peer.log_gone(action.reason)
                     peer.close_after_sends()
             elif isinstance(action, (StartCursor, StopCursor)):
                 runner = self._runner
@@ -256,7 +279,8 @@ class TeacherServer:
                     runner.apply(action)
 
     def _send_data(self, action: SendData) -> None:
-        encoded = EncodedData(action.chunks, self._described.codecs, self._stats)
+        codecs = self._described.codecs
+        encoded = EncodedData(action.chunks, codecs, self._stats, self.meters.observe_parts)
         for cid, sub in action.targets:
             peer = self._peers.get(cid)
             if peer is not None:
@@ -271,8 +295,17 @@ class TeacherServer:
 
     def _status_extra(self) -> dict[str, Any]:
         """What the teacher adds to its machine's status: where it is, what it serves."""
-        extra = {"address": self.address, "stats": self.stats(), "program": self.program_name}
+        extra: dict[str, Any] = {"address": self.address, "stats": self.stats()}
+        extra["program"] = self.program_name
+        extra["uptime_seconds"] = time.monotonic() - self._began
         return {**extra, **self._described.status()}
+
+    def status(self) -> dict[str, Any]:
+        """What ``pantheon status`` shows (see ``docs/protocol.md``, STATUS_INFO)."""
+        with self._cond:
+            machine = self._machine
+            base = machine.status() if machine is not None else {"mode": "idle"}
+            return {**base, **self._status_extra()}
 
     def _known_desc(self, chunk: Chunk) -> Description:
         """The description, learned from ``chunk`` if this is the first."""
@@ -338,6 +371,7 @@ class TeacherServer:
                     if self._runner is not None and self._runner.failure is not None:
                         raise self._runner.failure
                     if machine.finished():
+                        self._served_times = machine.times
                         return
                     reason = machine.abandoned()
                     if reason is not None:
@@ -397,18 +431,10 @@ class TeacherServer:
 
         def reply(query: PendingQuery, answer: Chunk | None, error: str | None) -> None:
             peer = self._peers.get(query.cid)
-            if peer is None:
-                return
-            if answer is None:
-                fail = Fail(error or "the query failed", ErrorCode.FAILED, query.qid)
-                peer.send(*header(fail))
-                return
-            self._learn_desc(answer)
-            head, frames = encode_chunks([answer], self._described.codecs)
-            head["qid"] = query.qid
-            peer.send(MsgType.ANSWER, head, frames)
-            self._stats["batches"] += 1
-            self._stats["samples"] += len(answer.ids)
+            if peer is not None:
+                if answer is not None:
+                    self._learn_desc(answer)
+                send_answer(peer, query, answer, error, self._described.codecs, self._stats)
 
         self._batcher = QueryBatcher(
             handler, reply, max_batch=opts.max_batch, max_delay=opts.max_delay
@@ -423,22 +449,17 @@ class TeacherServer:
 
     def wait_for_student(self, timeout: float) -> None:
         """Block until a student has connected and authenticated (at most ``timeout`` s)."""
-        self._wait_student(timeout)
 
-    def _wait_student(self, timeout: float) -> Peer:
-        def student() -> Peer | None:
+        def student() -> bool:
             self._check_open()
-            return next((p for p in self._peers.values() if p.hello.role == "student"), None)
+            return any(p.hello.role == "student" for p in self._peers.values())
 
         with self._cond:
-            if not wait_until(self._cond, lambda: student() is not None, Deadline(timeout)):
+            if not wait_until(self._cond, student, Deadline(timeout)):
                 raise PantheonTimeoutError(
                     f"no student connected to the teacher at {self.address} within {timeout:g} s; "
                     "start the student with register_teacher(in_address=...) pointing here"
                 )
-            found = student()
-            assert found is not None
-            return found
 
     def _check_open(self) -> None:
         if self._closed:
@@ -449,7 +470,7 @@ class TeacherServer:
     def send_user(self, data: Any, timeout: float) -> None:
         """Send one user message to every connected student (waits for one up to ``timeout`` s)."""
         value, frames = encode_value(data)
-        self._wait_student(timeout)
+        self.wait_for_student(timeout)
         with self._cond:
             peers = [p for p in self._peers.values() if p.hello.role == "student"]
         for peer in peers:

@@ -38,7 +38,8 @@ from .._wire import (
     parse_address,
     resolve_token,
 )
-from .link import TRANSPORTS, Link
+from .link import Link, check_transport
+from .members import Follow
 from .messages import Bye, Data, Desc, EndRound, Fail, Query, header, parse
 from .payload import decode_payload, encode_chunks
 from .student_machine import Action, Reconnect, RoundState, StudentMachine, Transmit
@@ -86,6 +87,7 @@ class OnlineRound:
                 return None
             chunk, actions = machine.take()
             src.queue(actions)
+            src.delivered(chunk)
         src.flush()
         return chunk
 
@@ -117,6 +119,9 @@ class OnlineSource:
         transport: ``"auto"`` (default: shared memory with a teacher on this host, TCP
             otherwise), ``"tcp"`` or ``"shm"`` (shared memory or an error); see
             :data:`~pantheon._online.link.TRANSPORTS`.
+        follow: the replicas are the members of a named pool (:mod:`.members`): links
+            follow it (a replica back on another port, replicas added or removed).
+        name: how messages name the teacher (default: from its addresses).
     """
 
     def __init__(
@@ -133,16 +138,17 @@ class OnlineSource:
         rank: int = 0,
         world_size: int = 1,
         transport: str = "auto",
+        follow: Follow | None = None,
+        name: str | None = None,
     ) -> None:
-        if transport not in TRANSPORTS:
-            raise ConfigError(f"transport must be one of {list(TRANSPORTS)}, got {transport!r}")
+        check_transport(transport)
         addresses = [address] if isinstance(address, str) else list(address)
         if not addresses:
             raise ConfigError("in_address needs at least one 'host:port'")
         for a in addresses:
             parse_address(a)
         self.index = index
-        self.name = f"teacher {index} ({', '.join(addresses)})"
+        self.name = name or f"teacher {index} ({', '.join(addresses)})"
         self.client_id = uuid.uuid4().hex
         self.sparse_topk = sparse_topk
         self.token = resolve_token(token)
@@ -165,8 +171,15 @@ class OnlineSource:
         self.links = [Link(self, a, i) for i, a in enumerate(addresses)]
         self.closed = False
         self.inbox = UserInbox(f"{self.name} (Student.recv)")
-        self._stats = {"bytes": 0, "reconnects": 0}
+        self._stats = {"batches": 0, "samples": 0, "bytes": 0, "reconnects": 0}
         self._down_since: float | None = None
+        self.follow = follow
+
+    def delivered(self, chunk: Chunk | None) -> None:
+        """Count a chunk handed to the student (its ``batches`` and ``samples``)."""
+        if chunk is not None:
+            self._stats["batches"] += 1
+            self._stats["samples"] += len(chunk.ids)
 
     # ------------------------------------------------------------------ actions
 
@@ -215,23 +228,46 @@ class OnlineSource:
             except TeacherError as exc:  # not reachable in time; a replica may be
                 errors.append(exc)
                 continue
-            self._up(link)
+            self.up(link)
         if len(errors) == len(self.links):
             raise errors[0]
+        if self.follow is not None:
+            self.follow.start(self)
 
-    def _up(self, link: Link) -> None:
+    def up(self, link: Link) -> None:
         with self.cond:
             if link.session is None or not link.session.alive:
                 return  # it closed already: its on_close took care of it
             self.queue(self.machine.link_up(link.index))
+            where = self._where(link)
             if self._down_since is not None:
                 gone = time.monotonic() - self._down_since
-                log.info("%s: reconnected to %s after %.1f s", self.name, link.address, gone)
+                log.info("%s: reconnected%s after %.1f s", self.name, where, gone)
                 self._down_since = None
+            else:
+                log.info("%s: connected%s (%s)", self.name, where, link.described)
             self.cond.notify_all()
         self.flush()
 
+    def _where(self, link: Link) -> str:
+        """`` to ADDRESS`` for a teacher of several replicas (the name holds a single one)."""
+        return f" to {link.address}" if len(self.links) > 1 else ""
+
+    def _why(self, link: Link, reason: BaseException | None) -> str:
+        """Why ``link`` went down, naming neither the teacher nor a single address again
+        (the log line starts with the teacher's name)."""
+        if reason is None:
+            return f"lost the connection{self._where(link)}"
+        session = f"{self.name} at {link.address}"
+        text = str(reason).removeprefix(f"lost connection to {session}: ")
+        text = text.replace(session, "the teacher")
+        text = text.replace(f" to {link.address}", self._where(link))
+        return text if len(self.links) > 1 else text.replace(link.address, "the teacher")
+
     def _reconnect(self, index: int) -> None:
+        if self.follow is not None:
+            self.follow.reconnect(self, index)
+            return
         link = self.links[index]
         try:
             link.connect(Deadline(self.timeout))
@@ -240,9 +276,13 @@ class OnlineSource:
                 self.machine.reconnect_failed(index, exc)
                 self.cond.notify_all()
             return
+        self.count_reconnect()
+        self.up(link)
+
+    def count_reconnect(self) -> None:
+        """Count one reconnection (for :meth:`stats`)."""
         with self.cond:
             self._stats["reconnects"] += 1
-        self._up(link)
 
     def on_close(self, link: Link, session: Session, reason: BaseException | None) -> None:
         """A link's session closed (its reader thread, or this side)."""
@@ -255,7 +295,7 @@ class OnlineSource:
             self.queue(actions)
             self.cond.notify_all()
         if actions:
-            log.warning("%s: %s; reconnecting", self.name, reason or f"lost {link.address}")
+            log.warning("%s: %s; reconnecting", self.name, self._why(link, reason))
         self.flush()
 
     # ------------------------------------------------------------------ messages
@@ -369,8 +409,9 @@ class OnlineSource:
                     f"{self.name} did not answer query {qid} within {timeout:g} s"
                 )
             result = m.answers.pop(qid)
-        if isinstance(result, BaseException):
-            raise result
+            if isinstance(result, BaseException):
+                raise result
+            self.delivered(result)
         return result
 
     # ------------------------------------------------------------------ user messages
@@ -423,8 +464,9 @@ class OnlineSource:
         return self.inbox.get(max(timeout, 0.001))
 
     def stats(self) -> Mapping[str, Any]:
-        """Bytes received, reconnections, messages through shared memory, and the transport
-        of each connected address (``{name: "shm" | "tcp"}``)."""
+        """Chunks (``batches``) and ``samples`` delivered, bytes received, reconnections,
+        messages through shared memory, and the transport of each connected address
+        (``{name: "shm" | "tcp"}``)."""
         out: dict[str, Any] = dict(self._stats)
         out["shm_messages"] = sum(link.shm_messages for link in self.links)
         out["transport"] = {

@@ -84,6 +84,7 @@ class _Link:
     up: bool = False
     reconnecting: bool = False
     said_bye: bool = False
+    retired: bool = False  # its replica left the pool (scaled down): never reconnected
     outstanding: dict[int, Chunk] = field(default_factory=dict)
 
 
@@ -166,7 +167,7 @@ class StudentMachine:
         rnd = self.round
         busy = bool(lost) or (rnd is not None and not rnd.ended and not rnd.closed)
         actions: list[Action] = []
-        if not (lk.said_bye and not busy):
+        if not lk.retired and not (lk.said_bye and not busy):
             actions.append(self._reconnect(link))
         for qid in sorted(lost):
             actions += self._send_query(qid, lost[qid])
@@ -179,6 +180,24 @@ class StudentMachine:
             self.error = self.error or error
         elif all(not lk.up and not lk.reconnecting for lk in self.links):
             self.error = self.error or TeacherError(f"{self.name} is gone: {error}")
+
+    def add_link(self) -> int:
+        """A replica joined the pool: a new link, connecting (the driver connects it)."""
+        self.links.append(_Link(reconnecting=True))
+        return len(self.links) - 1
+
+    def retire(self, link: int) -> list[Action]:
+        """Link ``link``'s replica left the pool for good: it is not reconnected, and what it
+        carried goes to the links left (or is parked until one is up)."""
+        lk = self.links[link]
+        lk.up = lk.reconnecting = False
+        lk.retired = True
+        lost = dict(lk.outstanding)
+        lk.outstanding.clear()
+        actions: list[Action] = []
+        for qid in sorted(lost):
+            actions += self._send_query(qid, lost[qid])
+        return actions + self._resume(None)
 
     def _reconnect(self, link: int) -> Reconnect:
         self.links[link].reconnecting = True
@@ -292,7 +311,7 @@ class StudentMachine:
         self.round = RoundState(rnd, first, first=first)
         link = self.live()
         if link is None:
-            return [self._reconnect(i) for i, lk in enumerate(self.links) if not lk.reconnecting]
+            return self._reconnect_all()
         return self._subscribe(self.round, link)
 
     def _subscribe(self, rnd: RoundState, link: int) -> list[Action]:
@@ -345,11 +364,18 @@ class StudentMachine:
             raise self.error
         return self._send_query(qid, query)
 
+    def _reconnect_all(self) -> list[Action]:
+        return [
+            self._reconnect(i)
+            for i, lk in enumerate(self.links)
+            if not lk.reconnecting and not lk.retired
+        ]
+
     def _send_query(self, qid: int, query: Chunk) -> list[Action]:
         live = [i for i, lk in enumerate(self.links) if lk.up]
         if not live:
-            self.links[0].outstanding[qid] = query
-            return [self._reconnect(i) for i, lk in enumerate(self.links) if not lk.reconnecting]
+            self.links[0].outstanding[qid] = query  # parked: link_up sends it on
+            return self._reconnect_all()
         link = min(live, key=lambda i: len(self.links[i].outstanding))
         self.links[link].outstanding[qid] = query
         return [Transmit(link, Query(qid), query)]

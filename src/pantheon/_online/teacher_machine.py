@@ -49,6 +49,9 @@ from .fanout import (
     slowest,
 )
 from .messages import (
+    NO_QUERIES,
+    NO_ROUNDS,
+    REPLACED,
     Bye,
     Credit,
     Desc,
@@ -114,16 +117,17 @@ class TeacherMachine:
         self._starts: list[StartCursor] = []  # cursors created, to start with the next actions
         self._ever_connected = False
         self.predicted_chunks = 0  # chunks the round factory produced (all cursors)
+        self.rounds_served: set[int] = set()  # rounds some student acknowledged
 
     # ------------------------------------------------------------------ connections
 
     def connect(self, cid: int, hello: Hello, peer: str) -> list[Action]:
-        """A client authenticated; returns what to send it (DESC, or a refusal)."""
+        """A client authenticated; returns what to send it (DESC, the failure, or a refusal)."""
         if hello.role == "monitor":
             self._monitors.add(cid)
             return []
         if hello.client and hello.client in self._replaced:
-            return self._refuse(cid, ErrorCode.REPLACED, _REPLACED)
+            return self._refuse(cid, ErrorCode.REPLACED, REPLACED)
         group = self._groups.get(hello.group)
         if group is not None and group.world_size != hello.world_size:
             return self._refuse(
@@ -139,7 +143,7 @@ class TeacherMachine:
             if old.hello.client and old.hello.client != hello.client:
                 self._replaced.add(old.hello.client)
             actions += self._drop(old_cid)
-            actions += [Send(old_cid, *header(Fail(_REPLACED, ErrorCode.REPLACED)))]
+            actions += [Send(old_cid, *header(Fail(REPLACED, ErrorCode.REPLACED)))]
             actions.append(Close(old_cid, "replaced by a newer student of the same rank"))
         elif len(self._consumers) >= self.max_students:
             return self._refuse(
@@ -154,7 +158,7 @@ class TeacherMachine:
         self._ever_connected = True
         if self.desc is not None:
             actions.append(Send(cid, *header(self.desc)))
-        if self.failure is not None:  # connected as the teacher fails: told at once
+        if self.failure is not None:
             actions.append(Send(cid, *header(Fail(self.failure, ErrorCode.FAILED))))
         return self._out(actions)
 
@@ -243,12 +247,12 @@ class TeacherMachine:
         if isinstance(event, Query):
             if self.queries:
                 return []  # the driver's query batcher answers it
-            return self._refuse(cid, ErrorCode.BAD_REQUEST, _NO_QUERIES, close=False)
+            return self._refuse(cid, ErrorCode.BAD_REQUEST, NO_QUERIES, close=False)
         raise ProtocolViolation(f"a student may not send {type(event).__name__} to a teacher")
 
     def _subscribe(self, consumer: Consumer, event: Subscribe, now: float) -> list[Action]:
         if self.queries:
-            return self._refuse(consumer.cid, ErrorCode.BAD_REQUEST, _NO_ROUNDS, close=False)
+            return self._refuse(consumer.cid, ErrorCode.BAD_REQUEST, NO_ROUNDS, close=False)
         if event.round >= self.times:
             message = (
                 f"this teacher serves {self.times} round(s) (times={self.times}); round "
@@ -309,6 +313,7 @@ class TeacherMachine:
     def _attach(self, consumer: Consumer, cursor: Cursor, pump: bool = True) -> list[Action]:
         consumer.cursor = cursor
         cursor.consumers.add(consumer.cid)
+        cursor.joined = True
         cursor.idle_since = None
         consumer.pos = cursor.base
         while consumer.pos < cursor.end:  # skip the chunks wholly below its start
@@ -327,6 +332,7 @@ class TeacherMachine:
         group = self._groups[consumer.hello.group]
         rank = consumer.hello.rank
         group.done[rank] = max(group.done.get(rank, -1), event.round)
+        self.rounds_served.add(event.round)
         # distinct (process, round) acks: each new process reading a round again is a pass
         group.passes.setdefault(rank, set()).add((consumer.hello.client, event.round))
         return []
@@ -485,16 +491,6 @@ class TeacherMachine:
             "students": students,
             "done_groups": self.done_groups,
             "predicted_chunks": self.predicted_chunks,
+            "rounds_served": len(self.rounds_served),
             "failure": self.failure,
         }
-
-
-_REPLACED = "replaced by a newer student of the same group and rank"
-_NO_QUERIES = (
-    "this teacher streams rounds from its reader; it answers no queries (serve it with "
-    "reader_config=None for query mode)"
-)
-_NO_ROUNDS = (
-    "this teacher only answers queries (it has no reader); use "
-    "get_knowledge_generator(batch_size, queries=...)"
-)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from .fingerprint import fingerprint_of
 from .programs import Program, Worker, build_workers, parse_devices
+from .readers import iter_raw_batches, validate_reader_config
 from .rounds import RoundFactory, reader_round_factory, reader_takes_round, with_progress
 from .service import ServiceSpec, make_query_handler, make_round_factory
 from .workers import RoundIterator
@@ -29,10 +30,12 @@ __all__ = [
     "Worker",
     "build_workers",
     "fingerprint_of",
+    "iter_raw_batches",
     "make_query_handler",
     "make_round_factory",
     "parse_devices",
     "reader_round_factory",
     "reader_takes_round",
+    "validate_reader_config",
     "with_progress",
 ]

@@ -36,6 +36,7 @@ import os
 import re
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ import numpy as np
 
 from .._errors import ConfigError, KnowledgeError, PantheonError, WorkerError, missing_extra
 from .._knowledge import Knowledge, Value, normalize_batch, num_samples
+from .._metrics import Histogram
 from .._util import check_int
 
 __all__ = [
@@ -226,12 +228,15 @@ class Worker:
         device: the device string.
         run: ``feeds -> outputs`` (``None`` when the schema only passes feeds through).
         init_thread: called once in each thread that runs this worker (thread settings).
+        timings: a histogram of the seconds each program call takes (the teacher's
+            ``pantheon_teacher_predict_seconds``), or None.
     """
 
     name: str
     device: str
     run: Runner | None
     init_thread: Callable[[], None] | None = None
+    timings: Histogram | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     _threads: set[int] = field(default_factory=set)  # threads that ran init_thread
 
@@ -358,7 +363,14 @@ def predict_batch(
         KnowledgeError: outputs that are not arrays or do not have ``n`` samples.
     """
     with worker.lock:
-        out = worker.run(feeds) if worker.run is not None else None
+        if worker.run is None:
+            out = None
+        elif worker.timings is None:
+            out = worker.run(feeds)
+        else:
+            t0 = time.perf_counter()
+            out = worker.run(feeds)
+            worker.timings.observe(time.perf_counter() - t0)
     outputs = name_outputs(out)
     knowledge: dict[str, Any] = {}
     for key, src in schema.items():

@@ -24,6 +24,7 @@ from typing import Any
 
 from .._errors import ConfigError
 from .._knowledge import Knowledge, Value
+from .._metrics import Histogram
 from .._util import check_int
 from .programs import (
     Worker,
@@ -99,7 +100,9 @@ class ServiceSpec:
         return parse_devices(self.exe)
 
 
-def make_round_factory(spec: ServiceSpec) -> Callable[[int, int], RoundIterator]:
+def make_round_factory(
+    spec: ServiceSpec, timings: Histogram | None = None
+) -> Callable[[int, int], RoundIterator]:
     """Build the teacher's round factory ``make_round(round_index, start_sample) -> iterator
     of Chunk``.
 
@@ -109,7 +112,8 @@ def make_round_factory(spec: ServiceSpec) -> Callable[[int, int], RoundIterator]
     :class:`~pantheon._service.workers.RoundIterator` of ``Chunk(ids, data)`` in reader
     order, ``ids`` being the samples' positions ``0..N-1`` in the round. Batches that
     end at or below ``start_sample`` are read but not predicted; a batch that straddles it is
-    predicted and sliced. At most ``spec.buf_size`` batches are in flight.
+    predicted and sliced. At most ``spec.buf_size`` batches are in flight. ``timings``, when
+    given, records the seconds of every program call.
 
     Raises:
         ConfigError: ``spec`` has no reader (use :func:`make_query_handler`).
@@ -122,7 +126,7 @@ def make_round_factory(spec: ServiceSpec) -> Callable[[int, int], RoundIterator]
         )
     feeds = list(spec.feed_list)
     schema_d = dict(spec.schema)
-    workers = build_workers(spec.program, feeds, spec.devices)
+    workers = _timed(build_workers(spec.program, feeds, spec.devices), timings)
     ragged = initial_ragged(reader_config)  # grows as variable-length feeds are seen
     per_round = reader_takes_round_index(reader_config)
 
@@ -135,8 +139,11 @@ def make_round_factory(spec: ServiceSpec) -> Callable[[int, int], RoundIterator]
     return make_round
 
 
-def make_query_handler(spec: ServiceSpec) -> Callable[[Mapping[str, Any]], Knowledge]:
-    """Build ``handle(feeds) -> knowledge`` for query mode (``spec.reader_config`` is ignored).
+def make_query_handler(
+    spec: ServiceSpec, timings: Histogram | None = None
+) -> Callable[[Mapping[str, Any]], Knowledge]:
+    """Build ``handle(feeds) -> knowledge`` for query mode (``spec.reader_config`` is ignored;
+    ``timings`` as in :func:`make_round_factory`).
 
     ``feeds`` is the student's own input batch, ``{feed name: array}`` (a list of per-sample
     arrays of different lengths is taken as a ragged field); keys not in ``feed_list`` are
@@ -150,7 +157,7 @@ def make_query_handler(spec: ServiceSpec) -> Callable[[Mapping[str, Any]], Knowl
     """
     feeds_order = list(spec.feed_list)
     schema_d = dict(spec.schema)
-    workers = build_workers(spec.program, feeds_order, spec.devices)
+    workers = _timed(build_workers(spec.program, feeds_order, spec.devices), timings)
     turn = itertools.count()
 
     def handle(query: Mapping[str, Any]) -> Knowledge:
@@ -181,3 +188,9 @@ def _pick(workers: Sequence[Worker], turn: itertools.count[int]) -> Worker:
         if not w.lock.locked():
             return w
     return workers[start]
+
+
+def _timed(workers: list[Worker], timings: Histogram | None) -> list[Worker]:
+    for worker in workers:
+        worker.timings = timings
+    return workers

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from .._codecs import SparseTopK
+from .._codecs import SparseSamples, SparseTopK
 from .._errors import ConfigError, FileFormatError, TeacherError
 from .._files import KnowledgeFile, KnowledgeWriter, repair, shard_paths
 from .._knowledge import Chunk, Description
@@ -156,7 +156,10 @@ class CachedSource:
 
     def write(self, writer: KnowledgeWriter, chunk: Chunk) -> None:
         """Append a chunk the student read to the cache."""
-        data = {k: v.dense() if isinstance(v, SparseTopK) else v for k, v in chunk.data.items()}
+        data = {
+            k: v.dense() if isinstance(v, (SparseTopK, SparseSamples)) else v
+            for k, v in chunk.data.items()
+        }
         writer.write(data, chunk.ids)
 
     def finish(self, writer: KnowledgeWriter, samples: int) -> None:

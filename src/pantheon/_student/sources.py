@@ -19,7 +19,14 @@ from .._files import KnowledgeFile
 from .._knowledge import Chunk, Description
 from .._util import check_int
 
-__all__ = ["FileSource", "OnlineCapable", "RoundStream", "Source", "online_sources"]
+__all__ = [
+    "FileSource",
+    "OnlineCapable",
+    "RoundStream",
+    "Source",
+    "online_sources",
+    "only_online",
+]
 
 
 @runtime_checkable
@@ -99,8 +106,11 @@ class OnlineCapable(Source, Protocol):
 class _FileRound:
     """One round of a knowledge file: this rank's shard of it, from its position on."""
 
-    def __init__(self, file: KnowledgeFile, start: int, rank: int, world: int) -> None:
+    def __init__(
+        self, file: KnowledgeFile, start: int, rank: int, world: int, stats: dict[str, int]
+    ) -> None:
         self._file = file
+        self._stats = stats
         self._samples = file.num_samples
         self._chunks = self._shard(file.iter_chunks(start), start, rank, world)
 
@@ -118,7 +128,11 @@ class _FileRound:
                 yield part
 
     def next_chunk(self, timeout: float) -> Chunk | None:
-        return next(self._chunks, None)
+        chunk = next(self._chunks, None)
+        if chunk is not None:
+            self._stats["batches"] += 1
+            self._stats["samples"] += len(chunk.ids)
+        return chunk
 
     def known_samples(self) -> int:
         return self._samples
@@ -153,6 +167,7 @@ class FileSource:
         self._rank, self._world = shard
         self.name = f"teacher {index} ({self.path})"
         self._file: KnowledgeFile | None = None
+        self._stats = {"batches": 0, "samples": 0}
 
     def start(self, timeout: float) -> None:
         if self._file is None:
@@ -186,10 +201,11 @@ class FileSource:
                 f"of {self.name}: rank {r} of {w} has {have} of its {file.num_samples} samples; "
                 "was the state_dict saved with other knowledge?"
             )
-        return _FileRound(file, r + start_sample * w, r, w)
+        return _FileRound(file, r + start_sample * w, r, w, self._stats)
 
     def stats(self) -> Mapping[str, Any]:
-        return {}
+        """Chunks (``batches``) and ``samples`` read from the file, every round."""
+        return dict(self._stats)
 
     def close(self) -> None:
         if self._file is not None:
@@ -218,3 +234,17 @@ def online_sources(
             raise ConfigError(f"{source.name} is offline: send()/recv() need an online teacher")
         out.append(source)
     return out
+
+
+def only_online(sources: Sequence[Source]) -> None:
+    """Check that every teacher is online (query mode).
+
+    Raises:
+        ConfigError: naming the knowledge files.
+    """
+    offline = [s.name for s in sources if not isinstance(s, OnlineCapable)]
+    if offline:
+        raise ConfigError(
+            f"query mode needs online teachers; {', '.join(offline)} are knowledge files. "
+            "Use same-order mode (no queries=) with offline teachers"
+        )

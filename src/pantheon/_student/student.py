@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import functools
 import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -14,18 +17,21 @@ from .._knowledge import Description
 from .._util import check_int, check_seconds
 from .._wire import Heartbeat
 from .assembler import Assembler, AssemblerStopped, QueryAssembler, RoundAssembler
-from .fingerprints import check_resumed, check_teachers, known, parse_recorded
+from .fingerprints import check_teachers
 from .formats import RaggedFormat, format_batch
 from .merge import MergePlan, build_plan
-from .sources import FileSource, OnlineCapable, Source, online_sources
-from .state import STATE_VERSION, parse_state
+from .observe import StudentMeters, start_metrics, student_metrics, student_stats
+from .sources import FileSource, OnlineCapable, Source, online_sources, only_online
+from .state import Resumable, check_shard
 
 __all__ = ["Student"]
 
 log = logging.getLogger("pantheon")
 
+_OPEN: weakref.WeakSet[Student] = weakref.WeakSet()  # said goodbye to at interpreter exit
 
-class Student:
+
+class Student(Resumable):
     """The student: receives, merges and re-batches the knowledge of its teachers.
 
     Args:
@@ -57,6 +63,10 @@ class Student:
             long as they are held) and over TCP otherwise; ``"tcp"`` always uses the socket;
             ``"shm"`` requires shared memory and fails with the reason when the teacher cannot
             use it. ``PANTHEON_SHM=0`` in the environment of either side turns it off.
+        metrics_port / metrics_host: serve Prometheus metrics on
+            ``http://metrics_host:PORT/metrics`` (``0``: a free port, see
+            :attr:`metrics_address`; host default ``"127.0.0.1"``); default None: none. Needs
+            the ``metrics`` extra; the metrics are listed in ``docs/guide/operating.md``.
 
     Usage, as the seed::
 
@@ -84,6 +94,8 @@ class Student:
         world_size: int = 1,
         credits: int = 8,
         transport: str = "auto",
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         if merge_strategy is not None and not isinstance(merge_strategy, Mapping):
             raise ConfigError(
@@ -97,27 +109,11 @@ class Student:
         self._read_ahead = check_int("read_ahead", read_ahead, unit="batches")
         self._sparse_topk = bool(sparse_topk)
         self._heartbeat = Heartbeat(heartbeat_interval, heartbeat_timeout)
-        if not isinstance(group, str) or not group or len(group) > 256:
-            raise ConfigError(
-                f"group must be a non-empty name (at most 256 characters), got {group!r}"
-            )
-        self._group = group
-        self._world = check_int("world_size", world_size, unit="processes")
-        self._rank = check_int("rank", rank, minimum=0)
-        if self._rank >= self._world:
-            raise ConfigError(
-                f"rank {self._rank} is not a rank of a group of world_size {self._world}; "
-                f"ranks are 0..{self._world - 1}"
-            )
+        self._group, self._rank, self._world = check_shard(group, rank, world_size)
         self._credits = check_int("credits", credits, unit="messages")
-        from .._online import TRANSPORTS
+        from .._online import check_transport
 
-        if transport not in TRANSPORTS:
-            raise ConfigError(
-                f"transport must be one of {list(TRANSPORTS)} (how online knowledge travels), "
-                f"got {transport!r}"
-            )
-        self._transport = transport
+        self._transport = check_transport(transport)
         self._sources: list[Source] = []
         self._plan: MergePlan | None = None
         self._started = False
@@ -128,6 +124,21 @@ class Student:
         self._resumed: list[dict[str, str]] = []  # fingerprints of a loaded state_dict
         self._lock = threading.Lock()
         self._stats = {"batches": 0, "samples": 0, "rounds": 0, "wait_seconds": 0.0}
+        self._who = f"student {group!r} rank {self._rank}"
+        self._meters = StudentMeters()
+        self._metrics = start_metrics(
+            metrics_port,
+            metrics_host,
+            self._who,
+            lambda: student_metrics(self.stats(), self._meters),
+        )
+        self._pid = os.getpid()  # a forked child does not say goodbye for its parent
+        _OPEN.add(self)
+
+    @property
+    def metrics_address(self) -> str | None:
+        """Where ``/metrics`` is served (``"host:port"``), or None without ``metrics_port``."""
+        return self._metrics.address if self._metrics is not None else None
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -183,9 +194,9 @@ class Student:
         return index
 
     def _online_source(self, index: int, address: str | list[str]) -> Source:
-        from .._online import OnlineSource
+        from .._online import open_source  # "host:port" addresses, or a pool ("ray://NAME")
 
-        return OnlineSource(
+        return open_source(
             index,
             address,
             token=self._token,
@@ -295,7 +306,10 @@ class Student:
         plan = self._ensure_plan()
 
         def make() -> Assembler:
-            streams = [s.open_round(self._round, self._sample_in_round) for s in self._sources]
+            rnd, at = self._round, self._sample_in_round
+            streams = [s.open_round(rnd, at) for s in self._sources]
+            how = f"resumed at sample {at} of this rank" if at else "started"
+            log.info("%s: round %d %s", self._who, rnd, how)
             return RoundAssembler(
                 streams,
                 [s.name for s in self._sources],
@@ -331,7 +345,8 @@ class Student:
                 except AssemblerStopped:
                     self._check_current(assembler)  # replaced or closed: says which
                     raise
-                self._stats["wait_seconds"] += time.perf_counter() - t0
+                waited = time.perf_counter() - t0
+                self._stats["wait_seconds"] += waited
                 with self._lock:  # a newer generator starts from what this one handed out
                     self._check_current(assembler)
                     if chunk is None:
@@ -341,6 +356,7 @@ class Student:
                     n = len(chunk.ids)
                     if in_round:
                         self._sample_in_round += n
+                self._meters.wait_seconds.observe(waited)
                 self._stats["batches"] += 1
                 self._stats["samples"] += n
                 yield format_batch(chunk.data, ragged)
@@ -365,6 +381,8 @@ class Student:
         for source in self._sources:
             if isinstance(source, OnlineCapable):
                 source.ack_round(self._round)
+        n = self._sample_in_round
+        log.info("%s: round %d finished (%d samples of this rank)", self._who, self._round, n)
         self._round += 1
         self._sample_in_round = 0
         self._stats["rounds"] += 1
@@ -375,28 +393,16 @@ class Student:
         self._check_open()
         if not self._started:
             self.start()
-        offline = [s.name for s in self._sources if not isinstance(s, OnlineCapable)]
-        if offline:
-            raise ConfigError(
-                f"query mode needs online teachers; {', '.join(offline)} are knowledge files. "
-                "Use same-order mode (no queries=) with offline teachers"
-            )
-
-        def plan_for() -> MergePlan:
-            return self._ensure_plan(timeout)
+        only_online(self._sources)
 
         def make() -> Assembler:
+            names = [s.name for s in self._sources]
+            plan_for = functools.partial(self._ensure_plan, timeout)
             return QueryAssembler(
-                self._sources,
-                [s.name for s in self._sources],
-                plan_for,
-                queries,
-                batch_size=batch_size,
-                drop_last=drop_last,
-                window=self._read_ahead,
-                maxsize=self._read_ahead,
+                self._sources, names, plan_for, queries, batch_size=batch_size,
+                drop_last=drop_last, window=self._read_ahead, maxsize=self._read_ahead,
                 timeout=timeout,
-            )
+            )  # fmt: skip
 
         return self._drain(self._replace_assembler(make), ragged, timeout, in_round=False)
 
@@ -427,63 +433,14 @@ class Student:
         wait = self._timeout if timeout is None else float(timeout)
         return online_sources(self._sources, teacher_id)[0].recv_user(wait)
 
-    # -- resume ---------------------------------------------------------------------------
-
-    def state_dict(self) -> dict[str, Any]:
-        """The student's position: the round, and the samples of it already handed out.
-
-        ``{"version": 3, "round": int, "sample_in_round": int, "teachers": [names], "group",
-        "rank", "world_size", "fingerprints": [dict per teacher]}``; ``sample_in_round``
-        counts this rank's samples. Save it with your checkpoint (each rank its own);
-        ``load_state_dict`` on a new Student (the same teachers registered, the same rank)
-        resumes exactly there.
-        """
-        return {
-            "version": STATE_VERSION,
-            "round": self._round,
-            "sample_in_round": self._sample_in_round,
-            "teachers": [s.name for s in self._sources],
-            "group": self._group,
-            "rank": self._rank,
-            "world_size": self._world,
-            "fingerprints": known(self._sources),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume from a :meth:`state_dict`: the next generator starts at that round and sample.
-
-        Versions 1 (``position`` for ``sample_in_round``) and 2 (no fingerprints) load too.
-
-        Raises:
-            ConfigError: not a state dict, a version this Pantheon does not know, a round or
-                sample that is not an integer >= 0, teachers that differ from the ones
-                registered (the message lists both), or a teacher fingerprint that differs
-                (now, or once the teacher tells it: :mod:`pantheon._student.fingerprints`).
-        """
-        self._check_open()
-        shard = (self._group, self._rank, self._world)
-        rnd, sample = parse_state(state, [s.name for s in self._sources], shard)
-        self._resumed = parse_recorded(state, len(self._sources))
-        check_resumed(self._resumed, self._sources)
-        if self._assembler is not None:
-            self._assembler.stop()
-            self._assembler = None
-        self._round, self._sample_in_round = rnd, sample
-
     def stats(self) -> dict[str, Any]:
         """Counters: batches, samples and rounds handed out, seconds the training loop waited
-        for knowledge (``wait_seconds``), bytes received, reconnections, knowledge messages
-        that came through shared memory (``shm_messages``) and, for online teachers, the
-        transport of each connection (``transport``: ``{teacher: "shm" | "tcp"}``)."""
-        out: dict[str, Any] = dict(self._stats)
-        out["qsize"] = self.get_knowledge_qsize()
-        for source in self._sources:
-            for key, value in source.stats().items():
-                if isinstance(value, Mapping):
-                    out[key] = {**out.get(key, {}), **value}
-                else:
-                    out[key] = out.get(key, 0) + value
-        return out
+        for knowledge (``wait_seconds``), ``qsize``, bytes received, reconnections, knowledge
+        messages through shared memory (``shm_messages``), the transport of each online
+        connection (``transport``: ``{teacher: "shm" | "tcp"}``), and ``teachers``: each
+        teacher's own figures keyed by its name (``batches`` and ``samples`` it delivered,
+        ``bytes``, ``reconnects``, ...)."""
+        return student_stats(self._stats, self.get_knowledge_qsize(), self._sources)
 
     # -- lifetime -------------------------------------------------------------------------
 
@@ -499,6 +456,9 @@ class Student:
         if self._closed:
             return
         self._closed = True
+        _OPEN.discard(self)
+        if self._metrics is not None:
+            self._metrics.close()
         if self._assembler is not None:
             self._assembler.stop()
             self._assembler = None
@@ -520,3 +480,11 @@ class Student:
                 self.close(resume=True)
         except Exception:  # noqa: S110 - best effort at interpreter shutdown
             pass
+
+
+@atexit.register
+def _goodbye_at_exit() -> None:
+    """A program that ends without ``close()`` is done: its teachers are told so (a student
+    that is to be resumed closes with ``close(resume=True)``; a killed one says nothing)."""
+    for student in [s for s in _OPEN if s._pid == os.getpid()]:
+        student.close()

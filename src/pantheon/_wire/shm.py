@@ -60,7 +60,7 @@ def accept_offer(conn: Connection, offer: Any, timeout: float) -> Connection:
     mapping, why = map_offer(offer)
     conn.send(MsgType.SHM_READY, {"ok": mapping is not None, "reason": why}, timeout=timeout)
     if mapping is None:
-        log.info("%s gets its knowledge over TCP: %s", conn.peer, why)
+        log.debug("%s gets its knowledge over TCP: %s", conn.peer, why)
         return conn
     return ShmSender(conn, mapping)
 

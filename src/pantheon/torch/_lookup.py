@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from .._codecs import SparseTopK
+from .._codecs import SparseSamples, SparseTopK
 from .._errors import ConfigError
 from .._files import KnowledgeFile
 from .._knowledge import Description, Knowledge, Ragged, Value
@@ -35,7 +35,20 @@ def _writable(value: Value) -> Any:
     if isinstance(value, Ragged):
         return Ragged(_writable(value.values), value.lengths)
     if isinstance(value, SparseTopK):
-        return SparseTopK(_writable(value.values), _writable(value.indices), value.vocab_size)
+        tail = None if value.tail is None else _writable(value.tail)
+        return SparseTopK(
+            _writable(value.values),
+            _writable(value.indices),
+            value.vocab_size,
+            tail,
+            holds=value.holds,
+            temperature=value.temperature,
+        )
+    if isinstance(value, SparseSamples):
+        return SparseSamples(
+            _writable(value.ids), _writable(value.counts), value.vocab_size, value.n,
+            value.temperature,
+        )  # fmt: skip
     return value
 
 
@@ -49,6 +62,8 @@ def _batch_tensors(value: Any, fill: float) -> Any:
         return (to_tensor(padded), to_tensor(lengths))
     if isinstance(value, SparseTopK):
         return (_batch_tensors(value.values, fill), _batch_tensors(value.indices, fill))
+    if isinstance(value, SparseSamples):  # sampled knowledge: (ids, counts)
+        return (_batch_tensors(value.ids, 0), _batch_tensors(value.counts, 0))
     return value
 
 
@@ -61,6 +76,8 @@ def _sample_tensors(value: Any, j: int) -> Any:
         return to_tensor(value[j])
     if isinstance(value, SparseTopK):
         return (_sample_tensors(value.values, j), _sample_tensors(value.indices, j))
+    if isinstance(value, SparseSamples):
+        return (_sample_tensors(value.ids, j), _sample_tensors(value.counts, j))
     return value
 
 

@@ -18,9 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..._errors import PantheonTimeoutError, TeacherError
-from .teacher_proc import ADDRESS_PREFIX
 
-__all__ = ["TeacherProcess", "teacher_command"]
+__all__ = ["ADDRESS_PREFIX", "TeacherProcess", "teacher_command"]
+
+# Not imported from teacher_proc: ``python -m pantheon._cli.demo.teacher_proc`` must find that
+# module not yet imported (runpy warns otherwise), and the demo package imports this one.
+ADDRESS_PREFIX = "PANTHEON_DEMO_ADDRESS "
+"""Start of the stdout line on which an online teacher reports its ``host:port``."""
 
 _EOF = None
 

@@ -5,8 +5,9 @@
 * ``results.md`` - the table and the settings, in markdown;
 * ``results.json`` - every number of :class:`DemoResult` (accuracies as fractions in ``[0, 1]``,
   times in seconds, sizes in bytes), machine-readable;
-* ``accuracy.png`` - both students' test accuracy per epoch, teachers as dashed lines
-  (matplotlib's Agg canvas, no display needed).
+* ``accuracy.png`` - both students' test accuracy per epoch with their final accuracies and the
+  gain between them marked, each teacher's accuracy as a line of its own colour and dash,
+  labelled (matplotlib's Agg canvas, no display needed).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ __all__ = [
     "KnowledgeCounters",
     "TeacherResult",
     "format_table",
+    "plot_figure",
     "verdict",
     "write_report",
 ]
@@ -182,41 +184,101 @@ def _settings_markdown(settings: dict[str, Any]) -> str:
     return "\n".join(f"- `{k}`: {v}" for k, v in settings.items())
 
 
-def _plot(result: DemoResult, path: Path) -> None:
+_TEACHER_STYLES = (("tab:green", "--"), ("tab:purple", ":"), ("tab:brown", "-."))
+
+
+def _plot_teachers(ax: Any, result: DemoResult) -> None:
+    """One horizontal line per teacher, each its own colour and dash, labelled at its left end
+    (the higher line's label above it, the lower's below: close accuracies stay readable)."""
+    ranked = sorted(result.teachers, key=lambda t: t.test_accuracy)
+    for t, (color, style) in zip(result.teachers, _TEACHER_STYLES, strict=False):
+        acc = 100 * t.test_accuracy
+        label = f"teacher {t.name} ({t.role.split(',')[0]}): {acc:.1f} %"
+        ax.axhline(acc, ls=style, color=color, lw=1.6, label=label)
+        above = t is ranked[-1]
+        ax.annotate(
+            f"teacher {t.name} {acc:.1f} %",
+            xy=(0.01, acc),
+            xycoords=("axes fraction", "data"),
+            xytext=(0, 2 if above else -2),
+            textcoords="offset points",
+            va="bottom" if above else "top",
+            color=color,
+            fontsize=8,
+        )
+
+
+def _plot_finals(ax: Any, result: DemoResult, last: int) -> None:
+    """The students' final accuracies beside their last points, and the gain between them."""
+    base, dist = 100 * result.baseline_accuracy, 100 * result.distilled_accuracy
+    close = abs(dist - base) < 3.0  # labels centred on their points would overlap
+    for value, color, higher in (
+        (base, "tab:blue", base > dist),
+        (dist, "tab:orange", dist >= base),
+    ):
+        ax.annotate(
+            f"{value:.1f} %",
+            xy=(last, value),
+            xytext=(8, (3 if higher else -3) if close else 0),
+            textcoords="offset points",
+            va=("bottom" if higher else "top") if close else "center",
+            color=color,
+            fontsize=9,
+            fontweight="bold",
+        )
+    x = last + 0.14 * max(last, 1)
+    ax.annotate(
+        "",
+        xy=(x, dist),
+        xytext=(x, base),
+        arrowprops={"arrowstyle": "|-|,widthA=0.4,widthB=0.4", "color": "black", "lw": 1.2},
+    )
+    ax.annotate(
+        f"{result.gain_points:+.1f} points",
+        xy=(x, (base + dist) / 2),
+        xytext=(5, 0),
+        textcoords="offset points",
+        va="center",
+        fontsize=9,
+        fontweight="bold",
+    )
+    ax.set_xlim(0.5, last + 0.36 * max(last, 1))
+    ax.set_xticks([t for t in ax.get_xticks() if 1 <= t <= last and float(t).is_integer()])
+
+
+def plot_figure(result: DemoResult) -> Any:
+    """The accuracy plot as a matplotlib ``Figure`` (Agg canvas): both students per epoch, their
+    final accuracies and the gain marked, one labelled line per teacher."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as exc:  # pragma: no cover - depends on the environment
         err: MissingDependencyError = missing_extra("matplotlib", "demo", feature="the demo plot")
         raise err from exc
-    fig = Figure(figsize=(7.0, 4.5), dpi=100)
+    fig = Figure(figsize=(8.0, 4.8), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     epochs = list(range(1, len(result.baseline_curve) + 1))
-    ax.plot(
-        epochs,
-        [100 * a for a in result.baseline_curve],
-        marker="o",
-        ms=3,
-        label="student, hard labels",
-    )
-    ax.plot(
-        epochs,
-        [100 * a for a in result.distilled_curve],
-        marker="o",
-        ms=3,
-        label="student, distilled",
-    )
-    for t, style in zip(result.teachers, ("--", ":"), strict=False):
-        ax.axhline(100 * t.test_accuracy, ls=style, color="grey", lw=1, label=f"teacher {t.name}")
-    ax.set_ylim(top=100.0)
+    for curve, color, name in (
+        (result.baseline_curve, "tab:blue", "student, hard labels only"),
+        (result.distilled_curve, "tab:orange", "student, distilled from both teachers"),
+    ):
+        label = f"{name}: {100 * curve[-1]:.1f} %"
+        ax.plot(epochs, [100 * a for a in curve], marker="o", ms=3, color=color, label=label)
+    _plot_teachers(ax, result)
+    _plot_finals(ax, result, epochs[-1])
+    top = max([100 * t.test_accuracy for t in result.teachers] + [96.0])
+    ax.set_ylim(top=top + 4.0)
     ax.set_xlabel("epoch")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"Digits: student test accuracy per epoch (seed {result.settings.get('seed')})")
+    ax.set_title(
+        f"Digits: student test accuracy per epoch (seed {result.settings.get('seed')}); "
+        f"distillation {result.gain_points:+.1f} points"
+    )
     ax.grid(True, alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    return fig
 
 
 def write_report(result: DemoResult, report_dir: str | os.PathLike[str]) -> DemoResult:
@@ -235,7 +297,7 @@ def write_report(result: DemoResult, report_dir: str | os.PathLike[str]) -> Demo
         "plot": str(folder / "accuracy.png"),
     }
     done = dataclasses.replace(result, report_dir=str(folder), files=files)
-    _plot(done, Path(files["plot"]))
+    plot_figure(done).savefig(Path(files["plot"]), format="png")
     markdown = (
         "# Pantheon demo: distilling two teachers into a small student\n\n"
         f"{format_table(done)}\n\n"

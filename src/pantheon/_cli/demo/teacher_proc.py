@@ -10,6 +10,9 @@ Pantheon's knowledge service over it:
   serves ``--times`` rounds (one per student epoch) and exits once the student acknowledged the
   last one.
 
+Its log (stderr, which the demo writes to ``work/teacher_*.log``) holds Pantheon's INFO lines
+and its own: which weights it loaded, and where it waits for the student.
+
 Knowledge keys: ``"logits"`` (``float32 [B, 10]``), plus ``"image"`` and ``"label"`` passed
 through from the reader with ``--pass-inputs``. Exit status 0 on success, 1 on any error (the
 traceback goes to stderr), 2 on bad arguments.
@@ -18,6 +21,7 @@ traceback goes to stderr), 2 on bad arguments.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -27,12 +31,24 @@ import torch
 
 from .data import batch_reader, load_digits_split
 from .models import TEACHER_KINDS, build_teacher, load_weights
+from .procs import ADDRESS_PREFIX
 from .train import writable_array
 
 __all__ = ["ADDRESS_PREFIX", "build_parser", "main", "make_program"]
 
-ADDRESS_PREFIX = "PANTHEON_DEMO_ADDRESS "
-"""Start of the stdout line on which an online teacher reports its ``host:port``."""
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+"""The format of a demo teacher's log lines (on stderr)."""
+
+log = logging.getLogger("pantheon.demo")
+
+
+def log_to_stderr(level: int = logging.INFO) -> None:
+    """Send the ``pantheon`` loggers' records of ``level`` and above to stderr, one per line."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger("pantheon")
+    root.addHandler(handler)
+    root.setLevel(level)
 
 
 def make_program(model: torch.nn.Module) -> Callable[..., np.ndarray]:
@@ -77,6 +93,7 @@ def _serve(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(1)
     model = load_weights(build_teacher(args.kind), args.weights)
+    log.info("demo teacher %s: weights loaded from %s", args.kind, args.weights)
     split = load_digits_split(transfer_size=args.transfer_size, transfer_seed=args.transfer_seed)
     reader = batch_reader(split.x_transfer, split.y_transfer, args.batch_size)
     schema: dict[str, str] = {"logits": "output"}
@@ -103,6 +120,7 @@ def _serve(args: argparse.Namespace) -> None:
         # Report the real address before blocking in start(): the parent waits for this line.
         sys.stdout.write(f"{ADDRESS_PREFIX}{teacher.address}\n")
         sys.stdout.flush()
+        log.info("demo teacher %s: waiting for the student on %s", args.kind, teacher.address)
         teacher.start(timeout=args.start_timeout)
         teacher.start_knowledge_service(**service, times=args.times)
     finally:
@@ -112,6 +130,7 @@ def _serve(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a demo teacher; returns the exit status."""
     args = build_parser().parse_args(argv)
+    log_to_stderr()
     _serve(args)
     return 0
 

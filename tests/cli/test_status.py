@@ -1,0 +1,113 @@
+"""`pantheon status` against live teachers over real sockets: CliRunner and a subprocess."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pantheon import Student, Teacher, TeacherError
+from pantheon._cli import main
+from tests.helpers import Runner
+
+
+def reader():
+    for start in range(0, 1000, 10):
+        yield {"x": np.arange(start, start + 10).reshape(-1, 1)}
+
+
+class TwoStudents:
+    """A teacher and two students of two groups, each holding its first batch of a round."""
+
+    def __init__(self, token: str | None = None) -> None:
+        self.teacher = Teacher(out_port=0, timeout=30, token=token)
+        self.served = Runner(lambda: self.teacher.serve(reader, groups=2))
+        self.students = [Student(timeout=30, group=g, token=token) for g in ("alpha", "beta")]
+        self.iterators: list[Any] = [None, None]
+
+        def first_batch(i: int) -> None:
+            s = self.students[i]
+            s.register_teacher(in_address=self.teacher.address)
+            self.iterators[i] = iter(s.get_knowledge_generator(10)())
+            next(self.iterators[i])
+
+        threads = [threading.Thread(target=first_batch, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert all(it is not None for it in self.iterators)
+
+    def close(self) -> None:
+        for s in self.students:
+            s.close()
+        with pytest.raises(TeacherError, match="said goodbye before the last round"):
+            self.served.join(30)  # the students left early: the serve call says so
+        self.teacher.close()
+
+
+def test_status_shows_the_teacher_and_both_students() -> None:
+    live = TwoStudents()
+    try:
+        out = CliRunner().invoke(main, ["status", live.teacher.address])
+        assert out.exit_code == 0, out.output
+        text = out.output
+        assert live.teacher.address in text
+        assert "a reader of knowledge batches (Teacher.serve)" in text
+        assert "x int64[-1, 1]" in text
+        assert "2 student(s) connected" in text
+        assert "alpha" in text and "beta" in text
+        out = CliRunner().invoke(main, ["status", live.teacher.address, "--json"])
+        assert out.exit_code == 0, out.output
+        status = json.loads(out.output)
+        assert sorted(s["group"] for s in status["students"]) == ["alpha", "beta"]
+        for s in status["students"]:
+            assert s["round"] == 0 and s["rank"] == 0 and s["position"] >= 10
+            assert s["lag"] == status["cursors"][0]["produced"] - s["position"]
+        assert status["times"] == 1 and status["mode"] == "rounds"
+        assert status["stats"]["samples"] >= 20
+        assert status["uptime_seconds"] > 0
+    finally:
+        live.close()
+
+
+def test_status_with_a_wrong_token_or_no_teacher_exits_1_saying_why() -> None:
+    live = TwoStudents(token="right")
+    try:
+        out = CliRunner().invoke(main, ["status", live.teacher.address, "--token", "wrong"])
+        assert out.exit_code == 1
+        assert "token" in out.output.lower()
+        out = CliRunner().invoke(main, ["status", live.teacher.address, "--token", "right"])
+        assert out.exit_code == 0 and "alpha" in out.output
+    finally:
+        live.close()
+    out = CliRunner().invoke(main, ["status", live.teacher.address, "--timeout", "1"])
+    assert out.exit_code == 1 and "Error" in out.output
+
+
+def test_status_watch_redraws_until_interrupted(spawn) -> None:
+    live = TwoStudents()
+    try:
+        cmd = ["-m", "pantheon._cli.main", "status", live.teacher.address, "--watch"]
+        proc = spawn([*cmd, "--interval", "0.2", "--json"])
+        proc.wait_line('{"times"')
+        with proc._cond:  # one JSON object per answer: wait for a second one
+            assert proc._cond.wait_for(lambda: len(proc.lines) >= 2, timeout=30)
+        assert all(json.loads(line)["address"] == live.teacher.address for line in proc.lines)
+        first = json.loads(proc.lines[0])
+        assert sorted(s["group"] for s in first["students"]) == ["alpha", "beta"]
+        proc.kill(signal.SIGINT)
+        assert proc.finish(30) == 0
+        drawn = spawn([*cmd, "--interval", "0.2"])
+        drawn.wait_line("teacher ")
+        drawn.wait_line("2 student(s) connected")
+        drawn.kill(signal.SIGINT)
+        assert drawn.finish(30) == 0
+        assert any("beta" in line for line in drawn.lines)
+    finally:
+        live.close()
