@@ -16,12 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .._errors import (
-    ClosedError,
-    PantheonTimeoutError,
-    ProtocolError,
-    TeacherError,
-)
+from .._errors import ClosedError, PantheonTimeoutError, ProtocolError, TeacherError
 from .._knowledge import Chunk, Description
 from .._util import Deadline, wait_until
 from .._wire import (
@@ -220,7 +215,6 @@ class TeacherServer:
             machine = self._machine
             if machine is None:
                 if self._failed is not None and isinstance(event, (Subscribe, Query)):
-                    # it connected while the failed call still ran; its request came after
                     self._run([Send(peer.cid, *header(Fail(self._failed, ErrorCode.FAILED)))])
                     return
                 early = self._early.setdefault(peer.cid, [])
