@@ -193,7 +193,7 @@ class TeacherServer:
             if self._batcher is not None:
                 self._batcher.drop(peer.cid)
             self._run(actions)
-            if not self._closed and not peer.close_reason:  # else logged when closed
+            if not (self._closed or peer.close_reason or isinstance(reason, ProtocolError)):
                 peer.log_gone(peer.why(reason))
             self._cond.notify_all()
 
