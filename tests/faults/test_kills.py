@@ -52,6 +52,9 @@ def test_teacher_killed_at_random_points_resumes_exactly_once(teacher_proc) -> N
                 teachers.append(teacher_proc("--port", port, *flags))
                 teachers[-1].address()
         reconnects = student.stats()["reconnects"]
+        # a kill near the end may leave the student reconnecting; once it is connected again
+        # (send waits for that) its acknowledgement of the round has reached the last teacher
+        student.send("round read", timeout=120)
     xs = np.concatenate(seen)
     assert np.array_equal(xs, np.arange(samples)), (
         f"not every sample exactly once (seed {SEED}): {len(xs)} ids, {len(np.unique(xs))} distinct"
