@@ -7,7 +7,7 @@ PIP := $(BIN)/python -m pip
 #   make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 # Every install that can pull torch goes through the pins of constraints.txt.
-INSTALL := $(PIP) install -c constraints.txt $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+INSTALL := $(PIP) install -c constraints.txt$(if $(TORCH_INDEX), --extra-index-url $(TORCH_INDEX))
 VENV_STAMP := $(VENV)/.created
 DEMO_STAMP := $(VENV)/.installed-demo
 TEST_STAMP := $(VENV)/.installed-test
@@ -58,7 +58,7 @@ FAULT_KILLS ?= 12
 # A soak of SOAK_SECONDS with the teacher killed every SOAK_KILL_EVERY s (make test: 20 s).
 SOAK_SECONDS ?= 180
 SOAK_KILL_EVERY ?= 20
-soak: $(STAMP)
+soak: $(TEST_STAMP)
 	$(BIN)/python tests/faults/soak.py --seconds $(SOAK_SECONDS) --kill-every $(SOAK_KILL_EVERY)
 
 bench: $(TEST_STAMP)

@@ -23,8 +23,12 @@ indices (top-16 rows) at 17 and 18 bits against two baselines run side by side: 
 ``astype(int32)`` copy (what storing int32 indices costs) and a reference packer built on
 ``numpy.packbits`` (one byte per bit). Medians of ``--repeats`` runs (default 5), and ratios.
 
+Part 3 times each tier's encode on ``--encode-tokens`` tokens (default 128, float16 logits):
+tokens per second and the ratio to ``TopK(16, log_softmax=True)``.
+
     python benchmarks/codec_tiers.py            # ~1 minute on 2 cores
     python benchmarks/codec_tiers.py --batches 1 --tokens 64   # a smoke run
+    python benchmarks/codec_tiers.py --keep tiers/ && pantheon inspect tiers/sampled_n=12.arrow
 """
 
 from __future__ import annotations
@@ -102,7 +106,8 @@ def tiers_table(args: argparse.Namespace, workdir: Path) -> tuple[str, dict[str,
                 "-" if mass is None else f"{mass:.3f}",
             ]
         )
-        path.unlink()
+        if not args.keep:
+            path.unlink()
     header = ["tier", "file B/token", "knowledge B/token", "ids B/token", "top-k mass"]
     return table(header, rows), reports
 
@@ -150,6 +155,24 @@ def packer_table(repeats: int) -> str:
     return table(header, rows)
 
 
+def encode_table(args: argparse.Namespace) -> str:
+    """Tokens per second of each tier's encode on ``--encode-tokens`` tokens (float16 logits),
+    and the ratio to ``TopK(16, log_softmax=True)``, run side by side."""
+    logits = _logits(np.random.default_rng(2), args.encode_tokens, args.vocab)
+    ids = np.arange(len(logits), dtype=np.int64)
+    codecs = {name: c["logits"] for name, c in _tiers().items() if name != "dense fp16"}
+    seconds = {}
+    for name, codec in codecs.items():
+        encode = getattr(codec, "encode_ids", None)
+        if encode is not None:
+            seconds[name] = _time(lambda e=encode: e(logits, ids), args.repeats)
+        else:
+            seconds[name] = _time(lambda c=codec: c.encode(logits), args.repeats)
+    base = seconds["topk16 fp16"]
+    rows = [[name, f"{len(logits) / t:.0f}", f"{base / t:.2f}x"] for name, t in seconds.items()]
+    return table(["encode", "tokens/s", "vs topk16 fp16"], rows)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vocab", type=int, default=151_936)
@@ -157,14 +180,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seqs", type=int, default=4, help="sequences per batch")
     parser.add_argument("--tokens", type=int, default=128, help="tokens per sequence")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--encode-tokens", type=int, default=128, help="tokens timed per encode")
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="write the tier files here and keep them"
+    )
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp:
-        text, reports = tiers_table(args, Path(tmp))
+    if args.keep is not None:
+        args.keep.mkdir(parents=True, exist_ok=True)
+        text, reports = tiers_table(args, args.keep)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            text, reports = tiers_table(args, Path(tmp))
     tokens = args.batches * args.seqs * args.tokens
     print(f"Codec tiers: {tokens:,} tokens, vocabulary {args.vocab:,} (bytes per token)")
     print(text)
     print()
     print(packer_table(args.repeats))
+    print()
+    print(encode_table(args))
     return reports
 
 

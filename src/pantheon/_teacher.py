@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -223,6 +224,7 @@ class Teacher:
                 fingerprint=self._fingerprints["fingerprint"],
                 dataset_fingerprint=self._fingerprints["dataset_fingerprint"],
             )
+            self._writer.observe = self._meters.observe_parts
         return self._writer
 
     def _offline_writer(self, what: str) -> KnowledgeWriter:
@@ -343,7 +345,7 @@ class Teacher:
                 )
             self._use_fp16 = bool(use_fp16)
             if self._server is not None:
-                self._server.set_use_fp16(self._use_fp16)
+                self._server.described.use_fp16 = self._use_fp16
         self._derive_fingerprint(spec.program)
         if self._server is not None:
             self._server.program_name = _program_name(program)
@@ -441,5 +443,7 @@ def _program_name(program: Any) -> str:
         return "none (inputs passed through)"
     if isinstance(program, (str, os.PathLike)):
         return os.fspath(program)
+    if inspect.isroutine(program):  # a function: its own name, not "builtins.function"
+        return f"{program.__module__}.{program.__qualname__}"
     kind = type(program)
     return f"{kind.__module__}.{kind.__qualname__}"

@@ -125,20 +125,22 @@ class CausalLMTopK:
             indices_key: the knowledge key of ``"topk_indices"``: bit-packed at
                 ``ceil(log2(vocab_size))`` bits (:class:`~pantheon.Packed`).
             ids_key: the key of the token ids passed through, if any: stored as int32.
-            values: the log-probabilities' storage, ``"float16"`` (default), ``"bfloat16"``
-                or ``"none"`` (float32).
+            values: the log-probabilities' storage, ``"float16"`` (default), ``"bfloat16"``,
+                ``"uint8"`` (8-bit codes relative to each token's maximum, ``k + 4`` bytes;
+                :class:`~pantheon.Quant8`) or ``"none"`` (float32).
 
         Raises:
             ConfigError: the vocabulary size is unknown (give ``vocab_size=``).
         """
-        from ._codecs import Packed
+        from ._codecs import Packed, Quant8
 
         if self.vocab_size is None:
             raise ConfigError(
                 "causal LM program: the model's vocabulary size is unknown (no config.vocab_size "
                 "nor output embeddings); give causal_lm_topk_program(..., vocab_size=V)"
             )
-        out: dict[str, Any] = {values_key: values, indices_key: Packed.for_vocab(self.vocab_size)}
+        stored: Any = Quant8() if values == "uint8" else values
+        out: dict[str, Any] = {values_key: stored, indices_key: Packed.for_vocab(self.vocab_size)}
         if ids_key is not None:
             out[ids_key] = "int32"
         return out

@@ -186,3 +186,21 @@ def test_knowledge_stored_at_its_width_with_the_tail(model: Any, tmp_path: Any) 
         rest = full.copy()
         np.put_along_axis(rest, i.astype(np.intp), -np.inf, axis=-1)
         np.testing.assert_allclose(t[:, 0], np.log(np.exp(rest).sum(-1)), atol=ATOL)
+
+
+def test_uint8_log_probs_of_the_program(model: Any) -> None:
+    from pantheon import Quant8
+
+    program = causal_lm_topk_program(model, k=K)
+    codecs = program.codecs(values="uint8")
+    assert isinstance(codecs["topk_logprobs"], Quant8)
+    seqs = sequences()[:3]
+    out = query_handler(["input_ids"], SCHEMA, program)({"input_ids": seqs})
+    vals = out["topk_logprobs"]
+    assert isinstance(vals, Ragged)
+    parts = codecs["topk_logprobs"].encode(vals)
+    field = {"shape": [-1, -1, K], "dtype": "float32", "lod_level": 1}
+    back = codecs["topk_logprobs"].decode(parts, field)
+    assert isinstance(back, Ragged)
+    span = vals.values.max(-1) - vals.values.min(-1)
+    assert (np.abs(back.values - vals.values).max(-1) <= span / 254 + 1e-2).all()

@@ -23,9 +23,10 @@ def _load() -> ModuleType:
 def test_tiers_report_their_bytes_per_token(capsys: pytest.CaptureFixture[str]) -> None:
     bench = _load()
     args = ["--vocab", "151936", "--batches", "1", "--seqs", "2", "--tokens", "8"]
-    reports = bench.main([*args, "--repeats", "1"])
+    reports = bench.main([*args, "--repeats", "1", "--encode-tokens", "4"])
     out = capsys.readouterr().out
-    for name in ("dense fp16", "hf layout 1", "topk16 q8+tail", "sampled n=12", "18 bits"):
+    for name in ("dense fp16", "hf layout 1", "topk16 q8+tail", "sampled n=12", "18 bits",
+                 "vs topk16 fp16"):  # fmt: skip
         assert name in out
     per_token = {name: r["keys"]["logits"]["stored_bytes"] / 16 for name, r in reports.items()}
     offsets = 8 * 3 / 16  # one batch of 2 sequences: 3 int64 offsets per column

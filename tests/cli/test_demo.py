@@ -377,6 +377,7 @@ def test_pantheon_run_reproduces_local_reference(tmp_path: Path) -> None:
     offline = (work / "teacher_cnn_offline.log").read_text(encoding="utf-8")
     assert "INFO pantheon.demo: demo teacher mlp: weights loaded from" in online
     assert "INFO pantheon.demo: demo teacher mlp: waiting for the student on 127.0.0.1:" in online
+    assert "INFO pantheon: teacher listening on 127.0.0.1:" in online
     assert "INFO pantheon: knowledge service: serving knowledge on 127.0.0.1:" in online
     assert "INFO pantheon.demo: demo teacher cnn: weights loaded from" in offline
     assert "INFO pantheon: knowledge service: dumping knowledge to" in offline

@@ -99,3 +99,14 @@ def test_a_file_of_the_earlier_topk_layout_is_still_read(tmp_path: Path) -> None
     assert report["keys"]["l"]["holds"] == "logprobs"
     assert report["keys"]["l"]["temperature"] == 1.0
     assert "logprobs" in format_report(report)
+
+
+def test_a_compressed_file_reports_no_stored_bytes_but_still_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "z.arrow"
+    x = np.random.default_rng(2).standard_normal((4, 300)).astype(np.float32)
+    with KnowledgeWriter(path, compression="zstd", codecs={"l": TopK(4, log_softmax=True)}) as w:
+        w.write({"l": x})
+    info = inspect_report(path)["keys"]["l"]
+    assert info["stored_bytes"] is None and info["bytes_per_sample"] is None
+    assert info["holds"] == "logprobs" and 0 < info["topk_mass"] < 1
+    assert "-" in format_report(inspect_report(path))

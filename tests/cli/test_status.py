@@ -111,3 +111,44 @@ def test_status_watch_redraws_until_interrupted(spawn) -> None:
         assert any("beta" in line for line in drawn.lines)
     finally:
         live.close()
+
+
+def double(x: np.ndarray) -> dict[str, np.ndarray]:
+    return {"y": 2 * x}
+
+
+def test_status_of_an_idle_then_query_teacher_names_its_program() -> None:
+    with Teacher(out_port=0, timeout=30) as teacher:
+        idle = json.loads(CliRunner().invoke(main, ["status", teacher.address, "--json"]).output)
+        assert idle["mode"] == "idle" and idle["desc"] is None and "students" not in idle
+        served = Runner(lambda: teacher.start_knowledge_service(["x"], {"y": "y"}, double, None))
+        with Student(timeout=30) as student:
+            student.register_teacher(in_address=teacher.address)
+            queries = [{"x": np.arange(8).reshape(-1, 1)}]
+            assert len(list(student.get_knowledge_generator(4, queries=queries)())) == 2
+            out = CliRunner().invoke(main, ["status", teacher.address])
+            assert out.exit_code == 0, out.output
+            assert f"{__name__}.double" in out.output
+            assert "queries" in out.output and "1 student(s) connected" in out.output
+        served.join(30)
+
+
+def test_an_odd_answer_is_shown_as_plain_text_without_failing() -> None:
+    from rich.console import Console
+
+    from pantheon._cli.status_cmd import render_status
+
+    odd = {
+        "mode": "rounds",
+        "program": "[bold red]not markup[/]",
+        "desc": {"logits": {"dtype": "float32", "shape": [-1, 8]}, "bad": 3},
+        "codecs": {"logits": {"name": "topk"}},
+        "stats": {"samples": "many", "bytes": None},
+        "students": [{"group": "[link=x]g[/link]", "credits": "none", "round": [1]}, 7],
+        "times": "two",
+    }
+    console = Console(record=True, width=200)
+    console.print(render_status(odd))
+    text = console.export_text()
+    assert "[bold red]not markup[/]" in text and "[link=x]g[/link]" in text
+    assert "logits float32[-1, 8] (topk)" in text and "1 student(s) connected" in text

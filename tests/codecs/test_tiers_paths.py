@@ -9,7 +9,16 @@ from typing import Any
 
 import numpy as np
 
-from pantheon import KnowledgeFile, Sampled, SparseSamples, SparseTopK, Student, Teacher, TopK
+from pantheon import (
+    KnowledgeFile,
+    Ragged,
+    Sampled,
+    SparseSamples,
+    SparseTopK,
+    Student,
+    Teacher,
+    TopK,
+)
 
 VOCAB = 70_000  # 17-bit indices
 N = 12
@@ -129,3 +138,71 @@ def test_file_and_wire_carry_the_same_packed_knowledge(tmp_path: Path) -> None:
     # the same draws: they depend on the sample ids and the seed only
     np.testing.assert_array_equal(online["sampled"].ids, from_file["sampled"].ids)
     np.testing.assert_array_equal(online["sampled"].counts, from_file["sampled"].counts)
+
+
+def _ragged_logits(ids: np.ndarray) -> Ragged:
+    """Sample i: (i % 3) + 1 tokens of logits, computed from its id."""
+    rows = [
+        (np.random.default_rng(int(i)).standard_normal(((i % 3) + 1, 5000)) * 2).astype(np.float32)
+        for i in ids
+    ]
+    return Ragged.from_list(rows)
+
+
+def test_ragged_token_knowledge_over_the_wire_matches_the_codecs_themselves() -> None:
+    """Per-token (ragged) knowledge, as a causal LM teacher sends it: every tier streamed
+    from a teacher equals what the codec makes of the same logits and sample ids."""
+    codecs = {
+        "q8": TopK(6, values_dtype="uint8", log_softmax=True, tail=True, temperature=2.0),
+        "sampled": Sampled(12, temperature=2.0, seed=9),
+    }
+
+    def program(x: np.ndarray) -> dict[str, Ragged]:
+        logits = _ragged_logits(x[:, 0])
+        return {"q8": logits, "sampled": logits}
+
+    def batches():
+        for s in range(0, N, 5):
+            yield (np.arange(s, min(N, s + 5), dtype=np.int64).reshape(-1, 1),)
+
+    teacher = Teacher(out_port=0, codecs=codecs, timeout=60)
+    errors: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            teacher.start(timeout=60)
+            teacher.start_knowledge_service(
+                feed_list=["x"],
+                schema={"x": "x", "q8": "q8", "sampled": "sampled"},
+                program=program,
+                reader_config={"batch_generator": batches},
+            )
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with Student(sparse_topk=True, timeout=60) as student:
+            student.register_teacher(in_address=teacher.address)
+            student.start()
+            got = list(student.get_knowledge_generator(4)())
+    finally:
+        thread.join(60)
+        teacher.close()
+    assert not thread.is_alive() and errors == []
+    ids = np.concatenate([b["x"][:, 0] for b in got])
+    np.testing.assert_array_equal(ids, np.arange(N))
+    logits = _ragged_logits(ids)
+    field = {"shape": [-1, -1, 5000], "dtype": "float32", "lod_level": 1}
+    top = SparseTopK.concat([b["q8"] for b in got])
+    want = codecs["q8"].sparse(codecs["q8"].encode(logits), field)
+    assert isinstance(top.values, Ragged) and top.values.lengths.tolist() == (ids % 3 + 1).tolist()
+    assert top.temperature == 2.0 and top.holds == "logprobs"
+    np.testing.assert_array_equal(top.indices.values, want.indices.values)  # type: ignore[union-attr]
+    np.testing.assert_array_equal(top.values.values, want.values.values)  # type: ignore[union-attr]
+    np.testing.assert_array_equal(top.tail.values, want.tail.values)  # type: ignore[union-attr]
+    samples = SparseSamples.concat([b["sampled"] for b in got])
+    expected = codecs["sampled"].sparse(codecs["sampled"].encode_ids(logits, ids), field)
+    np.testing.assert_array_equal(samples.ids.values, expected.ids.values)  # type: ignore[union-attr]
+    np.testing.assert_array_equal(samples.counts.values, expected.counts.values)  # type: ignore[union-attr]

@@ -6,6 +6,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pantheon import ConfigError, KnowledgeError, Ragged
 from pantheon._codecs import (
@@ -174,6 +176,8 @@ def test_spec_registry_and_resolve() -> None:
     assert isinstance(default, TopK)
     assert default.k == 20
     assert default.layout == 2
+    partial = codec_from_spec({"name": "topk", "k": 8})
+    assert isinstance(partial, TopK) and (partial.k, partial.layout) == (8, 2)
     with pytest.raises(ConfigError, match="contradicts"):
         codec_from_spec({**spec, "holds": "logits"})
     with pytest.raises(ConfigError, match="layout"):
@@ -263,3 +267,28 @@ def test_densifying_past_what_numpy_can_address_is_a_knowledge_error() -> None:
     sparse = SparseTopK(np.ones((4, 2), np.float32), np.zeros((4, 2), np.int32), 2**62)
     with pytest.raises(KnowledgeError, match="sparse_topk=True"):
         sparse.dense()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    vocab=st.integers(2, 5000),
+    k=st.integers(1, 24),
+    rows=st.integers(0, 4),
+    seed=st.integers(0, 2**32 - 1),
+    values_dtype=st.sampled_from(["float16", "float32", "uint8"]),
+)
+def test_packed_indices_round_trip_at_any_vocabulary_width(
+    vocab: int, k: int, rows: int, seed: int, values_dtype: str
+) -> None:
+    k = min(k, vocab)
+    x = np.random.default_rng(seed).permutation(rows * vocab).reshape(rows, vocab)
+    x = x.astype(np.float32) / (rows * vocab)  # distinct values: one right answer
+    codec = TopK(k, values_dtype=values_dtype)
+    parts = codec.encode(x)
+    assert parts["indices"].shape == (rows, packed_size(k, bits_for(vocab)))
+    sparse = codec.sparse(parts, describe({"x": x})["x"])
+    np.testing.assert_array_equal(sparse.indices, np.argsort(-x, axis=-1)[:, :k])
+    rebuilt = codec_from_spec(codec.spec())
+    assert isinstance(rebuilt, TopK)
+    again = rebuilt.sparse(parts, describe({"x": x})["x"])
+    np.testing.assert_array_equal(again.indices, sparse.indices)

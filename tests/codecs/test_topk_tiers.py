@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pantheon import KnowledgeError, Ragged, SparseTopK, TopK
+from pantheon import ConfigError, KnowledgeError, Quant8, Ragged, SparseTopK, TopK
 from pantheon._codecs import codec_from_spec
 from pantheon._codecs.quant import dequantize, error_bound, quantize
 from pantheon._knowledge import describe
@@ -145,3 +145,27 @@ def test_ragged_tiers_keep_the_lengths_and_sparse_forms_rebatch() -> None:
     dense = codec.decode(parts, describe({"l": field})["l"])
     assert isinstance(dense, Ragged) and dense.values.shape == (8, 1000)
     assert (np.isfinite(dense.values).sum(axis=-1) == 4).all()
+
+
+def test_quant8_stores_any_rows_within_the_bound_and_refuses_other_specs() -> None:
+    """Quant8 on unsorted rows (the maximum anywhere), dense and ragged, through a file."""
+    rng = np.random.default_rng(12)
+    v = (rng.standard_normal((5, 3, 9)) * 4 - 3).astype(np.float32)
+    v[0, 0, 4] = -np.inf
+    codec = Quant8()
+    parts = codec.encode(v)
+    assert parts["codes"].dtype == np.uint8 and parts["scale"].shape == (5, 3, 2)
+    got = codec.decode(parts, describe({"v": v})["v"])
+    assert isinstance(got, np.ndarray) and got.dtype == np.float32
+    assert got[0, 0, 4] == -np.inf
+    finite = np.isfinite(v)
+    bound = np.broadcast_to(error_bound(parts["scale"])[..., None], v.shape) + 1e-5
+    assert (np.abs(got[finite] - v[finite]) <= bound[finite]).all()
+    ragged = Ragged.from_list([v[0], v[1, :0], v[2]])
+    back = codec.decode(codec.encode(ragged), describe({"r": ragged})["r"])
+    assert isinstance(back, Ragged) and back.lengths.tolist() == [3, 0, 3]
+    assert codec_from_spec(codec.spec()).spec() == {"name": "quant8", "version": 1}
+    with pytest.raises(ConfigError, match="no parameters"):
+        codec_from_spec({"name": "quant8", "step": 1})
+    with pytest.raises(ConfigError, match="float fields"):
+        codec.check("ids", {"shape": [-1, 4], "dtype": "int32", "lod_level": 0})

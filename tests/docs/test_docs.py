@@ -43,6 +43,8 @@ NOT_RUN: dict[str, str] = {
     "make demo": "`make demo` builds a virtual environment, installs the package and runs "
     "`pantheon demo`; the demo has its own tests",
     "make test": "`make test` is what CI runs (lint, type check, the whole test suite)",
+    "git clone": "clones the repository: the tests run inside a clone",
+    "cd pantheon-kd && make demo": "the clone's `make demo` (see `make demo`)",
     "pantheon demo": "the demo trains several models; the demo has its own tests",
     "pantheon bench": "benchmarks take minutes and measure this machine, not correctness",
     "python -m torch.distributed.run": "tests/online/test_many_students.py runs this DDP student "

@@ -164,3 +164,24 @@ def test_pantheon_log_values_are_checked() -> None:
         logger.removeHandler(handler)
         logger.setLevel(level)
         logger.propagate = propagate
+
+
+def test_an_acknowledgement_told_again_is_not_logged_again(caplog) -> None:
+    from pantheon._online.messages import Hello, RoundDone, Subscribe
+    from pantheon._online.peer import Peer, log_round
+    from pantheon._online.teacher_machine import TeacherMachine
+    from pantheon._wire import Heartbeat, inproc_pair
+
+    conn, other = inproc_pair()
+    hello = Hello("client-1", "student", "default", 0, 1)
+    peer = Peer(0, conn, hello, on_message=print, on_close=print, heartbeat=Heartbeat())
+    caplog.set_level(logging.INFO, logger="pantheon")
+    machine, acks = TeacherMachine(times=2), set()
+    for event in (Subscribe(1, 0, 0, 8), RoundDone(0), RoundDone(0), Subscribe(2, 2, 0, 8)):
+        log_round(peer, event, machine, acks)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{peer.name} started round 0",
+        f"{peer.name} finished round 0",
+    ]  # round 2 of a teacher of 2 rounds is refused, not started
+    conn.close()
+    other.close()

@@ -136,12 +136,18 @@ def test_two_teachers_in_one_process_keep_their_own_metrics_with_topk_mass() -> 
 
 
 def test_an_offline_teacher_counts_what_it_dumped(tmp_path) -> None:
-    with Teacher(out_path=tmp_path / "k.arrow", metrics_port=0) as teacher:
-        for batch in reader():
-            teacher.dump(batch)
+    codecs = {"logits": TopK(50, log_softmax=True)}  # every entry kept: the whole mass
+    with Teacher(out_path=tmp_path / "k.arrow", metrics_port=0, codecs=codecs) as teacher:
+        teacher.start_knowledge_service(
+            ["x"], {"logits": "logits"}, _program, {"batch_generator": _batches}
+        )
         m = scrape(teacher.metrics_address)
         assert value(m, "pantheon_teacher_samples_total") == 100
-        assert value(m, "pantheon_teacher_batches_total") == 10
+        assert value(m, "pantheon_teacher_batches_total") == 5
+        assert value(m, "pantheon_teacher_predict_seconds_count") == 5
+        assert value(m, "pantheon_teacher_topk_mass_count", key="logits") == 100
+        mass = value(m, "pantheon_teacher_topk_mass_sum", key="logits")
+        assert mass == pytest.approx(100, rel=1e-2)
 
 
 def test_metrics_ports_are_checked_and_a_taken_port_is_named() -> None:

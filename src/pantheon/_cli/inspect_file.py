@@ -101,7 +101,9 @@ class _Mass:
             top = np.max(v, axis=-1, keepdims=True)
             top = np.where(np.isfinite(top), top, 0)
             kept = np.exp(v - top).sum(axis=-1)
-            mass = kept / (kept + np.exp(t.astype(np.float64)[..., 0] - top[..., 0]))
+            with np.errstate(invalid="ignore"):  # 0 / 0: nothing finite at all
+                mass = kept / (kept + np.exp(t.astype(np.float64)[..., 0] - top[..., 0]))
+            mass = mass[np.isfinite(mass)]
         elif value.holds == "logprobs":
             mass = np.exp(v).sum(axis=-1)
         else:
@@ -136,6 +138,55 @@ def _column_bytes(kf: Any) -> dict[str, int]:
     }
 
 
+def _key_infos(kf: Any) -> dict[str, Any]:
+    """Per key: its description, codec, what the codec holds, columns and stored bytes."""
+    storage = kf.storage
+    # stored bytes from the mapped columns; a compressed file would be decompressed whole
+    sized = kf.num_batches > 0 and kf.compression is None
+    col_bytes = _column_bytes(kf) if sized else {}
+    keys: dict[str, Any] = {}
+    for key, field in kf.desc.items():
+        holds, temperature = _holds(storage[key]["codec"])
+        columns = storage[key]["columns"]
+        keys[key] = {
+            **field,
+            "codec": storage[key]["codec"],
+            "holds": holds,
+            "temperature": temperature,
+            "columns": [
+                {"name": c["name"], "dtype": c["dtype"], "shape": c["shape"]} for c in columns
+            ],
+            "stored_bytes": sum(col_bytes.get(c["name"], 0) for c in columns) if sized else None,
+        }
+    return keys
+
+
+def _read_pass(kf: Any, keys: dict[str, Any], ragged: list[str], stats: bool) -> dict[str, int]:
+    """Read every batch once (unless neither ``stats`` nor ``ragged``): the tokens of each
+    ragged key (returned), and with ``stats`` each key's min / max / mean and top-k mass (into
+    ``keys``); then the bytes per token and per sample of every key."""
+    key_tokens = dict.fromkeys(ragged, 0)
+    running = {key: _Stats() for key in keys}
+    masses = {key: _Mass() for key in keys}
+    for chunk in kf.iter_chunks() if stats or ragged else ():
+        for key in ragged:
+            key_tokens[key] += _tokens(chunk.data[key])
+        if stats:
+            for key, value in chunk.data.items():
+                running[key].add(value)
+                masses[key].add(value)
+    for key, info in keys.items():
+        if stats:
+            info.update(running[key].report())
+            info["topk_mass"] = masses[key].report()
+        n, stored = key_tokens.get(key), info["stored_bytes"]
+        info["bytes_per_token"] = stored / n if n and stored is not None else None
+        info["bytes_per_sample"] = (
+            stored / kf.num_samples if kf.num_samples and stored is not None else None
+        )
+    return key_tokens
+
+
 def inspect_report(path: str | Path, *, stats: bool = True) -> dict[str, Any]:
     """Everything ``pantheon inspect`` shows about a knowledge file, as a JSON-able dict.
 
@@ -146,7 +197,8 @@ def inspect_report(path: str | Path, *, stats: bool = True) -> dict[str, Any]:
 
     Per key, besides its description: ``codec``, ``holds`` (``"logits"``, ``"logprobs"``,
     ``"samples"`` or None) and ``temperature`` from the codec's spec, ``columns``,
-    ``stored_bytes`` (its columns' Arrow buffers, uncompressed, offsets included),
+    ``stored_bytes`` (its columns' Arrow buffers, offsets included; None for a compressed
+    file),
     ``bytes_per_token`` (token knowledge) and ``bytes_per_sample``; with ``stats``, ``min``,
     ``max``, ``mean`` (of the kept entries for top-k, of the counts for samples) and
     ``topk_mass``: the mean over positions of the probability mass the top-k entries hold
@@ -161,46 +213,9 @@ def inspect_report(path: str | Path, *, stats: bool = True) -> dict[str, Any]:
     with KnowledgeFile(path, sparse_topk=True) as kf:  # top-k stays sparse: stats of kept entries
         sizes = kf.batch_sizes()
         ragged = [key for key, field in kf.desc.items() if field["lod_level"]]
-        storage = kf.storage
-        col_bytes = _column_bytes(kf) if kf.num_batches else {}
-        keys: dict[str, Any] = {}
-        for key, field in kf.desc.items():
-            holds, temperature = _holds(storage[key]["codec"])
-            keys[key] = {
-                **field,
-                "codec": storage[key]["codec"],
-                "holds": holds,
-                "temperature": temperature,
-                "columns": [
-                    {"name": c["name"], "dtype": c["dtype"], "shape": c["shape"]}
-                    for c in storage[key]["columns"]
-                ],
-                "stored_bytes": sum(col_bytes.get(c["name"], 0) for c in storage[key]["columns"]),
-            }
-        tokens = 0
-        key_tokens = dict.fromkeys(ragged, 0)
-        if stats or ragged:
-            running = {key: _Stats() for key in keys}
-            masses = {key: _Mass() for key in keys}
-            for chunk in kf.iter_chunks():
-                for key in ragged:
-                    key_tokens[key] += _tokens(chunk.data[key])
-                if stats:
-                    for key, value in chunk.data.items():
-                        running[key].add(value)
-                        masses[key].add(value)
-            if ragged:
-                tokens = key_tokens[ragged[0]]
-            if stats:
-                for key, st in running.items():
-                    keys[key].update(st.report())
-                    keys[key]["topk_mass"] = masses[key].report()
-        for key, info in keys.items():
-            n = key_tokens.get(key)
-            info["bytes_per_token"] = info["stored_bytes"] / n if n else None
-            info["bytes_per_sample"] = (
-                info["stored_bytes"] / kf.num_samples if kf.num_samples else None
-            )
+        keys = _key_infos(kf)
+        key_tokens = _read_pass(kf, keys, ragged, stats)
+        tokens = key_tokens[ragged[0]] if ragged else 0
         cut = kf.truncated
         return {
             "path": str(kf.path),
@@ -305,7 +320,12 @@ def format_report(report: dict[str, Any]) -> str:
         if codec is not None:
             stored += f" ({codec['name']})"
         per = info.get("bytes_per_token")
-        per_text = _num(per) if per is not None else f"{_num(info.get('bytes_per_sample'))}/sample"
+        per_sample = info.get("bytes_per_sample")
+        per_text = (
+            _num(per)
+            if per is not None
+            else ("-" if per_sample is None else f"{_num(per_sample)}/sample")
+        )
         rows.append(
             [key, str(info["shape"]), info["dtype"], str(info["lod_level"]), stored]
             + [_num(info.get(s)) for s in ("min", "max", "mean")]

@@ -29,11 +29,28 @@ def _bytes(n: float) -> str:
     return f"{n:.1f} GiB"  # pragma: no cover - the loop returns
 
 
+def _num(x: Any) -> float:
+    """A number from the teacher's answer (anything else counts as 0)."""
+    return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) else 0.0
+
+
+def _map(x: Any) -> Mapping[str, Any]:
+    return x if isinstance(x, Mapping) else {}
+
+
+def _text(x: Any, limit: int = 200) -> Any:
+    """A cell of the view: the value as plain text (never rich markup), bounded."""
+    from rich.text import Text
+
+    value = str(x)
+    return Text(value if len(value) <= limit else value[: limit - 3] + "...")
+
+
 def _wait(student: Mapping[str, Any]) -> str:
     """What a student waits for, or what the teacher waits for from it."""
-    if student.get("waiting"):
+    if student.get("waiting") is True:
         return "gate"
-    if int(student.get("credits", 0)) == 0 and int(student.get("round", -1)) >= 0:
+    if _num(student.get("credits")) == 0 and _num(student.get("round")) >= 0:
         return "credits"
     return "-"
 
@@ -43,66 +60,68 @@ def throughput(
 ) -> float:
     """Samples per second: since ``previous`` (``seconds`` earlier), else since the teacher
     started."""
-    samples = float(status.get("stats", {}).get("samples", 0))
+    samples = _num(_map(status.get("stats")).get("samples"))
     if previous is not None and seconds > 0:
-        before = float(previous.get("stats", {}).get("samples", 0))
+        before = _num(_map(previous.get("stats")).get("samples"))
         return max(0.0, samples - before) / seconds
-    uptime = float(status.get("uptime_seconds", 0.0))
+    uptime = _num(status.get("uptime_seconds"))
     return samples / uptime if uptime > 0 else 0.0
+
+
+def _knowledge(status: Mapping[str, Any]) -> str:
+    codecs = _map(status.get("codecs"))
+    parts = []
+    for key, field in _map(status.get("desc")).items():
+        f = _map(field)
+        codec = f" ({_map(codecs.get(key)).get('name')})" if key in codecs else ""
+        parts.append(f"{key} {f.get('dtype')}{f.get('shape')}{codec}")
+    return ", ".join(parts)
 
 
 def render_status(
     status: Mapping[str, Any], previous: Mapping[str, Any] | None = None, seconds: float = 0.0
 ) -> Any:
     """A rich renderable of a teacher's status (``previous``: the answer ``seconds`` before,
-    for the current throughput)."""
+    for the current throughput). Every value is shown as plain text: an odd answer cannot
+    inject markup or break the view."""
     from rich.console import Group
     from rich.table import Table
-    from rich.text import Text
 
-    stats = status.get("stats", {})
+    stats = _map(status.get("stats"))
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
-    head.add_row("teacher", str(status.get("address", "?")))
-    head.add_row("program", str(status.get("program") or "-"))
-    desc = status.get("desc") or {}
-    codecs = status.get("codecs") or {}
-    knowledge = ", ".join(
-        f"{k} {v.get('dtype')}{v.get('shape')}"
-        + (f" [{codecs[k].get('name')}]" if k in codecs else "")
-        for k, v in desc.items()
-    )
-    head.add_row("knowledge", knowledge or "(not known yet)")
+    head.add_row("teacher", _text(status.get("address", "?")))
+    head.add_row("program", _text(status.get("program") or "-"))
+    head.add_row("knowledge", _text(_knowledge(status) or "(not known yet)", 1000))
     mode = str(status.get("mode", "?"))
     if mode == "rounds":
-        served = f"{status.get('rounds_served', 0)} of {status.get('times', '?')} (times)"
-        head.add_row("rounds served", served)
-    head.add_row("mode", mode)
+        served = f"{_num(status.get('rounds_served')):.0f} of {_num(status.get('times')):.0f}"
+        head.add_row("rounds served", _text(f"{served} (times)"))
+    head.add_row("mode", _text(mode))
     rate = throughput(status, previous, seconds)
     head.add_row(
         "sent",
-        f"{stats.get('samples', 0)} samples, {stats.get('batches', 0)} batches, "
-        f"{_bytes(float(stats.get('bytes', 0)))}; {rate:,.1f} samples/s",
+        f"{_num(stats.get('samples')):.0f} samples, {_num(stats.get('batches')):.0f} batches, "
+        f"{_bytes(_num(stats.get('bytes')))}; {rate:,.1f} samples/s",
     )
     if status.get("failure"):
-        head.add_row("failure", Text(str(status["failure"]), style="bold red"))
-    students = list(status.get("students") or [])
+        failure = _text(status["failure"], 1000)
+        failure.stylize("bold red")
+        head.add_row("failure", failure)
+    students = [_map(x) for x in status.get("students") or [] if isinstance(x, Mapping)]
     table = Table(title=f"{len(students)} student(s) connected", title_justify="left")
     for name in ("group", "rank", "round", "position", "lag", "wait", "peer"):
         table.add_column(
             name, justify="right" if name in ("rank", "round", "position", "lag") else "left"
         )
-    for s in students:
-        rank = f"{s.get('rank')}/{s.get('world_size')}"
+    for st in students:
         table.add_row(
-            str(s.get("group")),
-            rank,
-            str(s.get("round")),
-            str(s.get("position")),
-            str(s.get("lag")),
-            _wait(s),
-            str(s.get("peer")),
+            _text(st.get("group")),
+            _text(f"{st.get('rank')}/{st.get('world_size')}"),
+            *(_text(st.get(k)) for k in ("round", "position", "lag")),
+            _wait(st),
+            _text(st.get("peer")),
         )
     return Group(head, table)
 

@@ -5,8 +5,8 @@ The seam of the codec layer. Files (:mod:`pantheon._files`) and the wire
 :func:`decode_batch`; codecs are rebuilt from specs only through the registry
 (:func:`codec_from_spec`). Built in: :class:`Cast` (``"cast"``), :class:`TopK`
 (``"topk"``, with :class:`SparseTopK`, its sparse form), :class:`Sampled` (``"sampled"``,
-with :class:`SparseSamples`), :class:`IntCast` (``"int"``) and :class:`Packed`
-(``"packed"``).
+with :class:`SparseSamples`), :class:`IntCast` (``"int"``), :class:`Packed`
+(``"packed"``) and :class:`Quant8` (``"quant8"``).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from .batch import (
 from .bits import bits_for, pack_bits, packed_size, unpack_bits
 from .cast import CAST_ALIASES, Cast
 from .ints import IntCast, Packed
+from .quant import Quant8, dequantize
 from .sampled import Sampled, SparseSamples
 from .sparse import HOLDS, SparseTopK
 from .topk import TopK, index_dtype, unpack_indices
@@ -45,6 +46,7 @@ __all__ = [
     "IntCast",
     "Packed",
     "PartKey",
+    "Quant8",
     "Sampled",
     "SparseSamples",
     "SparseTopK",
@@ -55,6 +57,7 @@ __all__ = [
     "column_name",
     "decode_batch",
     "decode_field",
+    "dequantize",
     "encode_batch",
     "index_dtype",
     "pack_bits",

@@ -53,7 +53,10 @@ class Codec(Protocol):
       cannot store a field of that description (:func:`~pantheon._codecs.resolve_codecs`
       calls it when present);
     * ``sparse(parts, field)``, a sparse form handed to the student instead of the dense
-      field when it asks for one (top-k: :class:`~pantheon.SparseTopK`).
+      field when it asks for one (top-k: :class:`~pantheon.SparseTopK`);
+    * ``encode_ids(value, ids) -> parts``, used instead of ``encode`` with the batch's int64
+      sample ids, for codecs whose parts depend on them (:class:`~pantheon.Sampled` draws its
+      random numbers from the ids, so that a sample's knowledge is the same in any batch).
     """
 
     def spec(self) -> dict[str, Any]:

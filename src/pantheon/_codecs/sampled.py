@@ -2,9 +2,9 @@
 
 ``Sampled(n=12, temperature=1.0, seed=0)`` encodes a float field of logits ``[n, ..., V]`` or
 a ragged ``[n, -1, V]`` field (per token). At every position it draws ``n`` tokens, with
-replacement, from ``p = softmax(logits / temperature)`` (computed in float64 over the full
-vocabulary) and keeps the distinct ids with their counts: ``sum_j counts_j / n`` estimates
-``p`` without bias (importance-sampled sparse KD: the student's loss over the samples is an
+replacement, from ``p = softmax(logits / temperature)`` (over the full vocabulary; the
+exponentials in float32, their sums in float64) and keeps the distinct ids with their counts:
+``counts / n`` estimates ``p`` without bias (importance-sampled sparse KD: the student's loss over the samples is an
 unbiased estimate of its loss over ``p``). Stored parts:
 
 * ``"ids"``: the distinct sampled ids in increasing order, then ``0`` in the unused slots,
@@ -15,8 +15,11 @@ unbiased estimate of its loss over ``p``). Stored parts:
 
 ``n = 12`` on a 151,936-token vocabulary (18 bits): ``27 + 12 = 39`` bytes per token.
 
-Draws are reproducible: draw ``s`` at position ``t`` of sample ``i`` uses the uniform number
-``splitmix64(splitmix64(splitmix64(seed ^ i) ^ t) ^ s) / 2**64`` (53 bits), so the knowledge
+Draws are reproducible: draw ``s`` at position ``t`` of sample ``i`` (``t`` counts the
+sample's positions: its tokens, or its middle axes in C order) uses the uniform number
+``(splitmix64(splitmix64(splitmix64(seed ^ i) ^ t) ^ s) >> 11) / 2**53``, where
+``splitmix64(x)`` is SplitMix64's output function of ``x + 0x9E3779B97F4A7C15`` (arithmetic
+modulo 2**64, the sample id's int64 bits read as unsigned), so the knowledge
 of a sample depends only on its id, the seed and its logits, whatever the batching, the
 worker or a resumed run. (Inverse-CDF sampling: the drawn token is the first whose cumulative
 probability exceeds the uniform number.)
@@ -49,7 +52,9 @@ __all__ = ["Sampled", "SparseSamples", "uniforms"]
 
 _CHUNK = 1 << 20  # entries per pass over the rows
 _MAX_N = 255  # counts are uint8
-_MAX_ROWS = 1000  # rows per pass: their shifts r * 2**53 stay below 2**63
+_MAX_ROWS = 1000  # rows per pass
+_BLOCK = 256  # tokens per block of the two-level search
+_DENSE_LIMIT = 1 << 34  # bytes a dense decode may allocate (16 GiB)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -74,35 +79,56 @@ def uniforms(seed: int, ids: np.ndarray, positions: np.ndarray, n: int) -> np.nd
     return out
 
 
+def _last_positive(x: np.ndarray) -> np.ndarray:
+    """Per row of ``[..., m]``, the index of the last entry > 0 (0 if none)."""
+    m = x.shape[-1]
+    found: np.ndarray = m - 1 - np.argmax(x[..., ::-1] > 0, axis=-1)
+    return found
+
+
+def _search(cum: np.ndarray, target: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """Per draw, the first index whose cumulative weight ``cum [..., m]`` exceeds ``target
+    [...]``; a target at or past the total (rounding) takes the last index of weight > 0."""
+    found: np.ndarray = (cum <= target[..., None]).sum(axis=-1)
+    over = found >= cum.shape[-1]
+    if over.any():
+        found[over] = _last_positive(weights)[over]
+    return found
+
+
 def _draw(rows: np.ndarray, u: np.ndarray, temperature: float) -> np.ndarray:
-    """Token ids drawn by inverse CDF: ``[r, n]`` int64 from logits ``[r, V]``."""
+    """Token ids drawn by inverse CDF: ``[r, n]`` int64 from logits ``[r, V]``.
+
+    Two levels, so that no cumulative sum runs over the whole vocabulary: the probabilities'
+    sums over blocks of ``_BLOCK`` tokens (float64) locate each draw's block, then a
+    cumulative sum over that block alone locates its token.
+    """
     vocab = rows.shape[1]
+    blocks = -(-vocab // _BLOCK)
     out = np.empty(u.shape, dtype=np.int64)
     step = max(1, min(_MAX_ROWS, _CHUNK // vocab))
     for start in range(0, len(rows), step):
-        y = rows[start : start + step].astype(np.float64) / temperature
+        y = rows[start : start + step].astype(np.float32) / np.float32(temperature)
         top = y.max(axis=1, keepdims=True)
         if not np.isfinite(top).all():
             raise KnowledgeError(
                 "sampled codec: a position's logits are all -inf, or hold NaN or +inf; expected "
                 "finite logits (at least one per position)"
             )
-        p = np.exp(y - top)
-        cdf = np.cumsum(p, axis=1)
-        cdf /= cdf[:, -1:]
-        # exact integer search: the CDF on a 2**-52 grid, each row shifted by 2**53 so that
-        # one sorted search serves every row of the pass
-        r = len(cdf)
-        offs = np.arange(r, dtype=np.int64)[:, None] << np.int64(53)
-        grid = (cdf * 2.0**52).astype(np.int64) + offs
-        want = (u[start : start + step] * 2.0**52).astype(np.int64) + offs
-        found = np.searchsorted(grid.ravel(), want.ravel(), "right").reshape(r, -1)
-        found -= np.arange(r, dtype=np.int64)[:, None] * vocab
-        over = found >= vocab  # the CDF rounded below 1: the row's last token of p > 0
-        if over.any():
-            last = vocab - 1 - np.argmax(p[:, ::-1] > 0, axis=1)
-            found[over] = np.broadcast_to(last[:, None], found.shape)[over]
-        out[start : start + step] = found
+        r = len(y)
+        p = np.zeros((r, blocks * _BLOCK), dtype=np.float32)
+        np.exp(y - top, out=p[:, :vocab])  # float32: relative error ~1e-7
+        p = p.reshape(r, blocks, _BLOCK)
+        mass = p.sum(axis=2, dtype=np.float64)
+        bcum = np.cumsum(mass, axis=1)
+        target = u[start : start + step] * bcum[:, -1:]  # [r, n]
+        b = _search(
+            bcum[:, None, :], target, np.broadcast_to(mass[:, None, :], (*target.shape, blocks))
+        )
+        before = np.where(b > 0, np.take_along_axis(bcum, np.maximum(b - 1, 0), axis=1), 0.0)
+        seg = p[np.arange(r)[:, None], b]  # [r, n, _BLOCK]: each draw's block
+        within = _search(np.cumsum(seg, axis=-1, dtype=np.float64), target - before, seg)
+        out[start : start + step] = b * _BLOCK + within
     return out
 
 
@@ -155,6 +181,13 @@ class SparseSamples:
         dt = np.dtype(dtype) if dtype is not None else np.dtype(np.float32)
         rows = int(np.prod(ids.shape[:-1], dtype=np.int64))
         flat = (np.arange(rows)[:, None] * self.vocab_size + ids.reshape(rows, -1)).ravel()
+        size = rows * self.vocab_size
+        if size * (8 + dt.itemsize) > _DENSE_LIMIT:
+            raise KnowledgeError(
+                f"sampled codec: densifying {rows} positions of {self.vocab_size} tokens needs "
+                f"{size * (8 + dt.itemsize) / 2**30:.1f} GiB; read the knowledge sparse "
+                "(sparse_topk=True) or in smaller batches"
+            )
         probs = np.bincount(
             flat, weights=counts.reshape(-1) / self.n, minlength=rows * self.vocab_size
         )
@@ -279,13 +312,18 @@ class Sampled:
         vocab = int(arr.shape[-1])
         rows = arr.reshape(-1, vocab)
         ids = np.asarray(ids, dtype=np.int64)
+        if ids.shape != (len(value),):
+            raise KnowledgeError(
+                f"sampled codec: expected one sample id per sample ({len(value)}), got ids of "
+                f"shape {list(ids.shape)}"
+            )
         if isinstance(value, Ragged):
             lengths = value.lengths
             row_ids = np.repeat(ids, lengths)
             starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
             pos = np.arange(len(rows), dtype=np.int64) - starts
         else:
-            per = len(rows) // max(1, len(ids))
+            per = len(rows) // max(1, len(ids))  # positions per sample
             row_ids = np.repeat(ids, per)
             pos = np.tile(np.arange(per, dtype=np.int64), len(ids))
         u = uniforms(self.seed, row_ids, pos, self.n)

@@ -23,7 +23,8 @@ A ragged field's parts are ragged fields with the same lengths. Bytes per token:
 (float16) or ``k + 4`` (uint8) for the values, ``ceil(k * bits / 8)`` for the indices, 2 for a
 tail: top-16, float16, V = 151,936: 68 bytes; uint8 with tail: 58 bytes.
 
-Layout 1 (files of earlier versions; spec without ``"version"``) stored the indices as
+Layout 1 (files of earlier versions; a spec of exactly ``name, k, values_dtype, log_softmax,
+fill``, without ``"version"``) stored the indices as
 ``int16`` holding ``uint16`` bits for ``V <= 65536``, else ``int32``, without tail,
 temperature or quantized values; such files are still read.
 
@@ -61,9 +62,8 @@ LAYOUT = 2
 """The layout :class:`TopK` writes (its spec's ``"version"``)."""
 _VALUE_DTYPES = ("float16", "bfloat16", "float32", "uint8")
 _U16_LIMIT = 1 << 16
-_SPEC_KEYS = {"name", "version", "k", "values_dtype", "log_softmax", "fill", "temperature",
-              "tail", "holds"}  # fmt: skip
 _V1_KEYS = {"name", "k", "values_dtype", "log_softmax", "fill"}
+_SPEC_KEYS = _V1_KEYS | {"version", "temperature", "tail", "holds"}
 
 
 def index_dtype(vocab_size: int) -> np.dtype[Any]:
@@ -175,15 +175,18 @@ class TopK:
 
     @classmethod
     def from_spec(cls, spec: Mapping[str, Any]) -> TopK:
-        """Rebuild a codec from :meth:`spec`'s output. ``{"name": "topk"}`` alone: top-20 of
-        the current layout; a full spec without ``"version"``: layout 1 (earlier files).
+        """Rebuild a codec from :meth:`spec`'s output. A spec without ``"version"`` is of the
+        current layout (``{"name": "topk"}`` alone: top-20), except a spec of exactly the five
+        keys ``name, k, values_dtype, log_softmax, fill``: layout 1, as every file written
+        before layout 2 holds.
 
         Raises:
             ConfigError: another codec's spec, unknown keys, or invalid parameters.
         """
         if spec.get("name") != cls.name:
             raise ConfigError(f"not a top-k codec spec: {dict(spec)!r}")
-        version = spec.get("version", LAYOUT if set(spec) == {"name"} else 1)
+        # every spec written before layout 2 carried exactly the five keys of layout 1
+        version = spec.get("version", 1 if set(spec) == _V1_KEYS else LAYOUT)
         allowed = _SPEC_KEYS if version != 1 else _V1_KEYS
         extra = sorted(set(spec) - allowed)
         if extra:
@@ -243,8 +246,8 @@ class TopK:
             x, self.k, log_softmax=self.log_softmax, temperature=self.temperature, tail=self.tail
         )
         if self.layout == 1:
-            return {"values": vals.astype(to_dtype(self.values_dtype)), "indices": idx.astype(
-                index_dtype(vocab))}  # fmt: skip
+            values = vals.astype(to_dtype(self.values_dtype))
+            return {"values": values, "indices": idx.astype(index_dtype(vocab))}
         out: dict[str, np.ndarray] = {}
         if self.values_dtype == "uint8":
             out["values"], out["scale"] = quantize(vals)

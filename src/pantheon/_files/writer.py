@@ -7,7 +7,7 @@ import logging
 import os
 import re
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -205,6 +205,8 @@ class KnowledgeWriter:
         self._fingerprints = {k: v for k, v in given.items() if v is not None}
         self._desc: Description | None = None
         self._codecs: dict[str, Codec] = {}
+        self.observe: Callable[[StoredParts, Mapping[str, Codec]], None] | None = None
+        """Called with each batch's encoded parts and the codecs (the teacher's metrics)."""
         self._columns: list[tuple[str, _Column]] = []
         self._part_desc: Description = {}
         self._schema: pa.Schema | None = None
@@ -282,6 +284,8 @@ class KnowledgeWriter:
         else:
             check_batch(batch, self._desc, where=where)
             stored = self._encode(batch, where, id_arr)
+        if self.observe is not None:
+            self.observe(stored, self._codecs)
         arrays = [pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(id_arr)])]
         arrays += [col.array(stored[(key, col.spec.part)]) for key, col in self._columns]
         record = pa.RecordBatch.from_arrays(arrays, schema=self._schema)

@@ -13,7 +13,7 @@ from .._wire import Message, MsgType
 from .fanout import Action, ProtocolViolation
 from .messages import Bye, Event, RoundDone
 from .payload import decode_plain
-from .peer import Peer
+from .peer import Peer, log_round
 from .queries import PendingQuery, QueryBatcher
 from .teacher_machine import TeacherMachine
 
@@ -61,9 +61,11 @@ class EarlyRequests:
         peers: dict[int, Peer],
         batcher: QueryBatcher | None,
         timeout: float,
+        acks: set[tuple[str, int]],
     ) -> list[Action]:
         """Hand ``machine`` the clients connected now and what they sent, then the
-        acknowledgements of those that left; returns the machine's actions."""
+        acknowledgements of those that left (each round logged as :func:`.peer.log_round`
+        does, ``acks`` the rounds logged already); returns the machine's actions."""
         actions: list[Action] = []
         now = time.monotonic()
         for cid, peer in list(peers.items()):
@@ -74,14 +76,16 @@ class EarlyRequests:
                     batcher.submit(PendingQuery(cid, msg.header["qid"], feeds), timeout=timeout)
                 try:
                     actions += machine.receive(cid, event, now)
+                    log_round(peer, event, machine, acks)
                 except ProtocolViolation as exc:
                     log.warning("closing %s: %s", peer.name, exc)
                     peer.close()
-        for peer, acks in self._gone:
+        for peer, gone_acks in self._gone:
             actions += machine.connect(peer.cid, peer.hello, peer.peer)
-            for _, event in acks:
+            for _, event in gone_acks:
                 try:
                     actions += machine.receive(peer.cid, event, now)
+                    log_round(peer, event, machine, acks)
                 except ProtocolViolation as exc:
                     log.warning("ignoring a request of %s, which left: %s", peer.name, exc)
             actions += machine.disconnect(peer.cid)

@@ -4,8 +4,8 @@
 program calls (fed by the knowledge service's workers) and, for every key sent with a top-k
 codec of log-probabilities (``TopK(log_softmax=True)``), the probability mass the kept
 entries hold per position (``exp(values).sum(-1)``: k exponentials per position, from the
-values the codec just computed). :func:`teacher_metrics` turns a snapshot into metric
-families; ``docs/guide/operating.md`` lists them.
+values the codec just computed, online or in a knowledge file). :func:`teacher_metrics` turns
+a snapshot into metric families; ``docs/guide/operating.md`` lists them.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .._codecs import Codec, StoredParts, TopK
+from .._codecs import Codec, StoredParts, TopK, dequantize
 from .._knowledge import Ragged
 from .._metrics import MASS_BUCKETS, SECONDS_BUCKETS, Histogram, Metric
 
@@ -42,6 +42,9 @@ class TeacherMeters:
                 continue
             if isinstance(values, Ragged):
                 values = values.values
+            if codec.values_dtype == "uint8":  # 8-bit codes and their per-position scale
+                scale = parts[(key, "scale")]
+                values = dequantize(values, scale.values if isinstance(scale, Ragged) else scale)
             mass = np.exp(np.asarray(values, dtype=np.float32)).sum(axis=-1)
             with self._lock:
                 hist = self.topk_mass.setdefault(key, Histogram(MASS_BUCKETS))

@@ -101,7 +101,7 @@ class EncodedData:
             if self._done is None:
                 assert self._chunks is not None
                 whole = concat_chunks(list(self._chunks))
-                parts = encode_batch(whole.data, self._codecs)
+                parts = encode_batch(whole.data, self._codecs, ids=whole.ids)
                 if self._observe is not None:
                     self._observe(parts, self._codecs)
                 head0, frames0 = encode_parts(whole.ids, parts)

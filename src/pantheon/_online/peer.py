@@ -8,13 +8,16 @@ import collections
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._errors import ConnectionLostError
 from .._util import Deadline, wait_until
 from .._wire import Connection, Heartbeat, Message, MsgType, Session
 from .fanout import Close
 from .messages import Hello, RoundDone, Subscribe
+
+if TYPE_CHECKING:
+    from .teacher_machine import TeacherMachine
 
 __all__ = ["Peer", "log_round", "replaced"]
 
@@ -174,10 +177,20 @@ def replaced(actions: Sequence[object]) -> list[int]:
     return [a.cid for a in actions if isinstance(a, Close) and a.reason.startswith("replaced")]
 
 
-def log_round(peer: Peer, event: Subscribe | RoundDone) -> None:
-    """One line per round a student starts, resumes or finishes."""
+def log_round(
+    peer: Peer, event: object, machine: TeacherMachine, acks: set[tuple[str, int]]
+) -> None:
+    """One line per round a student starts, resumes or finishes (of the rounds ``machine``
+    serves: a refused request is not one; ``acks``: the finished rounds logged already, which
+    a student tells again on every new connection)."""
+    if machine.queries or not isinstance(event, (Subscribe, RoundDone)):
+        return
+    if event.round >= machine.times:
+        return
     if isinstance(event, RoundDone):
-        log.info("%s finished round %d", peer.name, event.round)
+        if (peer.hello.client, event.round) not in acks:
+            acks.add((peer.hello.client, event.round))
+            log.info("%s finished round %d", peer.name, event.round)
     elif event.start < peer.hello.world_size:
         log.info("%s started round %d", peer.name, event.round)
     else:

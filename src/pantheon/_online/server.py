@@ -40,7 +40,6 @@ from .messages import (
     Fail,
     Hello,
     Query,
-    RoundDone,
     StatusRequest,
     Subscribe,
     header,
@@ -99,7 +98,7 @@ class TeacherServer:
         self._token = resolve_token(token)
         check_bind(host, self._token)
         self._timeout = timeout
-        self._described = Described(codecs, use_fp16)
+        self.described = Described(codecs, use_fp16)  # use_fp16 may change until it is known
         self._prefetch = prefetch_batches
         self._heartbeat = Heartbeat(heartbeat_interval, heartbeat_timeout)
         self._coalesce = coalesce_bytes
@@ -112,17 +111,13 @@ class TeacherServer:
         self._runner: CursorRunner | None = None
         self._failed: str | None = None  # why the last serve call failed: told to newcomers
         self._served_times = 0  # rounds the last serve call finished: told to newcomers
+        self._acks: set[tuple[str, int]] = set()  # (client, round) acks logged (sent again)
         self.program_name = ""  # what the teacher runs, for pantheon status
         self._batcher: QueryBatcher | None = None
         self._inbox = UserInbox("the student (Teacher.recv)")
         self._closed = False
-        self._stats = {
-            "batches": 0,
-            "samples": 0,
-            "bytes": 0,
-            "messages": 0,
-            "backpressure_seconds": 0.0,
-        }
+        counters = ("batches", "samples", "bytes", "messages", "backpressure_seconds")
+        self._stats: dict[str, float] = dict.fromkeys(counters, 0)
         self.meters = TeacherMeters()
         self._began = time.monotonic()
         self._listener = listen(host, port)
@@ -178,8 +173,8 @@ class TeacherServer:
             return []
         if self._failed is not None:
             return [Send(cid, *header(Fail(self._failed, ErrorCode.FAILED)))]
-        if self._served_times and self._described.desc is not None:
-            return [Send(cid, *header(self._described.event(self._served_times)))]
+        if self._served_times and self.described.desc is not None:
+            return [Send(cid, *header(self.described.event(self._served_times)))]
         return []
 
     def _on_close(self, peer: Peer, reason: BaseException | None) -> None:
@@ -191,7 +186,8 @@ class TeacherServer:
             if self._batcher is not None:
                 self._batcher.drop(peer.cid)
             self._run(actions)
-            if not (self._closed or peer.close_reason or isinstance(reason, ProtocolError)):
+            # else logged when it was closed: by the machine, or for a protocol error
+            if not self._closed and not peer.close_reason and not isinstance(reason, ProtocolError):
                 peer.log_gone(peer.why(reason))
             self._cond.notify_all()
 
@@ -207,8 +203,6 @@ class TeacherServer:
         if isinstance(event, StatusRequest) and self._machine is None:
             peer.send(MsgType.STATUS_INFO, {"status": self.status()})
             return
-        if isinstance(event, (Subscribe, RoundDone)):
-            log_round(peer, event)
         with self._cond:
             machine = self._machine
             if machine is None:
@@ -221,6 +215,7 @@ class TeacherServer:
                 actions = machine.receive(peer.cid, event, time.monotonic())
             except ProtocolViolation as exc:
                 raise ProtocolError(f"{peer.name}: {exc}") from None
+            log_round(peer, event, machine, self._acks)
             self._run(actions)
             self._cond.notify_all()
 
@@ -265,7 +260,7 @@ class TeacherServer:
                     runner.apply(action)
 
     def _send_data(self, action: SendData) -> None:
-        codecs = self._described.codecs
+        codecs = self.described.codecs
         encoded = EncodedData(action.chunks, codecs, self._stats, self.meters.observe_parts)
         for cid, sub in action.targets:
             peer = self._peers.get(cid)
@@ -275,16 +270,12 @@ class TeacherServer:
 
     # ------------------------------------------------------------------ description
 
-    def set_use_fp16(self, use_fp16: bool) -> None:
-        """Change ``use_fp16`` before the description is known."""
-        self._described.use_fp16 = use_fp16
-
     def _status_extra(self) -> dict[str, Any]:
         """What the teacher adds to its machine's status: where it is, what it serves."""
         extra: dict[str, Any] = {"address": self.address, "stats": self.stats()}
         extra["program"] = self.program_name
         extra["uptime_seconds"] = time.monotonic() - self._began
-        return {**extra, **self._described.status()}
+        return {**extra, **self.described.status()}
 
     def status(self) -> dict[str, Any]:
         """What ``pantheon status`` shows (see ``docs/protocol.md``, STATUS_INFO)."""
@@ -296,26 +287,26 @@ class TeacherServer:
     def _known_desc(self, chunk: Chunk) -> Description:
         """The description, learned from ``chunk`` if this is the first."""
         self._learn_desc(chunk)
-        assert self._described.desc is not None
-        return self._described.desc
+        assert self.described.desc is not None
+        return self.described.desc
 
     def _learn_desc(self, chunk: Chunk) -> None:
-        if not self._described.learn(chunk):
+        if not self.described.learn(chunk):
             return
         with self._cond:
             machine = self._machine
-            actions = machine.set_desc(self._described.event(machine.times)) if machine else []
+            actions = machine.set_desc(self.described.event(machine.times)) if machine else []
             self._run(actions)
 
     def set_fingerprints(self, fingerprints: Mapping[str, str]) -> None:
         """What the DESC message tells of the teacher (``fingerprint``,
         ``dataset_fingerprint``); sent again if the description is already known."""
         with self._cond:
-            self._described.fingerprints = dict(fingerprints)
+            self.described.fingerprints = dict(fingerprints)
             machine = self._machine
-            if machine is None or self._described.desc is None:
+            if machine is None or self.described.desc is None:
                 return
-            actions = machine.set_desc(self._described.event(machine.times))
+            actions = machine.set_desc(self.described.event(machine.times))
             self._run(actions)
 
     # ------------------------------------------------------------------ serving
@@ -324,9 +315,11 @@ class TeacherServer:
         """Make ``machine`` current; hand it the clients that came before it, and their
         requests. Holds the lock."""
         self._machine = machine
-        if self._described.desc is not None:
-            machine.desc = self._described.event(machine.times)
-        return self._early.replay(machine, self._peers, self._batcher, self._heartbeat.timeout)
+        if self.described.desc is not None:
+            machine.desc = self.described.event(machine.times)
+        return self._early.replay(
+            machine, self._peers, self._batcher, self._heartbeat.timeout, self._acks
+        )
 
     def _serve(self, machine: TeacherMachine) -> None:
         """The serving loop: until the machine is done, failed, abandoned or starved."""
@@ -405,7 +398,7 @@ class TeacherServer:
             if peer is not None:
                 if answer is not None:
                     self._learn_desc(answer)
-                send_answer(peer, query, answer, error, self._described.codecs, self._stats)
+                send_answer(peer, query, answer, error, self.described.codecs, self._stats)
 
         self._batcher = QueryBatcher(
             handler, reply, max_batch=opts.max_batch, max_delay=opts.max_delay

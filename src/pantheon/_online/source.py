@@ -40,7 +40,7 @@ from .._wire import (
 )
 from .link import Link, check_transport
 from .members import Follow
-from .messages import Bye, Data, Desc, EndRound, Fail, Query, header, parse
+from .messages import Bye, Data, Desc, EndRound, ErrorCode, Fail, Query, header, parse
 from .payload import decode_payload, encode_chunks
 from .student_machine import Action, Reconnect, RoundState, StudentMachine, Transmit
 
@@ -325,6 +325,8 @@ class OnlineSource:
             elif isinstance(event, Desc):
                 m.on_desc(event)
             elif isinstance(event, Fail):
+                if event.code == ErrorCode.REPLACED and link.session is not session:
+                    return  # this student's own newer connection replaced its old one
                 m.on_fail(event)
             elif isinstance(event, Bye):
                 m.on_bye(link.index)

@@ -45,10 +45,8 @@ def _writable(value: Value) -> Any:
             temperature=value.temperature,
         )
     if isinstance(value, SparseSamples):
-        return SparseSamples(
-            _writable(value.ids), _writable(value.counts), value.vocab_size, value.n,
-            value.temperature,
-        )  # fmt: skip
+        ids, counts = _writable(value.ids), _writable(value.counts)
+        return SparseSamples(ids, counts, value.vocab_size, value.n, value.temperature)
     return value
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..._logs import LOG_ENV, install_from_env
 from .data import batch_reader, load_digits_split
 from .models import TEACHER_KINDS, build_teacher, load_weights
 from .procs import ADDRESS_PREFIX
@@ -36,19 +38,13 @@ from .train import writable_array
 
 __all__ = ["ADDRESS_PREFIX", "build_parser", "main", "make_program"]
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-"""The format of a demo teacher's log lines (on stderr)."""
-
 log = logging.getLogger("pantheon.demo")
 
 
-def log_to_stderr(level: int = logging.INFO) -> None:
-    """Send the ``pantheon`` loggers' records of ``level`` and above to stderr, one per line."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
-    root = logging.getLogger("pantheon")
-    root.addHandler(handler)
-    root.setLevel(level)
+def log_to_stderr() -> None:
+    """Write the ``pantheon`` loggers' INFO records to stderr, one per line: in the format
+    ``PANTHEON_LOG`` chooses (``json`` or ``text``), plain text when it is unset."""
+    install_from_env({LOG_ENV: os.environ.get(LOG_ENV) or "text"})
 
 
 def make_program(model: torch.nn.Module) -> Callable[..., np.ndarray]:
