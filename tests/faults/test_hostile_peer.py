@@ -420,3 +420,18 @@ def test_finding_7_a_teacher_that_hangs_up_is_retried_with_backoff() -> None:
     finally:
         listener.close()
         runner.thread.join(15)
+
+
+def test_finding_2_a_client_saying_goodbye_without_reading_does_not_end_the_service() -> None:
+    """Finding 2 (found by the live fuzz): a client that connected and said BYE at once,
+    before any student read, ended ``serve()`` with "every student said goodbye". Only a
+    group that asked for a round counts; the teacher serves the real student after."""
+    live = LiveTeacher()
+    try:
+        conn = hostile_student(live.address, group="probe")
+        conn.send(MsgType.BYE, {})
+        closed_by_peer(conn)
+        assert np.array_equal(read_round(live.address), np.arange(100))
+        live.join()
+    finally:
+        live.close()

@@ -135,6 +135,8 @@ class Group:
     done: dict[int, int] = field(default_factory=dict)  # rank -> highest ROUND_DONE
     passes: dict[int, set[tuple[str, int]]] = field(default_factory=dict)  # rank -> acks seen
     left: set[int] = field(default_factory=set)  # ranks that said BYE
+    read: bool = False  # whether a rank ever asked for a round (a group that never did and
+    # left does not end the service: it read nothing, e.g. a probe or a hostile client)
 
 
 def chunk_nbytes(chunk: Chunk) -> int:

@@ -262,6 +262,7 @@ class TeacherMachine:
         if self.failure is not None:
             return [Send(consumer.cid, *header(Fail(self.failure, ErrorCode.FAILED)))]
         actions = self._detach(consumer)
+        self._groups[consumer.hello.group].read = True
         consumer.sub, consumer.round, consumer.start = event.sub, event.round, event.start
         consumer.credits = event.credits
         if event.start < consumer.hello.world_size and event.round not in self._opened:
@@ -460,7 +461,7 @@ class TeacherMachine:
         if self._consumers or self.queries or not self._groups or self.finished():
             return None
         done = set(self.done_groups)
-        gone = [n for n, g in self._groups.items() if n not in done and g.left]
+        gone = [n for n, g in self._groups.items() if n not in done and g.left and g.read]
         if not gone or not all(
             len(self._groups[n].left) == self._groups[n].world_size for n in gone
         ):
