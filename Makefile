@@ -50,7 +50,8 @@ test: lint typecheck unit
 FUZZ_SCALE ?= 50
 fuzz: $(TEST_STAMP)
 	PANTHEON_FUZZ_SCALE=$(FUZZ_SCALE) $(BIN)/python -m pytest tests/fuzz -q --timeout=0 $(PYTEST_ARGS)
-	PANTHEON_FAULT_KILLS=$(FAULT_KILLS) $(BIN)/python -m pytest tests/faults -q --timeout=0 \
+	PANTHEON_FUZZ_SCALE=$(FUZZ_SCALE) PANTHEON_FAULT_KILLS=$(FAULT_KILLS) \
+		$(BIN)/python -m pytest tests/faults -q --timeout=0 \
 		--ignore=tests/faults/test_soak.py $(PYTEST_ARGS)
 
 # The fault suite's kill tests kill this many times under make fuzz (make test: 3).

@@ -80,14 +80,22 @@ def over_bounds(g: dict[str, int]) -> list[str]:
     return out
 
 
-def run(seconds: float, kill_every: float, spawn: Callable[[list[str]], Proc] = Proc) -> dict:
-    """The soak; returns its summary (``problems`` lists what went wrong, empty if nothing)."""
+def run(
+    seconds: float,
+    kill_every: float,
+    spawn: Callable[[list[str]], Proc] = Proc,
+    transport: str = "auto",
+) -> dict:
+    """The soak; returns its summary (``problems`` lists what went wrong, empty if nothing).
+    ``transport`` is the student's (``auto``: shared memory with this same-host teacher)."""
     teacher_flags = ["--samples", str(SAMPLES), "--batch", "10", "--delay", "0.004"]
     teacher_flags += ["--width", "16", "--times", "1000000", "--timeout", "60"]
     teacher = spawn([str(TESTS / "teacher_proc.py"), *teacher_flags])
     address = teacher.address()
     port = address.rsplit(":", 1)[1]
-    student = spawn([str(HERE / "soak.py"), "student", "--address", address])
+    student = spawn(
+        [str(HERE / "soak.py"), "student", "--address", address, "--transport", transport]
+    )
     student.wait_line("READY", 60)
     started = time.monotonic()
     next_kill = started + kill_every
@@ -140,6 +148,7 @@ def run(seconds: float, kill_every: float, spawn: Callable[[list[str]], Proc] = 
     return {
         "seconds": seconds,
         "kill_every": kill_every,
+        "transport": transport,
         "kills": kills,
         "rounds": rounds,
         "student_first": first,
@@ -151,13 +160,13 @@ def run(seconds: float, kill_every: float, spawn: Callable[[list[str]], Proc] = 
     }
 
 
-def student_main(address: str) -> int:
+def student_main(address: str, transport: str) -> int:
     """The student process: rounds until killed, every id checked."""
     import numpy as np
 
     from pantheon import Student
 
-    with Student(timeout=60, transport="tcp") as student:
+    with Student(timeout=60, transport=transport) as student:
         student.register_teacher(in_address=address)
         student.start()
         print("READY", flush=True)
@@ -182,12 +191,15 @@ def main() -> int:
         p = argparse.ArgumentParser()
         p.add_argument("role")
         p.add_argument("--address", required=True)
-        return student_main(p.parse_args().address)
+        p.add_argument("--transport", default="auto")
+        a = p.parse_args()
+        return student_main(a.address, a.transport)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seconds", type=float, default=180.0)
     p.add_argument("--kill-every", type=float, default=20.0)
+    p.add_argument("--transport", choices=["auto", "tcp", "shm"], default="auto")
     args = p.parse_args()
-    summary = run(args.seconds, args.kill_every)
+    summary = run(args.seconds, args.kill_every, transport=args.transport)
     print(json.dumps(summary))
     return 1 if summary["problems"] else 0
 

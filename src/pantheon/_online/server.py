@@ -16,12 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .._errors import (
-    ClosedError,
-    PantheonTimeoutError,
-    ProtocolError,
-    TeacherError,
-)
+from .._errors import ClosedError, PantheonTimeoutError, ProtocolError, TeacherError
 from .._knowledge import Chunk, Description
 from .._util import Deadline, wait_until
 from .._wire import (
@@ -38,10 +33,10 @@ from .._wire import (
 )
 from .acceptor import Acceptor
 from .described import Described
+from .early import EarlyRequests
 from .fanout import Action, Close, ProtocolViolation, Send, SendData, StartCursor, StopCursor
 from .messages import (
     ErrorCode,
-    Event,
     Fail,
     Hello,
     Query,
@@ -62,7 +57,6 @@ __all__ = ["ServeOptions", "TeacherServer"]
 
 log = logging.getLogger("pantheon")
 
-_EARLY_EVENTS = 64  # messages a client may send before the teacher starts serving
 _TICK = 0.25  # seconds between the serving loop's checks (gates, parked cursors, the end)
 
 
@@ -112,7 +106,7 @@ class TeacherServer:
         self._cond = threading.Condition()
         self._machine: TeacherMachine | None = None
         self._peers: dict[int, Peer] = {}
-        self._early: dict[int, list[tuple[Message, Event]]] = {}
+        self._early = EarlyRequests()
         self._next_cid = 0
         self._runner: CursorRunner | None = None
         self._failed: str | None = None  # why the last serve call failed: told to newcomers
@@ -158,7 +152,6 @@ class TeacherServer:
             self._peers[cid] = peer
             machine = self._machine
             if machine is None:
-                self._early[cid] = []
                 actions = self._idle_welcome(cid, hello)
             else:
                 actions = machine.connect(cid, hello, conn.peer)
@@ -187,8 +180,8 @@ class TeacherServer:
     def _on_close(self, peer: Peer, reason: BaseException | None) -> None:
         with self._cond:
             self._peers.pop(peer.cid, None)
-            self._early.pop(peer.cid, None)
             machine = self._machine
+            self._early.gone(peer, serving=machine is not None)
             actions = machine.disconnect(peer.cid) if machine is not None else []
             if self._batcher is not None:
                 self._batcher.drop(peer.cid)
@@ -214,16 +207,9 @@ class TeacherServer:
             machine = self._machine
             if machine is None:
                 if self._failed is not None and isinstance(event, (Subscribe, Query)):
-                    # it connected while the failed call still ran; its request came after
                     self._run([Send(peer.cid, *header(Fail(self._failed, ErrorCode.FAILED)))])
                     return
-                early = self._early.setdefault(peer.cid, [])
-                if len(early) >= _EARLY_EVENTS:
-                    raise ProtocolError(
-                        f"{peer.name} sent {_EARLY_EVENTS} requests before the teacher started "
-                        "serving; wait for the teacher"
-                    )
-                early.append((msg, event))
+                self._early.hold(peer, msg, event)
                 return
             try:
                 actions = machine.receive(peer.cid, event, time.monotonic())
@@ -331,23 +317,9 @@ class TeacherServer:
         self._machine = machine
         if self.described.desc is not None:
             machine.desc = self.described.event(machine.times)
-        actions: list[Action] = []
-        now = time.monotonic()
-        for cid, peer in list(self._peers.items()):
-            actions += machine.connect(cid, peer.hello, peer.peer)
-            for msg, event in self._early.pop(cid, []):
-                if msg.type == MsgType.QUERY and self._batcher is not None:
-                    qid = msg.header["qid"]
-                    q = PendingQuery(cid, qid, decode_plain(msg.header, msg.frames))
-                    self._batcher.submit(q, timeout=self._heartbeat.timeout)
-                try:
-                    actions += machine.receive(cid, event, now)
-                    log_round(peer, event, machine, self._acks)
-                except ProtocolViolation as exc:
-                    log.warning("closing %s: %s", peer.name, exc)
-                    peer.close()
-        self._early.clear()
-        return actions
+        return self._early.replay(
+            machine, self._peers, self._batcher, self._heartbeat.timeout, self._acks
+        )
 
     def _serve(self, machine: TeacherMachine) -> None:
         """The serving loop: until the machine is done, failed, abandoned or starved."""
