@@ -63,6 +63,7 @@ from pantheon.torch import (
     hidden_kd_loss,
     load_lm_head,
     sampled_kd_loss,
+    to_tensor,
     topk_kd_loss,
 )
 
@@ -289,11 +290,11 @@ def tier_loss(
     def from_file(s: torch.Tensor, ids: np.ndarray, _x: torch.Tensor) -> torch.Tensor:
         k = kf.take(ids)[TIERS[name]["key"]]
         if name == "hidden fp16":
-            return hidden_kd_loss(s, torch.from_numpy(k).float(), head.weight)
+            return hidden_kd_loss(s, to_tensor(k).float(), head.weight)
         if name == "sampled n=12":
-            return sampled_kd_loss(s, torch.from_numpy(k.ids), torch.from_numpy(k.counts))
-        tail = None if k.tail is None else torch.from_numpy(np.asarray(k.tail, np.float32))
-        return topk_kd_loss(s, torch.from_numpy(k.values), torch.from_numpy(k.indices), tail)
+            return sampled_kd_loss(s, to_tensor(k.ids), to_tensor(k.counts))
+        tail = None if k.tail is None else to_tensor(k.tail)
+        return topk_kd_loss(s, to_tensor(k.values), to_tensor(k.indices), tail)
 
     return from_file
 
