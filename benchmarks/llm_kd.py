@@ -93,11 +93,13 @@ def stdlib_texts(limit_bytes: int) -> list[str]:
     """The standard library's ``.py`` files (sorted paths, site-packages left out), up to
     ``limit_bytes`` characters in all."""
     root = Path(sysconfig.get_paths()["stdlib"])
+    files: list[Path] = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if d not in ("site-packages", "dist-packages", "__pycache__")]
+        files += [Path(folder, n) for n in names if n.endswith(".py")]
     out: list[str] = []
     total = 0
-    for path in sorted(root.rglob("*.py")):
-        if "site-packages" in path.parts:
-            continue
+    for path in sorted(files):
         try:
             text = path.read_text(encoding="utf-8")
         except (UnicodeDecodeError, OSError):
@@ -341,8 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if rows_out["pass"] or not args.strict else 1
 
 
-def run(cfg: Settings, steps: int, cache: Path, prepare: bool = False) -> dict[str, Any]:
-    """The whole benchmark; prints its table and returns ``{"rows": [...], "pass": bool}``."""
+def run(
+    cfg: Settings, steps: int, cache: Path, *, prepare: bool = False, held: int | None = None
+) -> dict[str, Any]:
+    """The whole benchmark; prints its table and returns ``{"rows": [...], "pass": bool}``
+    (``held``: held-out windows, default 256 below a 10,000-token vocabulary, else 512)."""
     t0 = time.perf_counter()
     cache.mkdir(parents=True, exist_ok=True)
     teacher_text, distill_text, held_text = split_files(stdlib_texts(int(cfg.text_mb * 2**20)))
@@ -354,7 +359,7 @@ def run(cfg: Settings, steps: int, cache: Path, prepare: bool = False) -> dict[s
         )
     windows = [token_windows(tok, t, cfg.ctx) for t in (teacher_text, distill_text, held_text)]
     teach_w, distill_w, held_w = windows
-    held_w = held_w[: 256 if cfg.vocab < 10_000 else 512]
+    held_w = held_w[: held or (256 if cfg.vocab < 10_000 else 512)]
     print(
         f"vocab {tok.get_vocab_size()}, windows of {cfg.ctx} tokens: teacher {len(teach_w)}, "
         f"distillation {len(distill_w)}, held-out {len(held_w)} ({time.perf_counter() - t0:.0f} s)",
