@@ -103,8 +103,18 @@ class _Block:
     """The state of one block of positions: student and teacher logsumexps and, after the
     forward pass, the per-position divergence pieces the gradient needs."""
 
-    def __init__(self, s: torch.Tensor, teacher: _Teacher, rows: Rows, opts: _Opts):
+    def __init__(
+        self,
+        s: torch.Tensor,
+        teacher: _Teacher,
+        rows: Rows,
+        opts: _Opts,
+        lse: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
         self.s, self.teacher, self.rows, self.o = s, teacher, rows, opts
+        if lse is not None:  # the backward pass: known from the forward pass
+            self.lse_s, self.lse_t = lse
+            return
         self.lse_s = torch.full((_count(rows),), -math.inf, device=s.device)
         self.lse_t = torch.full_like(self.lse_s, -math.inf)
         for c0, c1 in _slices(teacher.vocab, opts.vocab_chunk):
@@ -133,10 +143,13 @@ class _Block:
         first = torch.zeros_like(self.lse_s)
         second = torch.zeros_like(self.lse_s)
         for c0, c1 in _slices(self.teacher.vocab, self.o.vocab_chunk):
+            if div == "forward_kl":  # sum q (t - s) / T, then + lse_s - lse_t (sum q = 1)
+                t = self._t(c0, c1)
+                q = torch.exp(t - self.lse_t[:, None])
+                first += torch.where(q > 0, q * (t - self._s(c0, c1)), 0.0).sum(-1)
+                continue
             log_p, log_q = self.logs(c0, c1)
-            if div == "forward_kl":
-                first += _xlogy_ratio(log_q.exp(), log_q, log_p).sum(-1)
-            elif div == "reverse_kl":
+            if div == "reverse_kl":
                 first += _xlogy_ratio(log_p.exp(), log_p, log_q).sum(-1)
             else:
                 log_m = self.log_mix(log_p, log_q)
@@ -145,15 +158,19 @@ class _Block:
         if div == "jsd":
             beta = self.o.beta
             return beta * first + (1 - beta) * second, second
+        if div == "forward_kl":
+            first += self.lse_s - self.lse_t
         return first, first
 
     def grad(self, c0: int, c1: int, piece: torch.Tensor) -> torch.Tensor:
         """d(divergence) / d(student logits) on the slice ``c0:c1`` (before ``T^2``)."""
-        log_p, log_q = self.logs(c0, c1)
-        p = log_p.exp()
         div = self.o.divergence
         if div == "forward_kl":
-            return (p - log_q.exp()) / self.o.temperature
+            p = torch.exp(self._s(c0, c1) - self.lse_s[:, None])
+            p -= torch.exp(self._t(c0, c1) - self.lse_t[:, None])
+            return p if self.o.temperature == 1 else p / self.o.temperature
+        log_p, log_q = self.logs(c0, c1)
+        p = log_p.exp()
         if div == "reverse_kl":  # dL/dp = log p - log q + 1; through softmax p (g - <p, g>)
             g = log_p - log_q - piece[:, None]
         else:  # dL/dp = (1 - beta) log(p / m)
@@ -197,13 +214,18 @@ class _ChunkedDivergence(torch.autograd.Function):
     ) -> torch.Tensor:
         out = torch.zeros(s.shape[0], device=s.device, dtype=torch.float32)
         pieces = torch.zeros_like(out)
+        lse_s = torch.zeros_like(out)
+        lse_t = torch.zeros_like(out)
         scale = opts.temperature**2
         with torch.no_grad():
             for rows in _blocks(int(s.shape[0]), kept, opts.position_chunk):
-                value, piece = _Block(s, teacher, rows, opts).terms()
+                block = _Block(s, teacher, rows, opts)
+                value, piece = block.terms()
                 _put(out, rows, value * scale)
                 _put(pieces, rows, piece)
-        ctx.save_for_backward(s, pieces)
+                _put(lse_s, rows, block.lse_s)
+                _put(lse_t, rows, block.lse_t)
+        ctx.save_for_backward(s, pieces, lse_s, lse_t)
         ctx.kept = kept
         ctx.teacher = teacher
         ctx.opts = opts
@@ -211,14 +233,14 @@ class _ChunkedDivergence(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
-        s, pieces = ctx.saved_tensors
+        s, pieces, lse_s, lse_t = ctx.saved_tensors
         teacher: _Teacher = ctx.teacher
         opts: _Opts = ctx.opts
         grad = torch.zeros_like(s)
         scale = opts.temperature**2
         with torch.no_grad():
             for rows in _blocks(int(s.shape[0]), ctx.kept, opts.position_chunk):
-                block = _Block(s, teacher, rows, opts)
+                block = _Block(s, teacher, rows, opts, (_get(lse_s, rows), _get(lse_t, rows)))
                 g_rows = (_get(grad_out, rows).float() * scale)[:, None]
                 piece = _get(pieces, rows)
                 for c0, c1 in _slices(teacher.vocab, opts.vocab_chunk):
