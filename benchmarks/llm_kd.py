@@ -68,7 +68,7 @@ from pantheon.torch import (
 )
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import table  # noqa: E402
+from _util import table
 
 
 @dataclass(frozen=True)
@@ -311,7 +311,9 @@ def evaluate(student: TinyLM, teacher: TinyLM, windows: np.ndarray) -> tuple[flo
         s = student(x[:, :-1])
         t = teacher(x[:, :-1])
         kl += float(dense_kd_loss(s, t, reduction="sum"))
-        ce += float(nn.functional.cross_entropy(s.flatten(0, 1), x[:, 1:].flatten(), reduction="sum"))
+        ce += float(
+            nn.functional.cross_entropy(s.flatten(0, 1), x[:, 1:].flatten(), reduction="sum")
+        )
     tokens = data[:, 1:].numel()
     return kl / tokens, ce / tokens
 
@@ -325,11 +327,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--teacher-steps", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--strict", action="store_true", help="exit 1 unless the target is met")
-    ap.add_argument("--prepare", action="store_true", help="only build the cached tokenizer/teacher")
+    ap.add_argument(
+        "--prepare", action="store_true", help="only build the cached tokenizer/teacher"
+    )
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = Settings(vocab=2000, text_mb=1.0, teacher_steps=60, teacher_batch=16) if args.quick else Settings()
+    cfg = (
+        Settings(vocab=2000, text_mb=1.0, teacher_steps=60, teacher_batch=16)
+        if args.quick
+        else Settings()
+    )
     if args.vocab or args.teacher_steps:
         cfg = Settings(
             **{
@@ -400,9 +408,12 @@ def run(
             kl, ce = evaluate(student, teacher, held_w)
             nbytes = os.path.getsize(paths[name]) / tokens if name in paths else None
             results.append({"tier": name, "bytes_per_token": nbytes, "kl": kl, "loss": ce})
-            print(f"  {name}: KL {kl:.4f}, loss {ce:.4f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+            print(
+                f"  {name}: KL {kl:.4f}, loss {ce:.4f} ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
         head_bytes = os.path.getsize(folder / "lm_head.npz")
-    t_kl, t_ce = evaluate(teacher, teacher, held_w)
+    _, t_ce = evaluate(teacher, teacher, held_w)
     by = {r["tier"]: r for r in results}
     gain = by["labels only"]["kl"] - by["dense"]["kl"]
     for r in results:
