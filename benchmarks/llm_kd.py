@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
                 **({"teacher_steps": args.teacher_steps} if args.teacher_steps else {}),
             }
         )
-    steps = args.steps or (30 if args.quick else 120)
+    steps = args.steps or (30 if args.quick else 60)
     rows_out = run(cfg, steps, Path(args.cache), prepare=args.prepare)
     return 0 if rows_out["pass"] or not args.strict else 1
 
@@ -355,7 +355,7 @@ def run(
     cfg: Settings, steps: int, cache: Path, *, prepare: bool = False, held: int | None = None
 ) -> dict[str, Any]:
     """The whole benchmark; prints its table and returns ``{"rows": [...], "pass": bool}``
-    (``held``: held-out windows, default 256)."""
+    (``held``: held-out windows, default 128)."""
     t0 = time.perf_counter()
     cache.mkdir(parents=True, exist_ok=True)
     teacher_text, distill_text, held_text = split_files(stdlib_texts(int(cfg.text_mb * 2**20)))
@@ -367,7 +367,7 @@ def run(
         )
     windows = [token_windows(tok, t, cfg.ctx) for t in (teacher_text, distill_text, held_text)]
     teach_w, distill_w, held_w = windows
-    held_w = held_w[: held or 256]
+    held_w = held_w[: held or 128]
     print(
         f"vocab {tok.get_vocab_size()}, windows of {cfg.ctx} tokens: teacher {len(teach_w)}, "
         f"distillation {len(distill_w)}, held-out {len(held_w)} ({time.perf_counter() - t0:.0f} s)",
