@@ -5,9 +5,9 @@ Everything is built here from text every machine has, the Python standard librar
 teacher's training text, the distillation text and the held-out text):
 
 1. a byte-level BPE tokenizer (``tokenizers``, ``--vocab`` 32,000 entries) trained on the
-   teacher's text;
-2. a teacher causal LM (plain torch: ``--teacher-layers`` pre-norm transformer layers of width
-   128, context ``--ctx`` tokens) trained on it;
+   teacher's text (70 % of the files among the first 9 MiB of sources);
+2. a teacher causal LM (plain torch: 2 pre-norm transformer layers of width 128, context 64
+   tokens) trained on it (400 steps of 16 windows, AdamW);
 3. its knowledge of the distillation text, dumped by ``Teacher(out_path=...).dump`` through each
    codec and read back with ``KnowledgeFile(..., sparse_topk=True).take`` as users do:
 
@@ -18,17 +18,17 @@ teacher's training text, the distillation text and the held-out text):
                       ``topk_kd_loss`` with the tail bucket;
    ``sampled n=12``   ``Sampled(12)``: ``sampled_kd_loss``;
 
-4. a smaller student (``--student-layers`` layers of width 64), the same initial weights and
-   the same batches for every tier, trained ``--steps`` steps on the KD loss alone, and as the
-   two references: ``dense`` (the teacher's full logits computed in memory, ``dense_kd_loss``)
+4. a smaller student (1 layer of width 64), the same initial weights and the same batches of
+   8 windows for every tier, trained ``--steps`` steps (default 60) on the KD loss alone, and
+   as the two references: ``dense`` (the teacher's full logits computed in memory, ``dense_kd_loss``)
    and ``labels only`` (next-token cross-entropy, no teacher).
 
 The table: bytes per token of each knowledge file on disk (its whole size over the tokens it
-holds), the student's held-out ``KL(teacher || student)`` and next-token loss (nats per token),
-and the retention ``(KL_labels - KL_tier) / (KL_labels - KL_dense)``. Target: a tier at
+holds), the student's ``KL(teacher || student)`` and next-token loss (nats per token) on 128
+held-out windows, and the retention ``(KL_labels - KL_tier) / (KL_labels - KL_dense)``. Target: a tier at
 <= 50 bytes per token keeps >= 95 % of the dense gain (PASS/FAIL; ``--strict`` exits 1 on FAIL).
 
-The tokenizer, the teacher and the token ids are cached under ``--cache`` (default
+The tokenizer and the teacher are cached under ``--cache`` (default
 ``build/llm_kd``), keyed by their settings; ``--quick`` is a small slice (a 2,000-token
 vocabulary, few steps) for a smoke test.
 
