@@ -325,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--vocab", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None, help="student steps per tier")
     ap.add_argument("--teacher-steps", type=int, default=None)
+    ap.add_argument("--held", type=int, default=None, help="held-out windows (default 128)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--strict", action="store_true", help="exit 1 unless the target is met")
     ap.add_argument(
@@ -347,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
     steps = args.steps or (30 if args.quick else 60)
-    rows_out = run(cfg, steps, Path(args.cache), prepare=args.prepare)
+    rows_out = run(cfg, steps, Path(args.cache), prepare=args.prepare, held=args.held)
     return 0 if rows_out["pass"] or not args.strict else 1
 
 
