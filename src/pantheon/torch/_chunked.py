@@ -30,6 +30,26 @@ __all__ = [
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 
+Rows = tuple[int, int] | torch.Tensor
+"""A block of positions: a span ``(start, stop)`` (read as views) or their indices."""
+
+
+def _take(x: torch.Tensor, rows: Rows, c0: int, c1: int) -> torch.Tensor:
+    """``x[rows, c0:c1]``: a view for a span, a copy of the block for indices."""
+    if isinstance(rows, tuple):
+        return x[rows[0] : rows[1], c0:c1]
+    return x[:, c0:c1].index_select(0, rows)
+
+
+def _blocks(n: int, kept: torch.Tensor | None, size: int) -> list[Rows]:
+    if kept is None:
+        return [(r, min(r + size, n)) for r in range(0, n, size)]
+    return [kept[r : r + size] for r in range(0, len(kept), size)]
+
+
+def _count(rows: Rows) -> int:
+    return rows[1] - rows[0] if isinstance(rows, tuple) else len(rows)
+
 
 class DenseTeacher:
     """Teacher logits stored dense, ``[N, V]`` (any float dtype; read block by block)."""
@@ -38,9 +58,9 @@ class DenseTeacher:
         self.logits = logits.detach()
         self.vocab = int(logits.shape[-1])
 
-    def block(self, rows: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
+    def block(self, rows: Rows, c0: int, c1: int) -> torch.Tensor:
         """float32 teacher logits of positions ``rows``, vocabulary entries ``c0:c1``."""
-        return self.logits[:, c0:c1].index_select(0, rows).float()
+        return _take(self.logits, rows, c0, c1).float()
 
 
 class HiddenTeacher:
@@ -58,9 +78,9 @@ class HiddenTeacher:
         self.bias = None if bias is None else bias.detach()
         self.vocab = int(weight.shape[0])
 
-    def block(self, rows: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
+    def block(self, rows: Rows, c0: int, c1: int) -> torch.Tensor:
         """float32 teacher logits of positions ``rows``, vocabulary entries ``c0:c1``."""
-        h = self.hidden.index_select(0, rows).float()
+        h = _take(self.hidden, rows, 0, int(self.hidden.shape[1])).float()
         out = h @ self.weight[c0:c1].float().T
         if self.bias is not None:
             out = out + self.bias[c0:c1].float()
@@ -83,19 +103,31 @@ class _Block:
     """The state of one block of positions: student and teacher logsumexps and, after the
     forward pass, the per-position divergence pieces the gradient needs."""
 
-    def __init__(self, s: torch.Tensor, teacher: _Teacher, rows: torch.Tensor, opts: _Opts):
+    def __init__(
+        self,
+        s: torch.Tensor,
+        teacher: _Teacher,
+        rows: Rows,
+        opts: _Opts,
+        lse: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
         self.s, self.teacher, self.rows, self.o = s, teacher, rows, opts
-        self.lse_s = torch.full((len(rows),), -math.inf, device=s.device)
+        if lse is not None:  # the backward pass: known from the forward pass
+            self.lse_s, self.lse_t = lse
+            return
+        self.lse_s = torch.full((_count(rows),), -math.inf, device=s.device)
         self.lse_t = torch.full_like(self.lse_s, -math.inf)
         for c0, c1 in _slices(teacher.vocab, opts.vocab_chunk):
             self.lse_s = torch.logaddexp(self.lse_s, torch.logsumexp(self._s(c0, c1), -1))
             self.lse_t = torch.logaddexp(self.lse_t, torch.logsumexp(self._t(c0, c1), -1))
 
     def _s(self, c0: int, c1: int) -> torch.Tensor:
-        return self.s[:, c0:c1].index_select(0, self.rows).float() / self.o.temperature
+        x = _take(self.s, self.rows, c0, c1).float()
+        return x if self.o.temperature == 1 else x / self.o.temperature
 
     def _t(self, c0: int, c1: int) -> torch.Tensor:
-        return self.teacher.block(self.rows, c0, c1) / self.o.temperature
+        x = self.teacher.block(self.rows, c0, c1)
+        return x if self.o.temperature == 1 else x / self.o.temperature
 
     def logs(self, c0: int, c1: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Student and teacher log-probabilities on the slice ``c0:c1``."""
@@ -111,10 +143,13 @@ class _Block:
         first = torch.zeros_like(self.lse_s)
         second = torch.zeros_like(self.lse_s)
         for c0, c1 in _slices(self.teacher.vocab, self.o.vocab_chunk):
+            if div == "forward_kl":  # sum q (t - s) / T, then + lse_s - lse_t (sum q = 1)
+                t = self._t(c0, c1)
+                q = torch.exp(t - self.lse_t[:, None])
+                first += torch.where(q > 0, q * (t - self._s(c0, c1)), 0.0).sum(-1)
+                continue
             log_p, log_q = self.logs(c0, c1)
-            if div == "forward_kl":
-                first += _xlogy_ratio(log_q.exp(), log_q, log_p).sum(-1)
-            elif div == "reverse_kl":
+            if div == "reverse_kl":
                 first += _xlogy_ratio(log_p.exp(), log_p, log_q).sum(-1)
             else:
                 log_m = self.log_mix(log_p, log_q)
@@ -123,15 +158,19 @@ class _Block:
         if div == "jsd":
             beta = self.o.beta
             return beta * first + (1 - beta) * second, second
+        if div == "forward_kl":
+            first += self.lse_s - self.lse_t
         return first, first
 
     def grad(self, c0: int, c1: int, piece: torch.Tensor) -> torch.Tensor:
         """d(divergence) / d(student logits) on the slice ``c0:c1`` (before ``T^2``)."""
-        log_p, log_q = self.logs(c0, c1)
-        p = log_p.exp()
         div = self.o.divergence
         if div == "forward_kl":
-            return (p - log_q.exp()) / self.o.temperature
+            p = torch.exp(self._s(c0, c1) - self.lse_s[:, None])
+            p -= torch.exp(self._t(c0, c1) - self.lse_t[:, None])
+            return p if self.o.temperature == 1 else p / self.o.temperature
+        log_p, log_q = self.logs(c0, c1)
+        p = log_p.exp()
         if div == "reverse_kl":  # dL/dp = log p - log q + 1; through softmax p (g - <p, g>)
             g = log_p - log_q - piece[:, None]
         else:  # dL/dp = (1 - beta) log(p / m)
@@ -157,42 +196,59 @@ class _Opts:
         self.vocab_chunk = vocab_chunk
 
 
+def _put(out: torch.Tensor, rows: Rows, value: torch.Tensor) -> None:
+    if isinstance(rows, tuple):
+        out[rows[0] : rows[1]] = value
+    else:
+        out[rows] = value
+
+
+def _get(vec: torch.Tensor, rows: Rows) -> torch.Tensor:
+    return vec[rows[0] : rows[1]] if isinstance(rows, tuple) else vec.index_select(0, rows)
+
+
 class _ChunkedDivergence(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, s: torch.Tensor, teacher: _Teacher, kept: torch.Tensor, opts: _Opts
+        ctx: Any, s: torch.Tensor, teacher: _Teacher, kept: torch.Tensor | None, opts: _Opts
     ) -> torch.Tensor:
         out = torch.zeros(s.shape[0], device=s.device, dtype=torch.float32)
         pieces = torch.zeros_like(out)
+        lse_s = torch.zeros_like(out)
+        lse_t = torch.zeros_like(out)
         scale = opts.temperature**2
         with torch.no_grad():
-            for start in range(0, len(kept), opts.position_chunk):
-                rows = kept[start : start + opts.position_chunk]
+            for rows in _blocks(int(s.shape[0]), kept, opts.position_chunk):
                 block = _Block(s, teacher, rows, opts)
                 value, piece = block.terms()
-                out[rows] = value * scale
-                pieces[rows] = piece
-        ctx.save_for_backward(s, kept, pieces)
+                _put(out, rows, value * scale)
+                _put(pieces, rows, piece)
+                _put(lse_s, rows, block.lse_s)
+                _put(lse_t, rows, block.lse_t)
+        ctx.save_for_backward(s, pieces, lse_s, lse_t)
+        ctx.kept = kept
         ctx.teacher = teacher
         ctx.opts = opts
         return out
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
-        s, kept, pieces = ctx.saved_tensors
+        s, pieces, lse_s, lse_t = ctx.saved_tensors
         teacher: _Teacher = ctx.teacher
         opts: _Opts = ctx.opts
         grad = torch.zeros_like(s)
         scale = opts.temperature**2
         with torch.no_grad():
-            for start in range(0, len(kept), opts.position_chunk):
-                rows = kept[start : start + opts.position_chunk]
-                block = _Block(s, teacher, rows, opts)
-                g_rows = (grad_out.index_select(0, rows).float() * scale)[:, None]
-                piece = pieces.index_select(0, rows)
+            for rows in _blocks(int(s.shape[0]), ctx.kept, opts.position_chunk):
+                block = _Block(s, teacher, rows, opts, (_get(lse_s, rows), _get(lse_t, rows)))
+                g_rows = (_get(grad_out, rows).float() * scale)[:, None]
+                piece = _get(pieces, rows)
                 for c0, c1 in _slices(teacher.vocab, opts.vocab_chunk):
-                    part = block.grad(c0, c1, piece) * g_rows
-                    grad[rows, c0:c1] = part.to(grad.dtype)
+                    part = (block.grad(c0, c1, piece) * g_rows).to(grad.dtype)
+                    if isinstance(rows, tuple):
+                        grad[rows[0] : rows[1], c0:c1] = part
+                    else:
+                        grad[rows, c0:c1] = part
         return grad, None, None, None
 
 
@@ -238,9 +294,8 @@ def chunked_divergence_rows(
         _check_chunk("vocab_chunk", vocab_chunk),
     )
     n = student_logits.shape[0]
-    if mask is None:
-        kept = torch.arange(n, device=student_logits.device)
-    else:
+    kept = None  # every position, read in spans
+    if mask is not None:
         kept = torch.nonzero(mask.to(student_logits.device).reshape(n) != 0).reshape(-1)
     rows: torch.Tensor = _ChunkedDivergence.apply(  # type: ignore[no-untyped-call]
         student_logits, teacher, kept, opts
