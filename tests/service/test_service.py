@@ -326,26 +326,50 @@ def test_pass_through_never_merges_batches_that_differ() -> None:
     the fields stay as the reader gave them."""
 
     def batches() -> Iterator[tuple[np.ndarray]]:
-        yield (np.zeros((2, 3), np.float32),)
-        yield (np.zeros((2, 3), np.float32),)
+        for _ in range(12):  # enough fast reads for merging to start
+            yield (np.zeros((2, 3), np.float32),)
         yield (np.zeros((2, 3), np.float64),)
         yield (np.zeros((2, 4), np.float64),)
 
     chunks = list(round_factory(["x"], {"x": "x"}, None, {"batch_generator": batches})(0))
-    got = [(len(c.ids), c.data["x"].dtype.name, c.data["x"].shape[1]) for c in chunks]
-    assert got == [(4, "float32", 3), (2, "float64", 3), (2, "float64", 4)]
+    groups: list[list[Any]] = []  # runs of chunks of one dtype and width: [dtype, width, n]
+    for c in chunks:
+        kind = [c.data["x"].dtype.name, c.data["x"].shape[1]]
+        if groups and groups[-1][:2] == kind:
+            groups[-1][2] += len(c.ids)
+        else:
+            groups.append([*kind, len(c.ids)])
+    assert groups == [["float32", 3, 24], ["float64", 3, 2], ["float64", 4, 2]]
+
+
+def test_pass_through_hands_out_a_first_batch_without_reading_the_next() -> None:
+    """Merging waits for nothing that is not ready: a reader's first batches are handed on
+    alone, so a fast batch 0 is not held back by a slow (here: never asked) batch 1."""
+    asked: list[int] = []
+
+    def batches() -> Iterator[tuple[np.ndarray]]:
+        for i in range(3):
+            asked.append(i)
+            yield (np.full((2, 1), i, np.int64),)
+
+    it = round_factory(["x"], {"x": "x"}, None, {"batch_generator": batches})(0)
+    first = next(it)
+    assert first.ids.tolist() == [0, 1] and asked == [0]
+    assert [c.ids.tolist() for c in it] == [[2, 3], [4, 5]]
 
 
 def test_pass_through_hands_out_samples_before_a_reader_error() -> None:
     def batches() -> Iterator[tuple[np.ndarray]]:
-        yield (np.zeros((2, 3), np.float32),)
-        yield (np.zeros((2, 3), np.float32),)
+        for _ in range(12):  # enough fast reads for merging to start
+            yield (np.zeros((2, 3), np.float32),)
         raise OSError("disk gone")
 
     it = round_factory(["x"], {"x": "x"}, None, {"batch_generator": batches})(0)
-    assert len(next(it).ids) == 4
+    handed = 0
     with pytest.raises(OSError, match="disk gone"):
-        next(it)
+        for chunk in it:
+            handed += len(chunk.ids)
+    assert handed == 24  # every sample read before the error, the merged ones included
 
 
 def test_worker_error_names_device_and_batch_and_stops_everything() -> None:
@@ -415,11 +439,11 @@ def test_start_sample_with_ragged_pass_through() -> None:
     seqs = [np.arange(n) for n in (2, 3, 1, 4)]
     cfg = {"sample_generator": lambda: ((s,) for s in seqs), "batch_size": 3, "drop_last": False}
     chunks = list(round_factory(["t"], {"t": "t"}, None, cfg)(0, 1))
-    assert [c.ids.tolist() for c in chunks] == [[1, 2, 3]]  # the two batches merged
-    first = chunks[0].data["t"]
-    assert isinstance(first, Ragged)
-    assert first.lengths.tolist() == [3, 1, 4]
-    np.testing.assert_array_equal(first.values, np.concatenate(seqs[1:]))
+    assert [i for c in chunks for i in c.ids.tolist()] == [1, 2, 3]  # sample 0 skipped
+    assert all(isinstance(c.data["t"], Ragged) for c in chunks)
+    assert [n for c in chunks for n in c.data["t"].lengths.tolist()] == [3, 1, 4]
+    values = np.concatenate([c.data["t"].values for c in chunks])
+    np.testing.assert_array_equal(values, np.concatenate(seqs[1:]))
 
 
 def test_close_mid_round_and_garbage_collection_stop_the_threads() -> None:
@@ -499,9 +523,9 @@ def test_declared_ragged_feeds_are_ragged_from_the_first_batch() -> None:
         yield {"t": [np.arange(1), np.arange(3)]}
 
     cfg2 = {"batch_generator": batches, "ragged_feeds": ["t"]}
-    (both,) = round_factory(["t"], {"t": "t"}, None, cfg2)(0)  # merged: both ragged
-    assert isinstance(both.data["t"], Ragged)
-    assert both.data["t"].lengths.tolist() == [4, 4, 1, 3]
+    both = list(round_factory(["t"], {"t": "t"}, None, cfg2)(0))  # both ragged
+    assert all(isinstance(c.data["t"], Ragged) for c in both)
+    assert [n for c in both for n in c.data["t"].lengths.tolist()] == [4, 4, 1, 3]
     with pytest.raises(ConfigError, match="ragged_feeds"):
         round_factory(["t"], {"t": "t"}, None, {"batch_generator": batches, "ragged_feeds": 1})
     with pytest.raises(ConfigError, match="ragged_feeds"):

@@ -10,10 +10,13 @@ reads, predicts and hands the chunk on itself; several workers keep their thread
 
 When the service has no program (every schema source is a feed), consecutive reader batches
 are merged into one chunk of up to ``merge_bytes`` bytes
-(feeds concatenated sample-wise, one copy) while the reader keeps up: a merge ends once
-``merge_wait`` seconds have passed since it began, or as soon as one read took longer than
-that, so a slow reader's knowledge is not held back (by at most ``merge_wait`` plus one read
-that was expected to be fast). Merging keeps order and ids (a chunk is a run of
+(feeds concatenated sample-wise, one copy) while the reader keeps up: merging starts only
+after ``FAST_READS`` reads in a row each took less than ``merge_wait`` seconds (so a reader's
+first batches, and the batch after a slow read, are handed on alone: a fast batch 0 never
+waits for a slow batch 1), and a merge ends once ``merge_wait`` seconds have passed since it
+began, or as soon as one read took longer than that. A reader that was fast many times and
+then stalls holds back at most one merge (at most ``merge_bytes``, read within
+``merge_wait``) for the length of that one stalled read. Merging keeps order and ids (a chunk is a run of
 consecutive positions); batches whose fields differ in dtype or trailing shape are never
 merged, so that the teacher's check reports them as it would unmerged.
 
@@ -32,12 +35,15 @@ from .._knowledge import Chunk, Ragged, Value, concat_values, slice_value
 from .programs import Worker, predict_batch, worker_error
 from .readers import RawBatch
 
-__all__ = ["MERGE_BYTES", "MERGE_WAIT_S", "InlineRound"]
+__all__ = ["FAST_READS", "MERGE_BYTES", "MERGE_WAIT_S", "InlineRound"]
 
 MERGE_BYTES = 256 * 1024
 """Bytes of feeds merged into one chunk at most (default 256 KiB, the wire's coalescing size)."""
 MERGE_WAIT_S = 0.005
 """Seconds a merge may wait for the reader's next batch (default 5 ms)."""
+FAST_READS = 8
+"""Reads in a row faster than ``MERGE_WAIT_S`` before merging starts (a reader's first
+batches, and those after a slow read, are handed on alone)."""
 
 
 _Signature = tuple[tuple[str, Any, tuple[int, ...], bool], ...]
@@ -96,10 +102,13 @@ class InlineRound(Iterator[Chunk]):
         self._held: tuple[int, dict[str, Value], int, int, int] | None = None  # see _next_raw
         self._done = False
         self._error: Exception | None = None  # a reader failure held behind merged samples
-        self._fast = True  # whether the reader's last read took less than merge_wait
+        self._fast_reads = 0  # the reader's reads in a row that took less than merge_wait
 
     def __iter__(self) -> InlineRound:
         return self
+
+    def _count_read(self, seconds: float) -> None:
+        self._fast_reads = self._fast_reads + 1 if seconds < self._merge_wait else 0
 
     def _next_raw(self) -> tuple[int, dict[str, Value], int, int, int] | None:
         """The next batch reaching ``start_sample``, as (first id, feeds, n, skip, index): its
@@ -132,7 +141,7 @@ class InlineRound(Iterator[Chunk]):
         t0 = time.perf_counter()
         got = self._next_raw()
         began = last = time.perf_counter()
-        self._fast = began - t0 < self._merge_wait
+        self._count_read(began - t0)
         if got is None:
             self.close()
             raise StopIteration
@@ -143,7 +152,7 @@ class InlineRound(Iterator[Chunk]):
             sig is not None
             and size < self._merge_bytes
             and last - began < self._merge_wait
-            and self._fast
+            and self._fast_reads >= FAST_READS
         ):
             try:
                 more = self._next_raw()
@@ -151,7 +160,7 @@ class InlineRound(Iterator[Chunk]):
                 self._error = exc
                 break
             now = time.perf_counter()
-            self._fast = now - last < self._merge_wait
+            self._count_read(now - last)
             last = now
             if more is None:
                 break
