@@ -384,7 +384,8 @@ class Teacher:
 
     def stats(self) -> dict[str, Any]:
         """Counters: batches and samples written or sent, bytes sent (online) or on disk
-        (offline, so far), and ``bytes_per_sample``."""
+        (offline, so far), and ``bytes_per_sample``. Online, ``batches`` counts the chunks
+        sent: a fast reader's small batches are merged into chunks of up to 256 KiB."""
         if self._server is not None:
             out = dict(self._server.stats())
         else:

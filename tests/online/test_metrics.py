@@ -57,7 +57,9 @@ def test_counters_are_exact_on_both_sides_after_a_round() -> None:
             s = scrape(student.metrics_address)
             sent = teacher.stats()
             assert value(t, "pantheon_teacher_samples_total") == 100 == sent["samples"]
-            assert value(t, "pantheon_teacher_batches_total") == 10 == sent["batches"]
+            # 10 reader batches: the teacher may merge the last ones of a fast reader
+            assert value(t, "pantheon_teacher_batches_total") == sent["batches"]
+            assert 8 <= sent["batches"] <= 10
             assert (
                 value(t, "pantheon_teacher_bytes_total") == sent["bytes"] == 100 * (8 + 8)
             )  # x, ids

@@ -22,6 +22,7 @@ import numpy as np
 from .._chunks import slice_chunk
 from .._errors import ConfigError
 from .._knowledge import Chunk, normalize_batch
+from .merging import merge_ready
 
 __all__ = ["RoundFactory", "reader_round_factory", "reader_takes_round", "with_progress"]
 
@@ -74,6 +75,9 @@ def reader_round_factory(reader: Callable[..., Iterable[Mapping[str, Any]]]) -> 
     per_round = reader_takes_round(reader, "the reader")
 
     def make_round(round_index: int, start_sample: int) -> Iterator[Chunk]:
+        return merge_ready(each(round_index, start_sample))
+
+    def each(round_index: int, start_sample: int) -> Iterator[Chunk]:
         position = 0
         batches = reader(round_index) if per_round else reader()
         for i, batch in enumerate(batches):
