@@ -17,7 +17,7 @@ from tests.helpers import Runner
 
 
 def reader():
-    for start in range(0, 1000, 10):
+    for start in range(0, 1_000_000, 10):  # longer than the teacher computes ahead
         yield {"x": np.arange(start, start + 10).reshape(-1, 1)}
 
 

@@ -410,3 +410,16 @@ def test_a_round_computed_ahead_before_anyone_came_is_served_not_computed_again(
     acts = m.receive(1, Subscribe(sub=1, round=0, start=0, credits=8))
     assert of(acts, StartCursor) == []  # the computed round is used, not recomputed
     assert sent_ids(acts, 1) == list(range(15))
+
+
+def test_status_of_a_student_whose_round_was_all_sent_shows_its_end() -> None:
+    """A short round sent whole (its cursor gone) shows the student at the round's end, not
+    at sample 0."""
+    d = Driver(TeacherMachine(times=1))
+    d.connect(1, hello())
+    d.send(1, Subscribe(1, 0, 0, 8))
+    d.produce(0, chunk(0, 3))
+    d.end(0)
+    assert d.ends(1)[0]["samples"] == 3
+    (student,) = d.m.status()["students"]
+    assert (student["position"], student["lag"]) == (3, 0)

@@ -123,6 +123,7 @@ class Consumer:
     credits: int = 0
     ended: int = -1  # highest round whose END_ROUND it received
     waiting: bool = False  # behind a gate
+    finished: int = 0  # samples of its round, once its cursor sent the whole round
 
     @property
     def key(self) -> tuple[str, int]:
@@ -170,7 +171,7 @@ def pump(cursor: Cursor, consumers: dict[int, Consumer], coalesce_bytes: int) ->
                 total = max(cursor.start, cursor.produced)
                 actions.append(Send(cid, *header(EndRound(c.sub, c.round, total))))
                 c.ended = max(c.ended, c.round)
-                c.cursor = None
+                c.cursor, c.finished = None, total
                 cursor.consumers.discard(cid)
     _trim(cursor, consumers)
     return actions
@@ -225,7 +226,7 @@ def _trim(cursor: Cursor, consumers: dict[int, Consumer]) -> None:
 def consumer_status(c: Consumer, done_round: int) -> dict[str, Any]:
     """One consumer as ``pantheon status`` shows it (``position``: its next sample)."""
     cursor = c.cursor
-    frontier = cursor.produced if cursor is not None else 0
+    frontier = cursor.produced if cursor is not None else c.finished
     position = frontier
     if cursor is not None and c.pos < cursor.end:
         position = int(cursor.chunks[c.pos - cursor.base].ids[0])
