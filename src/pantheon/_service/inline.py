@@ -78,12 +78,13 @@ class InlineRound(Iterator[Chunk]):
                 continue
             feeds = raw.feeds(self._feed_list)
             skip = max(0, self._start - first)
-            if skip and self._worker.run is None:
-                feeds = {k: slice_value(v, skip, raw.n) for k, v in feeds.items()}
-                first, n, skip = first + skip, raw.n - skip, 0
+            if self._worker.run is None:  # the knowledge is the feeds (checked by the reader)
+                if skip:
+                    feeds = {k: slice_value(v, skip, raw.n) for k, v in feeds.items()}
+                data = {key: feeds[src] for key, src in self._schema.items()}
+                yield Chunk(np.arange(first + skip, first + raw.n, dtype=np.int64), data)
             else:
-                n = raw.n
-            yield self._predict(first, feeds, n, skip, raw.index)
+                yield self._predict(first, feeds, raw.n, skip, raw.index)
 
     def __next__(self) -> Chunk:
         if self._done:
