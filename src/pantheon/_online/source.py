@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .._errors import (
@@ -397,19 +397,8 @@ class OnlineSource:
     def answer(self, qid: int, timeout: float) -> Chunk:
         """The knowledge answering query ``qid`` (waits at most ``timeout`` s)."""
         m = self.machine
-
-        def ready() -> bool:
-            if qid in m.answers:
-                return True
-            if m.error is not None:
-                raise m.error
-            return False
-
         with self.cond:
-            if not wait_until(self.cond, ready, Deadline(timeout)):
-                raise PantheonTimeoutError(
-                    f"{self.name} did not answer query {qid} within {timeout:g} s"
-                )
+            self._wait(lambda: qid in m.answers, timeout, f"did not answer query {qid}")
             result = m.answers.pop(qid)
             if isinstance(result, BaseException):
                 raise result
@@ -449,21 +438,25 @@ class OnlineSource:
     def recv_user(self, timeout: float) -> Any:
         """The next message the teacher sent with ``Teacher.send`` (waits at most ``timeout``
         s; the teacher's error, once the connection failed for good, is raised at once)."""
+        with self.cond:
+            self._wait(lambda: not self.inbox.empty(), timeout, "(Student.recv) sent no message")
+        return self.inbox.get(max(timeout, 0.001))
+
+    def _wait(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
+        """With ``cond`` held: wait until ``ready()``; the machine's error, once it has one, is
+        raised at once; :class:`PantheonTimeoutError` ("NAME WHAT within T s") after
+        ``timeout`` seconds."""
         m = self.machine
 
-        def ready() -> bool:
-            if not self.inbox.empty():
+        def check() -> bool:
+            if ready():
                 return True
             if m.error is not None:
                 raise m.error
             return False
 
-        with self.cond:
-            if not wait_until(self.cond, ready, Deadline(timeout)):
-                raise PantheonTimeoutError(
-                    f"{self.name} (Student.recv) sent no message within {timeout:g} s"
-                )
-        return self.inbox.get(max(timeout, 0.001))
+        if not wait_until(self.cond, check, Deadline(timeout)):
+            raise PantheonTimeoutError(f"{self.name} {what} within {timeout:g} s")
 
     def stats(self) -> Mapping[str, Any]:
         """Chunks (``batches``) and ``samples`` delivered, bytes received, reconnections,
