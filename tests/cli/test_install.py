@@ -6,6 +6,7 @@ every install step due.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -21,10 +22,16 @@ def make_dry_run(target: str, tmp_path: Path) -> list[str]:
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
     out = subprocess.run(
-        ["make", "-n", target, f"VENV={tmp_path / 'venv'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+        ["make", "--no-print-directory", "-n", target, f"VENV={tmp_path / 'venv'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, check=True, env=outside_make(),
     )  # fmt: skip
     return out.stdout.splitlines()
+
+
+def outside_make() -> dict[str, str]:
+    """The environment without what an enclosing `make` passes down (CI runs the suite under
+    `make test`, whose MAKELEVEL makes a nested make print "Leaving directory" lines)."""
+    return {k: v for k, v in os.environ.items() if k not in ("MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
 
 
 def installs(lines: list[str]) -> list[tuple[int, str]]:
