@@ -85,17 +85,27 @@ def to_dtype(name: str) -> np.dtype[Any]:
         ) from None
 
 
+_NAMES: dict[np.dtype[Any], str] = {}  # dtype -> its name, once checked (``dt.name`` is slow)
+
+
 def dtype_name(dtype: npt.DTypeLike) -> str:
     """The description name of a numpy dtype; raises :class:`KnowledgeError` if unsupported."""
     dt = np.dtype(dtype)
+    known = _NAMES.get(dt)
+    if known is not None:
+        return known
     if dt == BFLOAT16:
-        return "bfloat16"
-    name = str(dt.name)
-    if name not in _DTYPES or dt.byteorder == ">":
-        raise KnowledgeError(
-            f"unsupported dtype {dt!s}: knowledge arrays must be one of {', '.join(DTYPE_NAMES)} "
-            "(native byte order); cast the array with .astype(...) before sending it"
-        )
+        name = "bfloat16"
+    else:
+        name = str(dt.name)
+        if name not in _DTYPES or dt.byteorder == ">":
+            raise KnowledgeError(
+                f"unsupported dtype {dt!s}: knowledge arrays must be one of "
+                f"{', '.join(DTYPE_NAMES)} (native byte order); cast the array with "
+                ".astype(...) before sending it"
+            )
+    if len(_NAMES) < 64:
+        _NAMES[dt] = name
     return name
 
 

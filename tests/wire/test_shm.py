@@ -234,3 +234,40 @@ def test_memory_goes_with_the_last_view() -> None:
     del arr
     gc.collect()
     assert ring_maps() == before
+
+
+def test_freed_slots_go_back_in_groups_and_at_once_when_half_the_ring_is_away() -> None:
+    ring = Ring(slots=24, slot_bytes=SLOT)
+    teacher_end, student_end = inproc_pair()
+    sender = accept_offer(teacher_end, ring.offer(), timeout=5)
+    assert isinstance(sender, ShmSender) and read_ready(student_end, timeout=5) == (True, "")
+    receiver = ShmReceiver(student_end, ring)
+    assert receiver.return_batch == 4
+    header, frames = encode_parts(np.arange(2, dtype=np.int64), {("x", ""): np.ones(2)})
+
+    def one() -> None:  # a message through the ring, received and dropped at once
+        sender.send(MsgType.DATA, header, frames)
+        receiver.recv(timeout=5)
+        gc.collect()
+
+    def given_back() -> int:  # what the teacher was told, read through a PING after it
+        receiver.send(MsgType.PING)
+        assert sender.recv(timeout=5).type == MsgType.PING
+        return sender.mapping.free
+
+    for _ in range(3):
+        one()
+    assert given_back() == 21  # 3 freed: not yet worth a message
+    one()
+    assert given_back() == 24  # the fourth: all four in one SHM_FREE
+    held = []
+    for _ in range(11):
+        sender.send(MsgType.DATA, header, frames)
+        held.append(receiver.recv(timeout=5))
+    one()  # 11 lent and 1 freed: half the ring is away, so the one freed goes back at once
+    assert given_back() == 24 - 11
+    del held
+    gc.collect()
+    assert given_back() == 24
+    sender.close()
+    receiver.close()

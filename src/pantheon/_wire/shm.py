@@ -160,10 +160,18 @@ class ShmReceiver(_Wrapper):
         self.ring = ring
         self.received = 0  # messages that came through the ring
         self._send_timeout = send_timeout
+        self._freed: list[int] = []  # collected, not yet given back
+        self.return_batch = max(1, min(8, ring.slots // 6))
 
     def _give_back(self) -> None:
-        freed = self.ring.collect()
-        if freed:
+        """Tell the teacher of the slots freed since, in groups of :attr:`return_batch` (one
+        message per few batches, not per batch) or at once when half the ring is away."""
+        freed = self._freed
+        freed += self.ring.collect()
+        if not freed:
+            return
+        if len(freed) >= self.return_batch or 2 * (self.ring.lent + len(freed)) >= self.ring.slots:
+            self._freed = []
             self.inner.send(MsgType.SHM_FREE, {"slots": freed}, timeout=self._send_timeout)
 
     def send(
