@@ -68,6 +68,7 @@ _DTYPES: dict[str, np.dtype[Any]] = {
 }
 DTYPE_NAMES: tuple[str, ...] = tuple(_DTYPES)
 """The dtype names a description may carry, as the contract lists them."""
+_NAMED = ", ".join(DTYPE_NAMES)
 
 FieldDesc = dict[str, Any]
 """One entry of a description: ``{"shape": [-1, ...], "dtype": str, "lod_level": 0 | 1}``."""
@@ -80,31 +81,22 @@ def to_dtype(name: str) -> np.dtype[Any]:
     try:
         return _DTYPES[name]
     except KeyError:
-        raise KnowledgeError(
-            f"unsupported dtype {name!r}: expected one of {', '.join(DTYPE_NAMES)}"
-        ) from None
+        raise KnowledgeError(f"unsupported dtype {name!r}: expected one of {_NAMED}") from None
 
 
-_NAMES: dict[np.dtype[Any], str] = {}  # dtype -> its name, once checked (``dt.name`` is slow)
+_NAMES: dict[np.dtype[Any], str] = {}  # the supported dtypes met, named (``dt.name`` is slow)
 
 
 def dtype_name(dtype: npt.DTypeLike) -> str:
     """The description name of a numpy dtype; raises :class:`KnowledgeError` if unsupported."""
     dt = np.dtype(dtype)
-    known = _NAMES.get(dt)
-    if known is not None:
-        return known
-    if dt == BFLOAT16:
-        name = "bfloat16"
-    else:
-        name = str(dt.name)
+    if (name := _NAMES.get(dt)) is None:
+        name = "bfloat16" if dt == BFLOAT16 else str(dt.name)
         if name not in _DTYPES or dt.byteorder == ">":
             raise KnowledgeError(
-                f"unsupported dtype {dt!s}: knowledge arrays must be one of "
-                f"{', '.join(DTYPE_NAMES)} (native byte order); cast the array with "
-                ".astype(...) before sending it"
+                f"unsupported dtype {dt!s}: knowledge arrays must be one of {_NAMED} (native "
+                "byte order); cast the array with .astype(...) before sending it"
             )
-    if len(_NAMES) < 64:
         _NAMES[dt] = name
     return name
 

@@ -73,6 +73,8 @@ class CursorRunner:
         cond: the lock (condition) that guards ``machine``.
         desc_of: the teacher's description, learned from the first chunk ever produced.
         run: carries out actions (called with the lock held: their order is the machine's).
+        drain: called after each locked section, without the lock: sends what ``run`` left
+            for this thread to send itself (default: nothing to do).
     """
 
     def __init__(
@@ -82,12 +84,14 @@ class CursorRunner:
         cond: threading.Condition,
         desc_of: Callable[[Chunk], Description],
         run: Callable[[list[Action]], None],
+        drain: Callable[[], None] = lambda: None,
     ) -> None:
         self._machine = machine
         self._make_round = make_round
         self._cond = cond
         self._desc_of = desc_of
         self._run = run
+        self._drain = drain
         self._stops: dict[int, threading.Event] = {}
         self.failure: BaseException | None = None
         self.wait_seconds = 0.0  # time producers waited for students to take knowledge
@@ -142,14 +146,21 @@ class CursorRunner:
                     if stop.is_set():
                         return
                     self._run(machine.add_chunks(cid, [chunk]))
-                    if not self._go_on(cid, stop):
-                        return
+                    room, live = machine.has_room(cid), machine.is_live(cid)
+                self._drain()
+                if stop.is_set() or not live:
+                    return
+                if not room:
+                    with self._cond:
+                        if not self._go_on(cid, stop):
+                            return
             with self._cond:
                 if not stop.is_set():
                     self._run(machine.end_cursor(cid))
         except BaseException as exc:
             self._fail(exc, action)
         finally:
+            self._drain()
             close = getattr(it, "close", None)
             if callable(close):
                 close()

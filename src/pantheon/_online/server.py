@@ -48,7 +48,7 @@ from .messages import (
 from .metrics import TeacherMeters
 from .options import ServeOptions
 from .payload import EncodedData, decode_plain
-from .peer import Peer, log_round, replaced
+from .peer import CallerSends, Peer, log_round, replaced
 from .producer import CursorRunner, RoundFactory
 from .queries import PendingQuery, QueryBatcher, send_answer
 from .teacher_machine import TeacherMachine
@@ -109,6 +109,8 @@ class TeacherServer:
         self._early = EarlyRequests()
         self._next_cid = 0
         self._runner: CursorRunner | None = None
+        self._caller_sends = CallerSends()
+        self._run_deferring = self._caller_sends.deferring(self._run)
         self._failed: str | None = None  # why the last serve call failed: told to newcomers
         self._served_times = 0  # rounds the last serve call finished: told to newcomers
         self._acks: set[tuple[str, int]] = set()  # (client, round) acks logged (sent again)
@@ -216,8 +218,9 @@ class TeacherServer:
             except ProtocolViolation as exc:
                 raise ProtocolError(f"{peer.name}: {exc}") from None
             log_round(peer, event, machine, self._acks)
-            self._run(actions)
+            self._run_deferring(actions)
             self._cond.notify_all()
+        self._caller_sends.drain()
 
     def _on_query(self, peer: Peer, msg: Message, feeds: Chunk) -> None:
         """A QUERY whose feeds were decoded (and so checked) whatever the teacher serves."""
@@ -266,7 +269,8 @@ class TeacherServer:
             peer = self._peers.get(cid)
             if peer is not None:
                 extra = {"sub": sub, "round": action.round, "upto": action.upto}
-                peer.send_lazy(functools.partial(encoded.message, extra))
+                by_caller = self._caller_sends.by_caller(peer)
+                peer.send_lazy(functools.partial(encoded.message, extra), by_caller=by_caller)
 
     # ------------------------------------------------------------------ description
 
@@ -379,7 +383,11 @@ class TeacherServer:
             gate_timeout=self._timeout,
             park_timeout=self._heartbeat.timeout,
         )
-        self._runner = CursorRunner(machine, make_round, self._cond, self._known_desc, self._run)
+        sends = self._caller_sends
+        run = sends.deferring(self._run)
+        self._runner = CursorRunner(
+            machine, make_round, self._cond, self._known_desc, run, drain=sends.drain
+        )
         with self._cond:
             self._run(machine.prefetch(0))  # the description is known before anyone asks
         self._serve(machine)
