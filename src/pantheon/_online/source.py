@@ -52,10 +52,6 @@ log = logging.getLogger("pantheon")
 class OnlineRound:
     """One round being streamed from an online teacher (a ``RoundStream``)."""
 
-    received_ahead = True
-    """Its chunks are received and decoded by the connection's reader thread, ahead of
-    :meth:`next_chunk` (which only takes them)."""
-
     def __init__(self, source: OnlineSource, state: RoundState) -> None:
         self._source = source
         self._state = state
@@ -76,8 +72,6 @@ class OnlineRound:
                 raise machine.error
             if src.closed:
                 raise ClosedError(f"{src.name} was closed while a round was read")
-            if state.closed:
-                raise ClosedError(f"round {state.round} of {src.name} was abandoned")
             return False
 
         deadline = Deadline(timeout)
@@ -107,7 +101,6 @@ class OnlineRound:
         """Abandon the rest of the round."""
         with self._source.cond:
             self._source.machine.close_round(self._state)
-            self._source.cond.notify_all()  # a reader waiting in next_chunk gives up
 
 
 class OnlineSource:

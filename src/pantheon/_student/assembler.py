@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 import threading
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from .merge import MergePlan, merge_batches
 from .rebatch import Rebatcher
 from .sources import RoundStream
 
-__all__ = ["Assembler", "AssemblerStopped", "QueryAssembler", "ReadAhead", "RoundAssembler"]
+__all__ = ["Assembler", "AssemblerStopped", "QueryAssembler", "RoundAssembler"]
 
 _Item = tuple[str, Any]
 _END: _Item = ("end", None)
@@ -132,23 +132,6 @@ class _Handoff:
 class AssemblerStopped(ClosedError):
     """:meth:`Assembler.get` on an assembler that was stopped (replaced or closed) while it
     waited; the caller says which."""
-
-
-class ReadAhead(Protocol):
-    """What a knowledge generator takes its batches from (an :class:`Assembler`, or the
-    thread-less :class:`~pantheon._student.passthrough.PassThroughRound`)."""
-
-    def get(self, timeout: float) -> Chunk | None:
-        """The next batch, or ``None`` at the end."""
-        ...
-
-    def stop(self) -> None:
-        """Stop reading (idempotent)."""
-        ...
-
-    def qsize(self) -> int:
-        """Batches ready to be taken."""
-        ...
 
 
 class Assembler:

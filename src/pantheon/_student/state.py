@@ -9,7 +9,7 @@ from typing import Any
 
 from .._errors import ConfigError
 from .._util import check_int
-from .assembler import ReadAhead
+from .assembler import Assembler
 from .fingerprints import check_resumed, known, parse_recorded
 from .sources import Source
 
@@ -108,7 +108,7 @@ class Resumable:
     _rank: int
     _world: int
     _resumed: list[dict[str, str]]
-    _assembler: ReadAhead | None
+    _assembler: Assembler | None
 
     def _check_open(self) -> None:
         raise NotImplementedError

@@ -16,12 +16,11 @@ from .._errors import ClosedError, ConfigError
 from .._knowledge import Description
 from .._util import check_int, check_seconds
 from .._wire import Heartbeat
-from .assembler import AssemblerStopped, QueryAssembler, ReadAhead, RoundAssembler
+from .assembler import Assembler, AssemblerStopped, QueryAssembler, RoundAssembler
 from .fingerprints import check_teachers
 from .formats import RaggedFormat, format_batch
 from .merge import MergePlan, build_plan
 from .observe import StudentMeters, start_metrics, student_metrics, student_stats
-from .passthrough import PassThroughRound, passes_through
 from .sources import FileSource, OnlineCapable, Source, online_sources, only_online
 from .state import Resumable, check_shard
 
@@ -121,7 +120,7 @@ class Student(Resumable):
         self._closed = False
         self._round = 0  # rounds finished
         self._sample_in_round = 0  # samples of the current round handed to the training loop
-        self._assembler: ReadAhead | None = None
+        self._assembler: Assembler | None = None
         self._resumed: list[dict[str, str]] = []  # fingerprints of a loaded state_dict
         self._lock = threading.Lock()
         self._stats = {"batches": 0, "samples": 0, "rounds": 0, "wait_seconds": 0.0}
@@ -306,14 +305,11 @@ class Student(Resumable):
         self._check_open()
         plan = self._ensure_plan()
 
-        def make() -> ReadAhead:
+        def make() -> Assembler:
             rnd, at = self._round, self._sample_in_round
             streams = [s.open_round(rnd, at) for s in self._sources]
             how = f"resumed at sample {at} of this rank" if at else "started"
             log.info("%s: round %d %s", self._who, rnd, how)
-            equalize = drop_last and self._world > 1
-            if passes_through(streams, plan.keys_need_merge, equalize):
-                return PassThroughRound(streams[0], batch_size=batch_size, drop_last=drop_last)
             return RoundAssembler(
                 streams,
                 [s.name for s in self._sources],
@@ -327,7 +323,7 @@ class Student(Resumable):
 
         return self._drain(self._replace_assembler(make), ragged, timeout, in_round=True)
 
-    def _replace_assembler(self, make: Callable[[], ReadAhead]) -> ReadAhead:
+    def _replace_assembler(self, make: Callable[[], Assembler]) -> Assembler:
         """Stop the running read-ahead (a generator left mid-way) and start ``make()``'s."""
         with self._lock:
             old, self._assembler = self._assembler, None  # its generator sees it replaced
@@ -337,7 +333,7 @@ class Student(Resumable):
             return self._assembler
 
     def _drain(
-        self, assembler: ReadAhead, ragged: RaggedFormat, timeout: float, *, in_round: bool
+        self, assembler: Assembler, ragged: RaggedFormat, timeout: float, *, in_round: bool
     ) -> Iterator[dict[str, Any]]:
         """Hand the assembler's batches to the training loop, counting; stop it at the end."""
         try:
@@ -370,7 +366,7 @@ class Student(Resumable):
                 if self._assembler is assembler:
                     self._assembler = None
 
-    def _check_current(self, assembler: ReadAhead) -> None:
+    def _check_current(self, assembler: Assembler) -> None:
         """A generator whose read-ahead was replaced (a newer generator) or closed ends."""
         if self._closed:
             raise ClosedError("this Student was closed; its knowledge generators have ended")
@@ -399,7 +395,7 @@ class Student(Resumable):
             self.start()
         only_online(self._sources)
 
-        def make() -> ReadAhead:
+        def make() -> Assembler:
             names = [s.name for s in self._sources]
             plan_for = functools.partial(self._ensure_plan, timeout)
             return QueryAssembler(
