@@ -321,7 +321,7 @@ def test_a_lost_link_reconnects_and_resumes_at_the_first_sample_not_held() -> No
 
 
 def test_a_lost_replica_fails_over_to_a_live_one_at_once() -> None:
-    d = machine(links=2, up=2, rank=0, world_size=2)
+    d = machine(links=2, up=2, rank=0, world_size=2, credits=8)
     d.open()
     old = d.sub(0)
     d.data(0, 0, 2)
@@ -340,7 +340,7 @@ def test_a_lost_replica_fails_over_to_a_live_one_at_once() -> None:
 
 
 def test_reconnection_gives_up_only_once_no_link_is_left() -> None:
-    d = machine(links=2, up=2)
+    d = machine(links=2, up=2, credits=8)
     d.down(0)
     d.m.reconnect_failed(0, ConnectionLostError("refused"))
     assert d.m.error is None  # link 1 still serves
@@ -348,14 +348,14 @@ def test_reconnection_gives_up_only_once_no_link_is_left() -> None:
     d.m.reconnect_failed(1, ConnectionLostError("refused"))
     assert isinstance(d.m.error, TeacherError)
     assert str(d.m.error) == "teacher 0 (test) is gone: refused"
-    d = machine(links=2, up=2)
+    d = machine(links=2, up=2, credits=8)
     d.down(0)
     d.m.reconnect_failed(0, ProtocolError("bad handshake"))  # cannot be mended by waiting
     assert isinstance(d.m.error, ProtocolError)
 
 
 def test_a_retired_replica_is_never_reconnected_and_hands_on_its_round() -> None:
-    d = machine(links=2, up=2)
+    d = machine(links=2, up=2, credits=8)
     d.open()
     d.data(0, 0, 1)
     acts = d.run(d.m.retire(0))

@@ -112,7 +112,7 @@ class OnlineSource:
         token: shared secret (default ``PANTHEON_TOKEN``).
         timeout: seconds to wait to connect, for the description, and to reconnect before
             declaring the teacher gone.
-        credits: DATA messages the teacher may have in flight (default 8).
+        credits: DATA messages the teacher may have in flight (default 16).
         heartbeat: liveness settings.
         sparse_topk: hand top-k knowledge in its sparse form.
         group / rank / world_size: this student's job, and its shard of every round.
@@ -131,7 +131,7 @@ class OnlineSource:
         *,
         token: str | bytes | None,
         timeout: float,
-        credits: int = 8,
+        credits: int = 16,
         heartbeat: Heartbeat | None = None,
         sparse_topk: bool = False,
         group: str = "default",

@@ -99,7 +99,7 @@ class StudentMachine:
     """
 
     def __init__(
-        self, name: str, links: int, *, rank: int = 0, world_size: int = 1, credits: int = 8
+        self, name: str, links: int, *, rank: int = 0, world_size: int = 1, credits: int = 16
     ) -> None:
         self.name = name
         self.rank = rank

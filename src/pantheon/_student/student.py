@@ -57,7 +57,7 @@ class Student(Resumable):
             ``i % world_size``, for online and offline teachers alike.
             :func:`pantheon.torch.distributed_rank` reads them from ``torch.distributed``.
         credits: online: knowledge messages a teacher may have in flight to this student
-            (default 8): the student's receive buffer.
+            (default 16): the student's receive buffer.
         transport: online: ``"auto"`` (default) gets knowledge through shared memory from a
             teacher on the same host (Linux; the knowledge arrays are views of it, valid as
             long as they are held) and over TCP otherwise; ``"tcp"`` always uses the socket;
@@ -92,7 +92,7 @@ class Student(Resumable):
         group: str = "default",
         rank: int = 0,
         world_size: int = 1,
-        credits: int = 8,
+        credits: int = 16,
         transport: str = "auto",
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",

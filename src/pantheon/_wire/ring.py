@@ -52,12 +52,12 @@ HEADER_BYTES = 4096
 """The ring's first page: its header; slots follow, each a multiple of the page size."""
 _HEADER = struct.Struct("<8sIIQ32s")  # magic, version, slots, slot_bytes, key
 KEY_BYTES = 32
-DEFAULT_SLOTS = 24
-"""Slots of a student's ring by default (the teacher's credits plus the student's read-ahead
-are well below it)."""
+DEFAULT_SLOTS = 32
+"""Slots of a student's ring by default: the messages a teacher may have in flight (the
+student's credits, 16 by default) plus the student's read-ahead (8 batches) fit in it."""
 DEFAULT_SLOT_BYTES = 8 * 1024 * 1024
 """Bytes of one slot by default (8 MiB): the largest message that goes through shared memory.
-Memory is committed only where messages were written (the ring is 192 MiB of address space)."""
+Memory is committed only where messages were written (the ring is 256 MiB of address space)."""
 MAX_SLOTS = 1024
 MAX_RING_BYTES = 16 * 1024**3
 MEMFD_NAME = "pantheon-ring"
