@@ -276,7 +276,7 @@ def test_torchrun_ddp_two_ranks_train_from_one_teacher(tmp_path) -> None:
         finally:  # torchrun's workers are in its session: none outlives the test
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-        assert proc.returncode == 0, err[-3000:]
+        assert proc.returncode == 0, err[:4000] + "\n...\n" + err[-3000:]
         runner.join(60)
     out = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert out[0]["batches"] == out[1]["batches"] > 0

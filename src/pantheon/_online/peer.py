@@ -209,7 +209,9 @@ class CallerSends:
     to the peer's sender thread: one thread hand-off less per message (``docs/design.md``).
 
     A thread sends itself only to a peer whose knowledge goes through shared memory: a copy
-    into its ring and a small header on the socket, which never waits for the student. Over
+    into its ring and a small header on the socket, which does not wait for the student (a
+    message that finds no free slot goes over the socket from the same thread: rare, since
+    the ring holds the student's credits and read-ahead, and bounded by the send timeout). Over
     TCP the sender threads send (a 1 MiB message waits for the student to read it; a reader
     thread sending it would stop reading its own peer's credits, and a slow student would stop
     the knowledge of the others): measured slower, not faster, there.
