@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
+import threading
 
 import numpy as np
 import pytest
 
-from pantheon._errors import ConfigError, ProtocolError
+from pantheon._errors import ConfigError, PantheonTimeoutError, ProtocolError
 from pantheon._wire import (
     FRAME_ALIGN,
     MsgType,
@@ -269,5 +271,57 @@ def test_freed_slots_go_back_in_groups_and_at_once_when_half_the_ring_is_away() 
     del held
     gc.collect()
     assert given_back() == 24
+    sender.close()
+    receiver.close()
+
+
+def test_slots_freed_while_several_threads_send_are_each_given_back_once() -> None:
+    ring = Ring(slots=24, slot_bytes=SLOT)
+    teacher_end, student_end = inproc_pair()
+    sender = accept_offer(teacher_end, ring.offer(), timeout=5)
+    assert isinstance(sender, ShmSender) and read_ready(student_end, timeout=5) == (True, "")
+    receiver = ShmReceiver(student_end, ring)
+    header, frames = encode_parts(np.arange(2, dtype=np.int64), {("x", ""): np.ones(2)})
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def teacher_reads() -> None:  # SHM_FREE is handled (and a double free refused) in recv
+        while not stop.is_set():
+            try:
+                sender.recv(timeout=0.05)
+            except PantheonTimeoutError:
+                continue
+            except BaseException as exc:
+                errors.append(exc)
+                return
+
+    def pings() -> None:  # the heartbeat and the training loop send while the reader receives
+        while not stop.is_set():
+            receiver.send(MsgType.PING)
+
+    threads = [threading.Thread(target=teacher_reads)] + [
+        threading.Thread(target=pings) for _ in range(3)
+    ]
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads interleave between any two bytecodes
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(2000):
+            sender.send(MsgType.DATA, header, frames)
+            receiver.recv(timeout=5)  # dropped at once: its slot is free again
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+        sys.setswitchinterval(switch)
+    assert not errors, errors
+    receiver.send(MsgType.PING)  # a last look for freed slots
+    while True:  # read what came; every slot is free or waiting to be given back, once
+        try:
+            sender.recv(timeout=0.2)
+        except PantheonTimeoutError:
+            break
+    assert sender.mapping.free + len(receiver._freed) == 24
     sender.close()
     receiver.close()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -161,18 +162,20 @@ class ShmReceiver(_Wrapper):
         self.received = 0  # messages that came through the ring
         self._send_timeout = send_timeout
         self._freed: list[int] = []  # collected, not yet given back
+        self._freed_lock = threading.Lock()  # the reader, heartbeat and training threads
         self.return_batch = max(1, min(8, ring.slots // 6))
 
     def _give_back(self) -> None:
         """Tell the teacher of the slots freed since, in groups of :attr:`return_batch` (one
-        message per few batches, not per batch) or at once when half the ring is away."""
-        freed = self._freed
-        freed += self.ring.collect()
-        if not freed:
-            return
-        if len(freed) >= self.return_batch or 2 * (self.ring.lent + len(freed)) >= self.ring.slots:
-            self._freed = []
-            self.inner.send(MsgType.SHM_FREE, {"slots": freed}, timeout=self._send_timeout)
+        message per few batches, not per batch) or at once when half the ring is away. Any
+        thread may call it; each freed slot is told once."""
+        with self._freed_lock:
+            self._freed += self.ring.collect()
+            n = len(self._freed)
+            if not n or (n < self.return_batch and 2 * (self.ring.lent + n) < self.ring.slots):
+                return
+            freed, self._freed = self._freed, []
+        self.inner.send(MsgType.SHM_FREE, {"slots": freed}, timeout=self._send_timeout)
 
     def send(
         self,
