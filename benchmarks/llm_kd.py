@@ -371,10 +371,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--teacher-steps", type=int, default=None)
     d = Training()
     ap.add_argument("--steps", type=int, default=None, help=f"student steps ({d.steps})")
-    ap.add_argument("--alpha", type=float, default=d.alpha, help="KD weight, the rest CE")
-    ap.add_argument("--lr", type=float, default=d.lr, help="the students' peak learning rate")
-    ap.add_argument("--held", type=int, default=d.held, help="held-out windows")
-    ap.add_argument("--seed", type=int, default=d.seed, help="students' init, batches, draws")
+    ap.add_argument(
+        "--batch", type=int, default=d.batch, help=f"windows per student step ({d.batch})"
+    )
+    ap.add_argument(
+        "--alpha", type=float, default=d.alpha, help=f"KD weight, the rest CE ({d.alpha})"
+    )
+    ap.add_argument("--lr", type=float, default=d.lr, help=f"students' peak lr ({d.lr:g})")
+    ap.add_argument("--held", type=int, default=d.held, help=f"held-out windows ({d.held})")
+    ap.add_argument("--seed", type=int, default=d.seed, help="students' init, batches, draws (0)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--strict", action="store_true", help="exit 1 unless the target is met")
     ap.add_argument("--prepare", action="store_true", help="only build the cached teacher")
@@ -393,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
             teacher_steps=args.teacher_steps or cfg.teacher_steps,
         )
     steps = args.steps or (30 if args.quick else Training.steps)
-    how = Training(steps, lr=args.lr, alpha=args.alpha, held=args.held, seed=args.seed)
+    how = Training(steps, args.batch, args.lr, args.alpha, args.held, args.seed)
     out = run(cfg, how, Path(args.cache), prepare=args.prepare)
     return 0 if out["pass"] or not args.strict else 1
 
