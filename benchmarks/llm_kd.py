@@ -34,9 +34,8 @@ KL_dense)``. Target: a tier at <= 50 bytes per token keeps >= 95 % of the dense 
 (PASS/FAIL; ``--strict`` exits 1 on FAIL). ``--seed`` changes the students' initial weights,
 their batches and the sampled codec's draws (not the cached teacher).
 
-The tokenizer and the teacher are cached under ``--cache`` (default
-``build/llm_kd``), keyed by their settings; ``--quick`` is a small slice (a 2,000-token
-vocabulary, few steps) for a smoke test.
+The tokenizer and the teacher are cached under ``--cache`` (default ``build/llm_kd``), keyed
+by their settings; ``--quick`` is a small slice (a 2,000-token vocabulary) for a smoke test.
 
     python benchmarks/llm_kd.py            # the full run
     python benchmarks/llm_kd.py --quick    # the smoke test
@@ -301,10 +300,7 @@ def dump_knowledge(
     return paths
 
 
-def tensor(value: Any) -> torch.Tensor:
-    """A tensor of a (dense) knowledge array, without a copy."""
-    return to_tensor(value)
-
+tensor: Callable[[Any], torch.Tensor] = to_tensor  # knowledge arrays, without a copy
 
 Loss = Callable[[torch.Tensor, np.ndarray, torch.Tensor], torch.Tensor]
 
@@ -371,15 +367,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--teacher-steps", type=int, default=None)
     d = Training()
     ap.add_argument("--steps", type=int, default=None, help=f"student steps ({d.steps})")
-    ap.add_argument(
-        "--batch", type=int, default=d.batch, help=f"windows per student step ({d.batch})"
-    )
-    ap.add_argument(
-        "--alpha", type=float, default=d.alpha, help=f"KD weight, the rest CE ({d.alpha})"
-    )
-    ap.add_argument("--lr", type=float, default=d.lr, help=f"students' peak lr ({d.lr:g})")
+    ap.add_argument("--batch", type=int, default=d.batch, help=f"windows per step ({d.batch})")
+    ap.add_argument("--alpha", type=float, default=d.alpha, help=f"KD weight, rest CE ({d.alpha})")
+    ap.add_argument("--lr", type=float, default=d.lr, help=f"peak lr ({d.lr:g})")
     ap.add_argument("--held", type=int, default=d.held, help=f"held-out windows ({d.held})")
-    ap.add_argument("--seed", type=int, default=d.seed, help="students' init, batches, draws (0)")
+    ap.add_argument("--seed", type=int, default=d.seed, help="init, batches, draws (0)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--strict", action="store_true", help="exit 1 unless the target is met")
     ap.add_argument("--prepare", action="store_true", help="only build the cached teacher")
