@@ -14,23 +14,28 @@ teacher's training text, the distillation text and the held-out text):
    ``hidden fp16``    the teacher's last hidden state (float16 cast) + its ``lm_head`` side
                       file: exact knowledge, ``hidden_kd_loss`` (forward KL);
    ``fp16 top-16``    ``TopK(16, log_softmax=True)``: ``topk_kd_loss`` without tail;
-   ``int8 top-16+tail`` ``TopK(16, values_dtype="uint8", tail=True, log_softmax=True)``:
-                      ``topk_kd_loss`` with the tail bucket;
-   ``sampled n=12``   ``Sampled(12)``: ``sampled_kd_loss``;
+   ``int8 top-14+tail`` ``TopK(14, values_dtype="uint8", tail=True, log_softmax=True)``:
+                      ``topk_kd_loss`` with the tail bucket (the largest k under 50 bytes
+                      per token at 15-bit indices);
+   ``sampled n=16``   ``Sampled(16, seed=--seed)``: ``sampled_kd_loss`` (counts / n as the
+                      target, unbiased for the teacher's distribution);
 
 4. a smaller student (1 layer of width 64), the same initial weights and the same batches of
-   8 windows for every tier, trained ``--steps`` steps (default 60) on the KD loss alone, and
-   as the two references: ``dense`` (the teacher's full logits computed in memory, ``dense_kd_loss``)
-   and ``labels only`` (next-token cross-entropy, no teacher).
+   ``Training.batch`` windows for every tier, trained ``--steps`` steps on
+   ``alpha * KD + (1 - alpha) * CE`` (``--alpha``, the same for every tier; CE: the labels'
+   next-token cross-entropy), and as the two references: ``dense`` (the teacher's full logits
+   computed in memory, ``dense_kd_loss``, mixed the same way) and ``labels only`` (CE alone,
+   no teacher).
 
 The table: bytes per token of each knowledge file on disk (its whole size over the tokens it
-holds), the student's ``KL(teacher || student)`` and next-token loss (nats per token) on 128
-held-out windows, and the retention ``(KL_labels - KL_tier) / (KL_labels - KL_dense)``. Target: a tier at
-<= 50 bytes per token keeps >= 95 % of the dense gain (PASS/FAIL; ``--strict`` exits 1 on FAIL).
+holds), the student's ``KL(teacher || student)`` and next-token loss (nats per token) on
+``--held`` held-out windows, and the retention ``(KL_labels - KL_tier) / (KL_labels -
+KL_dense)``. Target: a tier at <= 50 bytes per token keeps >= 95 % of the dense gain
+(PASS/FAIL; ``--strict`` exits 1 on FAIL). ``--seed`` changes the students' initial weights,
+their batches and the sampled codec's draws (not the cached teacher).
 
-The tokenizer and the teacher are cached under ``--cache`` (default
-``build/llm_kd``), keyed by their settings; ``--quick`` is a small slice (a 2,000-token
-vocabulary, few steps) for a smoke test.
+The tokenizer and the teacher are cached under ``--cache`` (default ``build/llm_kd``), keyed
+by their settings; ``--quick`` is a small slice (a 2,000-token vocabulary) for a smoke test.
 
     python benchmarks/llm_kd.py            # the full run
     python benchmarks/llm_kd.py --quick    # the smoke test
@@ -48,7 +53,7 @@ import sysconfig
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +61,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pantheon import KnowledgeFile, Sampled, Teacher, TopK
+from pantheon import KnowledgeFile, Sampled, SparseSamples, SparseTopK, Teacher, TopK
 from pantheon.hf import save_lm_head
 from pantheon.torch import (
     dense_kd_loss,
@@ -86,6 +91,22 @@ class Settings:
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Training:
+    """How every student is trained: the same for every tier (not cached)."""
+
+    steps: int = 80
+    batch: int = 16
+    lr: float = 3e-3
+    alpha: float = 0.5  # the KD loss' weight; the labels' cross-entropy has 1 - alpha
+    held: int = 512
+    seed: int = 0
+
+
+TOPK_TAIL = 14  # int8 top-k with tail: 14 + 4 + 2 + 27 bytes at 15-bit indices (V = 32,000)
+SAMPLES = 16  # sampled: 30 + 16 bytes at 15-bit ids
 
 
 # ---- text and tokenizer --------------------------------------------------------------------
@@ -152,6 +173,8 @@ class TinyLM(nn.Module):
     """A pre-norm causal transformer LM: token + position embeddings, layers, final norm,
     ``lm_head`` (untied)."""
 
+    causal: torch.Tensor
+
     def __init__(self, vocab: int, width: int, layers: int, ctx: int) -> None:
         super().__init__()
         self.tok = nn.Embedding(vocab, width)
@@ -210,7 +233,7 @@ def train(
     for pick in picks:
         loss = step_loss(pick)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        torch.autograd.backward(loss)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
@@ -238,23 +261,27 @@ def teacher_for(cfg: Settings, windows: np.ndarray, cache: Path) -> TinyLM:
 
 
 # ---- knowledge files -----------------------------------------------------------------------
-TIERS: dict[str, dict[str, Any]] = {
-    "hidden fp16": {"key": "hidden", "codec": "float16"},
-    "fp16 top-16": {"key": "logits", "codec": TopK(16, log_softmax=True)},
-    "int8 top-16+tail": {
-        "key": "logits",
-        "codec": TopK(16, values_dtype="uint8", tail=True, log_softmax=True),
-    },
-    "sampled n=12": {"key": "logits", "codec": Sampled(12)},
-}
+def tiers(seed: int) -> dict[str, dict[str, Any]]:
+    """The knowledge tiers: key dumped and its codec (``seed``: the sampled codec's draws)."""
+    return {
+        "hidden fp16": {"key": "hidden", "codec": "float16"},
+        "fp16 top-16": {"key": "logits", "codec": TopK(16, log_softmax=True)},
+        f"int8 top-{TOPK_TAIL}+tail": {
+            "key": "logits",
+            "codec": TopK(TOPK_TAIL, values_dtype="uint8", tail=True, log_softmax=True),
+        },
+        f"sampled n={SAMPLES}": {"key": "logits", "codec": Sampled(SAMPLES, seed=seed)},
+    }
 
 
-def dump_knowledge(teacher: TinyLM, windows: np.ndarray, folder: Path) -> dict[str, Path]:
+def dump_knowledge(
+    teacher: TinyLM, windows: np.ndarray, folder: Path, spec: dict[str, dict[str, Any]]
+) -> dict[str, Path]:
     """One knowledge file per tier over the distillation windows, in batches of 16 sequences."""
-    paths = {name: folder / f"{i}.arrow" for i, name in enumerate(TIERS)}
+    paths = {name: folder / f"{i}.arrow" for i, name in enumerate(spec)}
     teachers = {
-        name: Teacher(out_path=str(paths[name]), codecs={spec["key"]: spec["codec"]})
-        for name, spec in TIERS.items()
+        name: Teacher(out_path=str(paths[name]), codecs={s["key"]: s["codec"]})
+        for name, s in spec.items()
     }
     data = torch.from_numpy(windows[:, :-1].astype(np.int64))
     try:
@@ -263,7 +290,7 @@ def dump_knowledge(teacher: TinyLM, windows: np.ndarray, folder: Path) -> dict[s
                 hidden = teacher.hidden(data[start : start + 16])
                 logits = teacher.lm_head(hidden).numpy()
             for name, t in teachers.items():
-                if TIERS[name]["key"] == "hidden":
+                if spec[name]["key"] == "hidden":
                     t.dump({"hidden": hidden.numpy()})
                 else:
                     t.dump({"logits": logits})
@@ -273,13 +300,15 @@ def dump_knowledge(teacher: TinyLM, windows: np.ndarray, folder: Path) -> dict[s
     return paths
 
 
-def tier_loss(
-    name: str, kf: KnowledgeFile | None, head: Any, teacher: TinyLM
-) -> Callable[[torch.Tensor, np.ndarray, torch.Tensor], torch.Tensor]:
-    """The KD loss of a tier: (student logits [b, L, V], window ids, tokens) -> loss."""
-    if name == "labels only":
-        return lambda s, _ids, x: nn.functional.cross_entropy(s.flatten(0, 1), x[:, 1:].flatten())
-    if name == "dense":
+tensor: Callable[[Any], torch.Tensor] = to_tensor  # knowledge arrays, without a copy
+
+Loss = Callable[[torch.Tensor, np.ndarray, torch.Tensor], torch.Tensor]
+
+
+def kd_loss(key: str, kf: KnowledgeFile | None, head: Any, teacher: TinyLM) -> Loss:
+    """A tier's KD loss: (student logits [b, L, V], window ids, tokens) -> loss; ``kf`` None:
+    the dense reference (the teacher's logits computed in memory)."""
+    if kf is None:
 
         def dense(s: torch.Tensor, _ids: np.ndarray, x: torch.Tensor) -> torch.Tensor:
             with torch.no_grad():
@@ -287,18 +316,29 @@ def tier_loss(
             return dense_kd_loss(s, t)
 
         return dense
-    assert kf is not None
 
     def from_file(s: torch.Tensor, ids: np.ndarray, _x: torch.Tensor) -> torch.Tensor:
-        k = kf.take(ids)[TIERS[name]["key"]]
-        if name == "hidden fp16":
-            return hidden_kd_loss(s, to_tensor(k).float(), head.weight)
-        if name == "sampled n=12":
-            return sampled_kd_loss(s, to_tensor(k.ids), to_tensor(k.counts))
-        tail = None if k.tail is None else to_tensor(k.tail)
-        return topk_kd_loss(s, to_tensor(k.values), to_tensor(k.indices), tail)
+        k: Any = kf.take(ids)[key]
+        if isinstance(k, SparseSamples):
+            return sampled_kd_loss(s, tensor(k.ids), tensor(k.counts))
+        if isinstance(k, SparseTopK):
+            tail = None if k.tail is None else tensor(k.tail)
+            return topk_kd_loss(s, tensor(k.values), tensor(k.indices), tail)
+        return hidden_kd_loss(s, to_tensor(k).float(), head.weight)
 
     return from_file
+
+
+def mixed(kd: Loss | None, alpha: float) -> Loss:
+    """``alpha * KD + (1 - alpha) * CE`` (``kd`` None: the labels' cross-entropy alone)."""
+
+    def loss(s: torch.Tensor, ids: np.ndarray, x: torch.Tensor) -> torch.Tensor:
+        ce = nn.functional.cross_entropy(s.flatten(0, 1), x[:, 1:].flatten())
+        if kd is None:
+            return ce
+        return kd(s, ids, x) if alpha == 1 else alpha * kd(s, ids, x) + (1 - alpha) * ce
+
+    return loss
 
 
 @torch.no_grad()
@@ -318,47 +358,45 @@ def evaluate(student: TinyLM, teacher: TinyLM, windows: np.ndarray) -> tuple[flo
     return kl / tokens, ce / tokens
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+# ---- the run -------------------------------------------------------------------------------
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="a small slice (smoke test)")
     ap.add_argument("--cache", default="build/llm_kd", help="tokenizer/teacher cache folder")
     ap.add_argument("--vocab", type=int, default=None)
-    ap.add_argument("--steps", type=int, default=None, help="student steps per tier")
     ap.add_argument("--teacher-steps", type=int, default=None)
-    ap.add_argument("--held", type=int, default=None, help="held-out windows (default 128)")
+    d = Training()
+    ap.add_argument("--steps", type=int, default=None, help=f"student steps ({d.steps})")
+    ap.add_argument("--batch", type=int, default=d.batch, help=f"windows per step ({d.batch})")
+    ap.add_argument("--alpha", type=float, default=d.alpha, help=f"KD weight, rest CE ({d.alpha})")
+    ap.add_argument("--lr", type=float, default=d.lr, help=f"peak lr ({d.lr:g})")
+    ap.add_argument("--held", type=int, default=d.held, help=f"held-out windows ({d.held})")
+    ap.add_argument("--seed", type=int, default=d.seed, help="init, batches, draws (0)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--strict", action="store_true", help="exit 1 unless the target is met")
-    ap.add_argument(
-        "--prepare", action="store_true", help="only build the cached tokenizer/teacher"
-    )
-    args = ap.parse_args(argv)
+    ap.add_argument("--prepare", action="store_true", help="only build the cached teacher")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = (
-        Settings(vocab=2000, text_mb=1.0, teacher_steps=60, teacher_batch=16)
-        if args.quick
-        else Settings()
-    )
+    cfg = Settings(vocab=2000, text_mb=1.0, teacher_steps=60) if args.quick else Settings()
     if args.vocab or args.teacher_steps:
-        cfg = Settings(
-            **{
-                **asdict(cfg),
-                **({"vocab": args.vocab} if args.vocab else {}),
-                **({"teacher_steps": args.teacher_steps} if args.teacher_steps else {}),
-            }
+        cfg = replace(
+            cfg,
+            vocab=args.vocab or cfg.vocab,
+            teacher_steps=args.teacher_steps or cfg.teacher_steps,
         )
-    steps = args.steps or (30 if args.quick else 60)
-    rows_out = run(cfg, steps, Path(args.cache), prepare=args.prepare, held=args.held)
-    return 0 if rows_out["pass"] or not args.strict else 1
+    steps = args.steps or (30 if args.quick else Training.steps)
+    how = Training(steps, args.batch, args.lr, args.alpha, args.held, args.seed)
+    out = run(cfg, how, Path(args.cache), prepare=args.prepare)
+    return 0 if out["pass"] or not args.strict else 1
 
 
-def run(
-    cfg: Settings, steps: int, cache: Path, *, prepare: bool = False, held: int | None = None
-) -> dict[str, Any]:
-    """The whole benchmark; prints its table and returns ``{"rows": [...], "pass": bool}``
-    (``held``: held-out windows, default 128)."""
-    t0 = time.perf_counter()
-    cache.mkdir(parents=True, exist_ok=True)
+def data_for(cfg: Settings, how: Training, cache: Path) -> tuple[np.ndarray, ...]:
+    """The token windows: (teacher's, distillation's, held-out's)."""
     teacher_text, distill_text, held_text = split_files(stdlib_texts(int(cfg.text_mb * 2**20)))
     tok = tokenizer_for(cfg, teacher_text, cache)
     if tok.get_vocab_size() != cfg.vocab:
@@ -366,55 +404,61 @@ def run(
             f"the tokenizer learned {tok.get_vocab_size()} tokens from {cfg.text_mb:g} MB of "
             f"text, not {cfg.vocab}: give more text (Settings.text_mb) or a smaller --vocab"
         )
-    windows = [token_windows(tok, t, cfg.ctx) for t in (teacher_text, distill_text, held_text)]
-    teach_w, distill_w, held_w = windows
-    held_w = held_w[: held or 128]
-    print(
-        f"vocab {tok.get_vocab_size()}, windows of {cfg.ctx} tokens: teacher {len(teach_w)}, "
-        f"distillation {len(distill_w)}, held-out {len(held_w)} ({time.perf_counter() - t0:.0f} s)",
-        flush=True,
+    teach_w, distill_w, held_w = (
+        token_windows(tok, t, cfg.ctx) for t in (teacher_text, distill_text, held_text)
     )
-    teacher = teacher_for(cfg, teach_w, cache)
-    print(f"teacher ready ({time.perf_counter() - t0:.0f} s)", flush=True)
-    if prepare:
-        return {"rows": [], "pass": True}
-    student_batch = 8
-    used = distill_w[: min(len(distill_w), steps * student_batch)]
+    return teach_w, distill_w[: how.steps * how.batch], held_w[: how.held]
+
+
+def one_student(cfg: Settings, how: Training, loss_of: Loss, init: Any, used: np.ndarray) -> TinyLM:
+    """A student from the weights ``init``, trained on ``loss_of`` over the batches of ``used``
+    (the same for every tier)."""
+    student = TinyLM(cfg.vocab, 64, 1, cfg.ctx)
+    student.load_state_dict(init)
+    data = torch.from_numpy(used.astype(np.int64))
+
+    def step(pick: np.ndarray) -> torch.Tensor:
+        x = data[pick]
+        return loss_of(student(x[:, :-1]), pick, x)
+
+    train(student, how.steps, step, batches(used, how.batch, how.steps, how.seed + 2), how.lr)
+    return student
+
+
+def students(
+    cfg: Settings, how: Training, teacher: TinyLM, used: np.ndarray, held_w: np.ndarray, cache: Path
+) -> list[dict[str, Any]]:
+    """Dump every tier's knowledge, train one student per tier, evaluate each on ``held_w``."""
+    t0 = time.perf_counter()
+    spec = tiers(how.seed)
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(dir=cache) as tmp:
         folder = Path(tmp)
-        paths = dump_knowledge(teacher, used, folder)
+        paths = dump_knowledge(teacher, used, folder, spec)
         save_lm_head(teacher, folder / "lm_head.npz")
         head = load_lm_head(folder / "lm_head.npz")
-        tokens = used[:, 1:].size
         print(f"knowledge dumped ({time.perf_counter() - t0:.0f} s)", flush=True)
-        torch.manual_seed(cfg.seed + 1)
+        torch.manual_seed(how.seed + 1)
         init = TinyLM(cfg.vocab, 64, 1, cfg.ctx).state_dict()
-        data = torch.from_numpy(used.astype(np.int64))
-        for name in ["labels only", "dense", *TIERS]:
+        for name in ["labels only", "dense", *spec]:
             kf = KnowledgeFile(paths[name], sparse_topk=True) if name in paths else None
+            key = spec[name]["key"] if name in spec else ""
+            kd = None if name == "labels only" else kd_loss(key, kf, head, teacher)
             try:
-                loss_of = tier_loss(name, kf, head, teacher)
-                student = TinyLM(cfg.vocab, 64, 1, cfg.ctx)
-                student.load_state_dict(init)
-
-                def step(pick: np.ndarray, f: Any = loss_of, m: TinyLM = student) -> torch.Tensor:
-                    x = data[pick]
-                    return f(m(x[:, :-1]), pick, x)
-
-                train(student, steps, step, batches(used, student_batch, steps, cfg.seed + 2), 3e-3)
+                student = one_student(cfg, how, mixed(kd, how.alpha), init, used)
             finally:
                 if kf is not None:
                     kf.close()
             kl, ce = evaluate(student, teacher, held_w)
-            nbytes = os.path.getsize(paths[name]) / tokens if name in paths else None
-            results.append({"tier": name, "bytes_per_token": nbytes, "kl": kl, "loss": ce})
-            print(
-                f"  {name}: KL {kl:.4f}, loss {ce:.4f} ({time.perf_counter() - t0:.0f} s)",
-                flush=True,
-            )
-        head_bytes = os.path.getsize(folder / "lm_head.npz")
-    _, t_ce = evaluate(teacher, teacher, held_w)
+            size = os.path.getsize(paths[name]) / used[:, 1:].size if name in paths else None
+            results.append({"tier": name, "bytes_per_token": size, "kl": kl, "loss": ce})
+            print(f"  {name}: KL {kl:.4f}, loss {ce:.4f} ({time.perf_counter() - t0:.0f} s)")
+        results.append({"head_bytes": os.path.getsize(folder / "lm_head.npz")})
+    return results
+
+
+def report(results: list[dict[str, Any]], cfg: Settings, how: Training, t_ce: float) -> bool:
+    """Fill in the retentions, print the table; whether the target is met."""
     by = {r["tier"]: r for r in results}
     gain = by["labels only"]["kl"] - by["dense"]["kl"]
     for r in results:
@@ -436,13 +480,36 @@ def run(
     print()
     print(table(["tier", "B/token", "held-out KL", "next-token loss", "retention"], rows))
     print(
-        f"\nteacher: next-token loss {t_ce:.4f}; vocabulary {cfg.vocab}; student {steps} steps "
-        f"of {student_batch} x {cfg.ctx} tokens; lm_head side file {head_bytes / 1e6:.1f} MB "
-        f"(once); dense float16 logits would take {2 * cfg.vocab} B/token"
+        f"\nteacher: held-out next-token loss {t_ce:.4f}; vocabulary {cfg.vocab}; students: "
+        f"{how.steps} steps of {how.batch} x {cfg.ctx} tokens, lr {how.lr:g}, loss "
+        f"{how.alpha:g} KD + {1 - how.alpha:g} CE (labels only: CE), seed {how.seed}"
     )
+    return ok
+
+
+def run(cfg: Settings, how: Training, cache: Path, *, prepare: bool = False) -> dict[str, Any]:
+    """The whole benchmark; prints its table and returns ``{"rows": [...], "pass": bool,
+    "teacher_loss": float}``."""
+    t0 = time.perf_counter()
+    cache.mkdir(parents=True, exist_ok=True)
+    teach_w, used, held_w = data_for(cfg, how, cache)
     print(
-        f"target: a tier at <= 50 B/token keeps >= 95 % of the dense gain: "
-        f"{'PASS' if ok else 'FAIL'} ({time.perf_counter() - t0:.0f} s in all)"
+        f"vocab {cfg.vocab}, windows of {cfg.ctx} tokens: teacher {len(teach_w)}, distillation "
+        f"{len(used)}, held-out {len(held_w)} ({time.perf_counter() - t0:.0f} s)",
+        flush=True,
+    )
+    teacher = teacher_for(cfg, teach_w, cache)
+    print(f"teacher ready ({time.perf_counter() - t0:.0f} s)", flush=True)
+    if prepare:
+        return {"rows": [], "pass": True}
+    results = students(cfg, how, teacher, used, held_w, cache)
+    head_bytes = results.pop()["head_bytes"]
+    _, t_ce = evaluate(teacher, teacher, held_w)
+    ok = report(results, cfg, how, t_ce)
+    print(
+        f"lm_head side file {head_bytes / 1e6:.1f} MB (once); dense float16 logits would take "
+        f"{2 * cfg.vocab} B/token\ntarget: a tier at <= 50 B/token keeps >= 95 % of the dense "
+        f"gain: {'PASS' if ok else 'FAIL'} ({time.perf_counter() - t0:.0f} s in all)"
     )
     return {"rows": results, "pass": ok, "teacher_loss": t_ce}
 
