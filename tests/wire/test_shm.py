@@ -50,6 +50,15 @@ def pair() -> tuple[Ring, RingMapping]:
     ring.close()
 
 
+def wrapped(ring: Ring) -> tuple[ShmSender, ShmReceiver]:
+    """Both ends of an in-memory connection over which ``ring`` was offered and mapped."""
+    teacher_end, student_end = inproc_pair()
+    sender = accept_offer(teacher_end, ring.offer(), timeout=5)
+    assert isinstance(sender, ShmSender)
+    assert read_ready(student_end, timeout=5) == (True, "")
+    return sender, ShmReceiver(student_end, ring)
+
+
 def test_frames_placed_by_the_teacher_are_views_of_the_students_ring(pair) -> None:
     ring, mapping = pair
     a = np.arange(1000, dtype=np.float32)
@@ -183,11 +192,7 @@ def test_bad_geometry_is_a_config_error() -> None:
 
 def test_wrapped_connections_carry_data_through_the_ring_and_the_rest_over_the_socket() -> None:
     ring = Ring(slots=2, slot_bytes=SLOT)
-    teacher_end, student_end = inproc_pair()
-    sender = accept_offer(teacher_end, ring.offer(), timeout=5)
-    assert isinstance(sender, ShmSender)
-    assert read_ready(student_end, timeout=5) == (True, "")
-    receiver = ShmReceiver(student_end, ring)
+    sender, receiver = wrapped(ring)
     ids = np.arange(5, dtype=np.int64)
     header, frames = encode_parts(ids, {("x", ""): np.full((5, 3), 2.5, np.float32)})
     sender.send(MsgType.DATA, header, frames)
@@ -239,11 +244,7 @@ def test_memory_goes_with_the_last_view() -> None:
 
 
 def test_freed_slots_go_back_in_groups_and_at_once_when_half_the_ring_is_away() -> None:
-    ring = Ring(slots=24, slot_bytes=SLOT)
-    teacher_end, student_end = inproc_pair()
-    sender = accept_offer(teacher_end, ring.offer(), timeout=5)
-    assert isinstance(sender, ShmSender) and read_ready(student_end, timeout=5) == (True, "")
-    receiver = ShmReceiver(student_end, ring)
+    sender, receiver = wrapped(Ring(slots=24, slot_bytes=SLOT))
     assert receiver.return_batch == 4
     header, frames = encode_parts(np.arange(2, dtype=np.int64), {("x", ""): np.ones(2)})
 
@@ -276,11 +277,7 @@ def test_freed_slots_go_back_in_groups_and_at_once_when_half_the_ring_is_away() 
 
 
 def test_slots_freed_while_several_threads_send_are_each_given_back_once() -> None:
-    ring = Ring(slots=24, slot_bytes=SLOT)
-    teacher_end, student_end = inproc_pair()
-    sender = accept_offer(teacher_end, ring.offer(), timeout=5)
-    assert isinstance(sender, ShmSender) and read_ready(student_end, timeout=5) == (True, "")
-    receiver = ShmReceiver(student_end, ring)
+    sender, receiver = wrapped(Ring(slots=24, slot_bytes=SLOT))
     header, frames = encode_parts(np.arange(2, dtype=np.int64), {("x", ""): np.ones(2)})
     stop = threading.Event()
     errors: list[BaseException] = []

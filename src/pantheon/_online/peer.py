@@ -224,14 +224,14 @@ class CallerSends:
         """``run`` (carrying out actions under the lock) for a thread that calls :meth:`drain`
         once it has released the lock."""
 
-        def producing(actions: list[Any]) -> None:
+        def deferred(actions: list[Any]) -> None:
             self._local.on = True
             try:
                 run(actions)
             finally:
                 self._local.on = False
 
-        return producing
+        return deferred
 
     def by_caller(self, peer: Peer) -> bool:
         """Whether the calling thread sends ``peer``'s knowledge itself (then noted for

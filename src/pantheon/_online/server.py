@@ -383,10 +383,13 @@ class TeacherServer:
             gate_timeout=self._timeout,
             park_timeout=self._heartbeat.timeout,
         )
-        sends = self._caller_sends
-        run = sends.deferring(self._run)
         self._runner = CursorRunner(
-            machine, make_round, self._cond, self._known_desc, run, drain=sends.drain
+            machine,
+            make_round,
+            self._cond,
+            self._known_desc,
+            self._run_deferring,
+            drain=self._caller_sends.drain,
         )
         with self._cond:
             self._run(machine.prefetch(0))  # the description is known before anyone asks
