@@ -11,6 +11,8 @@ import numpy as np
 from ._knowledge import Chunk, Knowledge, Ragged, Value, concat_values, slice_value
 
 __all__ = [
+    "JOIN_MIN_BYTES",
+    "chunk_nbytes",
     "concat_chunks",
     "select_samples",
     "shard_positions",
@@ -27,6 +29,16 @@ def slice_chunk(chunk: Chunk, start: int, stop: int) -> Chunk:
     return Chunk(
         chunk.ids[start:stop], {k: slice_value(v, start, stop) for k, v in chunk.data.items()}
     )
+
+
+JOIN_MIN_BYTES = 64 * 1024
+"""Chunks of at least this many bytes (on average) sent together are joined without a copy,
+their frames gathered (``pantheon._wire.Pieces``); smaller ones are concatenated."""
+
+
+def chunk_nbytes(chunk: Chunk) -> int:
+    """Bytes of a chunk's knowledge (what coalescing counts; 8 per sample when it has none)."""
+    return sum(int(getattr(v, "nbytes", 0)) for v in chunk.data.values()) or 8 * len(chunk.ids)
 
 
 def concat_chunks(parts: Sequence[Chunk]) -> Chunk:

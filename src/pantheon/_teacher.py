@@ -85,7 +85,7 @@ class Teacher:
         timeout: float = 300.0,
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 10.0,
-        coalesce_bytes: int = 256 * 1024,
+        coalesce_bytes: int = 4 * 1024 * 1024,
         prefetch_batches: int = 10,
         max_students: int = 64,
         fingerprint: Any = None,

@@ -267,8 +267,11 @@ def test_slow_student_slows_the_teacher_memory_stays_bounded():
                 lead.append(produced[0] - consumed)
     thread.join(30)
     teacher.close()
-    # in flight at most: producer queue 4 + credits 16 + read-ahead 4 + a few being handed over
-    assert max(lead) <= 4 + 16 + 4 + 4, lead
+    # in flight at most: the producer's window 4 and a group read ahead together, 16 credits of
+    # messages that each join batches up to coalesce_bytes (4 MiB: 5 batches of 1,024,000 bytes),
+    # the student's read-ahead 4, and a few being handed over
+    per_message = 1 + (4 * 1024 * 1024) // block.nbytes
+    assert max(lead) <= 4 + per_message + 16 * per_message + 4 + 4, lead
     assert teacher.stats()["backpressure_seconds"] > 0
 
 
@@ -278,6 +281,38 @@ def _big_batch(start: int) -> dict[str, np.ndarray]:
         "x": np.arange(start, start + 10).reshape(-1, 1),
         "pad": np.zeros((10, 25000), np.float32),
     }
+
+
+@pytest.mark.parametrize("transport", ["tcp", "auto"])
+def test_large_batches_ready_together_travel_as_one_message(transport):
+    """Large batches of a reader that keeps up are read ahead and sent together as one
+    message, frames gathered from the batches' arrays (no copy): fewer messages than
+    batches, every sample once and unchanged, the student's batches those of the reader."""
+    n = 120
+    blocks = [np.full((64, 1024), i, np.float32) for i in range(n)]  # 256 KiB each
+
+    def reader():
+        for i, b in enumerate(blocks):
+            yield {"x": np.arange(64 * i, 64 * (i + 1)).reshape(64, 1), "logits": b}
+
+    teacher = Teacher(out_port=0, timeout=60)
+    thread = threading.Thread(target=lambda: (teacher.start(timeout=60), teacher.serve(reader)))
+    thread.start()
+    with Student(timeout=60, transport=transport) as student:
+        student.register_teacher(in_address=teacher.address)
+        student.start()
+        got = [
+            (b["x"].ravel().copy(), float(b["logits"][0, 0]), b["logits"].shape)
+            for b in student.get_knowledge_generator(64)()
+        ]
+    thread.join(30)
+    stats = teacher.stats()
+    teacher.close()
+    assert [g[0].tolist() for g in got] == [list(range(64 * i, 64 * (i + 1))) for i in range(n)]
+    assert [g[1] for g in got] == [float(i) for i in range(n)]
+    assert all(g[2] == (64, 1024) for g in got)
+    assert stats["batches"] == n
+    assert stats["messages"] < n, stats  # read ahead while the reader kept up: joined
 
 
 def test_a_new_student_replaces_the_previous_one():

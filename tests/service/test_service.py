@@ -372,6 +372,42 @@ def test_pass_through_hands_out_samples_before_a_reader_error() -> None:
     assert handed == 24  # every sample read before the error, the merged ones included
 
 
+def test_pass_through_reads_large_batches_ahead_without_copying_them() -> None:
+    """Large batches (64 KiB and more) are not concatenated: while the reader keeps up they are
+    read ahead up to 4 MiB, handed on as they were (views of the reader's arrays), and the
+    round says how many it holds (``ready``) for the teacher to send them as one message."""
+    blocks = [np.full((64, 1024), i, np.float32) for i in range(40)]  # 256 KiB each
+
+    def batches() -> Iterator[tuple[np.ndarray]]:
+        yield from ((b,) for b in blocks)
+
+    it = round_factory(["x"], {"x": "x"}, None, {"batch_generator": batches})(0)
+    held, out = [], []
+    for chunk in it:
+        held.append(it.ready())
+        out.append(chunk)
+    assert len(out) == 40  # one chunk per batch
+    assert all(np.shares_memory(c.data["x"], b) for c, b in zip(out, blocks, strict=True))
+    np.testing.assert_array_equal(np.concatenate([c.ids for c in out]), np.arange(40 * 64))
+    assert held[:7] == [0] * 7  # the first batches are handed on alone (8 fast reads first)
+    assert max(held) == 15  # then up to 4 MiB read ahead: 16 batches, 15 held behind the first
+    assert held[-1] == 0
+
+
+def test_pass_through_hands_out_large_batches_read_ahead_before_a_reader_error() -> None:
+    def batches() -> Iterator[tuple[np.ndarray]]:
+        for _ in range(12):
+            yield (np.zeros((64, 1024), np.float32),)
+        raise OSError("disk gone")
+
+    it = round_factory(["x"], {"x": "x"}, None, {"batch_generator": batches})(0)
+    handed = 0
+    with pytest.raises(OSError, match="disk gone"):
+        for chunk in it:
+            handed += len(chunk.ids)
+    assert handed == 12 * 64
+
+
 def test_worker_error_names_device_and_batch_and_stops_everything() -> None:
     calls = []
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any
 
 import msgpack
@@ -13,8 +14,18 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from pantheon import KnowledgeError, ProtocolError, Ragged
+from pantheon._chunks import concat_chunks
 from pantheon._knowledge import DTYPE_NAMES, Chunk, to_dtype
-from pantheon._wire import MsgType, decode_parts, encode_parts, inproc_pair
+from pantheon._wire import (
+    MsgType,
+    Pieces,
+    connect,
+    decode_parts,
+    encode_joined,
+    encode_parts,
+    inproc_pair,
+    listen,
+)
 
 DTYPES = [to_dtype(n) for n in DTYPE_NAMES]
 
@@ -175,3 +186,80 @@ def test_parts_travel_as_key_part_pairs() -> None:
     assert list(got) == list(parts)
     assert got[("logits@values", "")].tolist() == [[7], [7]]
     assert got[("logits", "values")].dtype == np.float16
+
+
+def joined(chunks: list[Chunk]) -> tuple[dict[str, Any], list[Any]] | None:
+    return encode_joined([(c.ids, {(k, ""): v for k, v in c.data.items()}) for c in chunks])
+
+
+def same_fields(n: int) -> st.SearchStrategy[list[Chunk]]:
+    """``n`` chunks with the same fields (names, dtypes, inner shapes, kinds)."""
+
+    @st.composite
+    def draw_them(draw: st.DrawFn) -> list[Chunk]:
+        first = draw(chunks())
+        out = [first]
+        for _ in range(n - 1):
+            rows = draw(st.integers(0, 5))
+            data: dict[str, Any] = {}
+            for key, v in first.data.items():
+                if isinstance(v, Ragged):
+                    lengths = draw(st.lists(st.integers(0, 3), min_size=rows, max_size=rows))
+                    values = np.ones((sum(lengths), *v.values.shape[1:]), v.values.dtype)
+                    data[key] = Ragged(values, lengths)
+                else:
+                    data[key] = np.full((rows, *v.shape[1:]), 3, v.dtype)
+            out.append(Chunk(np.arange(rows, dtype=np.int64) + 100 * len(out), data))
+        return out
+
+    return draw_them()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(2, 4).flatmap(same_fields))
+def test_joined_chunks_decode_as_their_concatenation(parts: list[Chunk]) -> None:
+    """Frames gathered from several chunks are, on the wire, the frames of the chunks
+    concatenated: decoded, one chunk equal to ``concat_chunks``."""
+    out = joined(parts)
+    assert out is not None
+    header, frames = out
+    assert all(isinstance(f, Pieces) and len(f.parts) == len(parts) for f in frames)
+    a, b = inproc_pair()
+    with a, b:
+        a.send(MsgType.DATA, header, frames)
+        msg = b.recv(timeout=10)
+    assert_same_chunk(decode_chunk(msg.header, msg.frames), concat_chunks(parts))
+
+
+def test_chunks_whose_fields_differ_are_not_joined() -> None:
+    a = Chunk(np.arange(2), {"x": np.zeros((2, 3), np.float32)})
+    for other in (
+        {"x": np.zeros((2, 3), np.float64)},  # dtype
+        {"x": np.zeros((2, 4), np.float32)},  # inner shape
+        {"y": np.zeros((2, 3), np.float32)},  # key
+        {"x": Ragged(np.zeros((2, 3), np.float32), [1, 1])},  # kind
+    ):
+        assert joined([a, Chunk(np.arange(2, 4), other)]) is None
+
+
+def test_joined_frames_go_to_sendmsg_without_a_copy_over_tcp() -> None:
+    """Over a real socket a joined message's pieces are sent as they are (no joined copy
+    is made first: the pieces' own memory is what the kernel reads)."""
+    rng = np.random.default_rng(1)
+    parts = [
+        Chunk(np.arange(i * 300, (i + 1) * 300), {"x": rng.random((300, 500), dtype=np.float32)})
+        for i in range(3)
+    ]
+    out = joined(parts)
+    assert out is not None
+    header, frames = out
+    assert all(np.shares_memory(p, c.data["x"]) for p, c in zip(frames[1].parts, parts))
+    with listen("127.0.0.1", 0) as lst:
+        client = connect(lst.address, timeout=10)
+        server = lst.accept(timeout=10)
+        with client, server:
+            sent = threading.Thread(target=client.send, args=(MsgType.DATA, header, frames))
+            sent.start()
+            msg = server.recv(timeout=10)
+            sent.join(10)
+    assert_same_chunk(decode_chunk(msg.header, msg.frames), concat_chunks(parts))

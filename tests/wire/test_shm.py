@@ -16,6 +16,7 @@ from pantheon._errors import ConfigError, PantheonTimeoutError, ProtocolError
 from pantheon._wire import (
     FRAME_ALIGN,
     MsgType,
+    Pieces,
     Ring,
     ShmReceiver,
     ShmSender,
@@ -95,6 +96,23 @@ def test_no_free_slot_or_a_message_bigger_than_a_slot_falls_back(pair) -> None:
     assert mapping.place([np.zeros(8, np.uint8)]) is None
     assert mapping.fell_back == 2 and mapping.placed == 4
     assert len(held) == 4
+
+
+def test_a_frame_of_pieces_is_copied_into_the_slot_back_to_back(pair) -> None:
+    """Frames gathered from several buffers (a joined message) are one frame in the slot:
+    the pieces' bytes in order; a gathered message larger than a slot falls back."""
+    ring, mapping = pair
+    a, b = np.arange(10, dtype=np.float32), np.arange(10, 17, dtype=np.float32)
+    ids = np.arange(3, dtype=np.int64)
+    where = mapping.place([Pieces([ids[:1], ids[1:]]), Pieces([a, b.data.cast("B")])])
+    assert where is not None
+    assert where[2] == ids.nbytes and where[4] == a.nbytes + b.nbytes
+    frames = ring.frames(where, max_frames=16)
+    np.testing.assert_array_equal(np.frombuffer(frames[0], np.int64), ids)
+    np.testing.assert_array_equal(np.frombuffer(frames[1], np.float32), np.arange(17))
+    big = np.zeros(SLOT // 2 + 1, np.uint8)
+    assert mapping.place([Pieces([big, big])]) is None
+    assert mapping.fell_back == 1
 
 
 def test_held_arrays_stay_valid_and_unchanged_while_later_messages_come(pair) -> None:

@@ -26,7 +26,6 @@ __all__ = [
     "SendData",
     "StartCursor",
     "StopCursor",
-    "chunk_nbytes",
     "consumer_status",
     "cursor_status",
     "pump",
@@ -138,11 +137,6 @@ class Group:
     left: set[int] = field(default_factory=set)  # ranks that said BYE
     read: bool = False  # whether a rank ever asked for a round (a group that never did and
     # left does not end the service: it read nothing, e.g. a probe or a hostile client)
-
-
-def chunk_nbytes(chunk: Chunk) -> int:
-    """Bytes of a chunk's knowledge (what coalescing counts)."""
-    return sum(int(getattr(v, "nbytes", 0)) for v in chunk.data.values()) or 8 * len(chunk.ids)
 
 
 def slowest(cursor: Cursor, consumers: dict[int, Consumer]) -> int:

@@ -7,26 +7,49 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .._chunks import concat_chunks
+from .._chunks import JOIN_MIN_BYTES, chunk_nbytes, concat_chunks
 from .._codecs import Codec, StoredParts, decode_batch, encode_batch
 from .._errors import ProtocolError
 from .._knowledge import Chunk, Description, Knowledge
-from .._wire import MsgType, decode_parts, encode_parts
+from .._wire import Frame, MsgType, decode_parts, encode_joined, encode_parts, frames_nbytes
 
 __all__ = ["EncodedData", "decode_payload", "decode_plain", "encode_chunks"]
 
 
 def encode_chunks(
-    chunks: Sequence[Chunk], codecs: Mapping[str, Codec]
-) -> tuple[dict[str, Any], list[Any]]:
-    """One message's header and frames for consecutive chunks (coalesced into one chunk).
+    chunks: Sequence[Chunk],
+    codecs: Mapping[str, Codec],
+    observe: Callable[[StoredParts, Mapping[str, Any]], None] | None = None,
+) -> tuple[dict[str, Any], list[Frame]]:
+    """One message's header and frames for consecutive chunks, coalesced into one chunk.
+
+    Chunks of :data:`pantheon._chunks.JOIN_MIN_BYTES` or more on average are joined without a copy (each frame
+    gathered from the chunks' arrays, :func:`pantheon._wire.encode_joined`); smaller ones are
+    concatenated (one copy, cheaper than many small pieces).
+
+    Args:
+        chunks: consecutive chunks of one round.
+        codecs: the teacher's codecs.
+        observe: called with each encoded set of parts (the teacher's top-k mass metric).
 
     Raises:
         KnowledgeError: a codec's part that clashes with another key (see
             :func:`pantheon._codecs.encode_batch`).
     """
-    chunk = concat_chunks(chunks)
-    return encode_parts(chunk.ids, encode_batch(chunk.data, codecs, ids=chunk.ids))
+    if len(chunks) > 1 and sum(chunk_nbytes(c) for c in chunks) >= JOIN_MIN_BYTES * len(chunks):
+        parts = [encode_batch(c.data, codecs, ids=c.ids) for c in chunks]
+        joined = encode_joined([(c.ids, p) for c, p in zip(chunks, parts, strict=True)])
+        if joined is not None:
+            if observe is not None:
+                for p in parts:
+                    observe(p, codecs)
+            return joined
+    whole = concat_chunks(chunks)
+    stored = encode_batch(whole.data, codecs, ids=whole.ids)
+    if observe is not None:
+        observe(stored, codecs)
+    head, frames = encode_parts(whole.ids, stored)
+    return head, list(frames)
 
 
 def decode_payload(
@@ -94,22 +117,19 @@ class EncodedData:
         self._stats = stats
         self._observe = observe
         self._lock = threading.Lock()
-        self._done: tuple[dict[str, Any], list[Any]] | None = None
+        self._done: tuple[dict[str, Any], list[Frame]] | None = None
+        self._nbytes = 0
 
-    def message(self, extra: dict[str, Any]) -> tuple[int, dict[str, Any], list[Any]]:
+    def message(self, extra: dict[str, Any]) -> tuple[int, dict[str, Any], list[Frame]]:
         with self._lock:
             if self._done is None:
                 assert self._chunks is not None
-                whole = concat_chunks(list(self._chunks))
-                parts = encode_batch(whole.data, self._codecs, ids=whole.ids)
-                if self._observe is not None:
-                    self._observe(parts, self._codecs)
-                head0, frames0 = encode_parts(whole.ids, parts)
-                self._done = (head0, list(frames0))
+                self._done = encode_chunks(self._chunks, self._codecs, self._observe)
+                self._nbytes = frames_nbytes(self._done[1])
                 self._stats["batches"] += len(self._chunks)
                 self._stats["samples"] += sum(len(c.ids) for c in self._chunks)
                 self._chunks = None
             head, frames = self._done
             self._stats["messages"] += 1
-            self._stats["bytes"] += sum(memoryview(f).nbytes for f in frames)
+            self._stats["bytes"] += self._nbytes
         return MsgType.DATA, {**head, **extra}, frames

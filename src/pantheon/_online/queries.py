@@ -23,7 +23,7 @@ import numpy as np
 from .._errors import KnowledgeError, PantheonError
 from .._knowledge import Chunk, Knowledge, concat_values, describe, normalize_batch, slice_value
 from .._util import Deadline, wait_until
-from .._wire import MsgType
+from .._wire import MsgType, frames_nbytes
 from .messages import ErrorCode, Fail, header
 from .payload import encode_chunks
 from .peer import Peer
@@ -195,6 +195,6 @@ def send_answer(
     head, frames = encode_chunks([answer], codecs)
     head["qid"] = query.qid
     peer.send(MsgType.ANSWER, head, frames)
-    stats["bytes"] += sum(memoryview(f).nbytes for f in frames)
+    stats["bytes"] += frames_nbytes(frames)
     stats["batches"] += 1
     stats["samples"] += len(answer.ids)

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import numpy as np
 
 from .._knowledge import Chunk, Value, slice_value
-from .merging import MERGE_BYTES, MERGE_WAIT_S, merge_ready
+from .merging import MERGE_BYTES, MERGE_WAIT_S, ReadyChunks, merge_ready
 from .programs import Worker, predict_batch, worker_error
 from .readers import RawBatch
 
@@ -62,7 +62,9 @@ class InlineRound(Iterator[Chunk]):
         self._offset = 0  # position of the next raw batch's first sample
         self._done = False
         each = self._each()
-        self._out = merge_ready(each, self._merge_bytes, merge_wait) if self._merge_bytes else each
+        self._out: Iterator[Chunk] = (
+            merge_ready(each, self._merge_bytes, merge_wait) if self._merge_bytes else each
+        )
 
     def __iter__(self) -> InlineRound:
         return self
@@ -110,6 +112,10 @@ class InlineRound(Iterator[Chunk]):
         if skip:
             data = {k: slice_value(v, skip, n) for k, v in data.items()}
         return Chunk(np.arange(first + skip, first + n, dtype=np.int64), data)
+
+    def ready(self) -> int:
+        """Chunks held, read ahead: the next ``ready()`` calls of ``next`` do not read."""
+        return self._out.ready() if isinstance(self._out, ReadyChunks) else 0
 
     def close(self) -> None:
         """Stop reading (idempotent)."""

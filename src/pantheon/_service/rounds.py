@@ -97,13 +97,51 @@ def with_progress(make_round: RoundFactory, label: str, enabled: bool | None) ->
         return make_round
 
     def wrapped(round_index: int, start_sample: int) -> Iterator[Chunk]:
+        return _Progress(
+            make_round(round_index, start_sample), label, round_index, start_sample, enabled
+        )
+
+    return wrapped
+
+
+class _Progress(Iterator[Chunk]):
+    """A round's chunks, counted on a tqdm bar (closed with the round); ``ready`` passed on."""
+
+    def __init__(
+        self,
+        chunks: Iterator[Chunk],
+        label: str,
+        round_index: int,
+        start: int,
+        enabled: bool | None,
+    ) -> None:
         from tqdm.auto import tqdm
 
         disable = None if enabled is None else False  # tqdm: None = off unless a terminal
         desc = f"{label} (round {round_index})" if round_index else label
-        with tqdm(desc=desc, unit=" samples", initial=start_sample, disable=disable) as bar:
-            for chunk in make_round(round_index, start_sample):
-                yield chunk
-                bar.update(len(chunk.ids))
+        self._chunks = chunks
+        self._bar = tqdm(desc=desc, unit=" samples", initial=start, disable=disable)
 
-    return wrapped
+    def __iter__(self) -> _Progress:
+        return self
+
+    def __next__(self) -> Chunk:
+        try:
+            chunk = next(self._chunks)
+        except BaseException:
+            self.close()
+            raise
+        self._bar.update(len(chunk.ids))
+        return chunk
+
+    def ready(self) -> int:
+        """Chunks the round holds read ahead (see :class:`~pantheon._service.ReadyChunks`)."""
+        ready = getattr(self._chunks, "ready", None)
+        return int(ready()) if callable(ready) else 0
+
+    def close(self) -> None:
+        """Close the bar and the round (idempotent)."""
+        self._bar.close()
+        close = getattr(self._chunks, "close", None)
+        if callable(close):
+            close()

@@ -293,6 +293,10 @@ class RoundIterator(Iterator[Chunk]):
             return next(self._inline)
         return self._state.next_chunk()
 
+    def ready(self) -> int:
+        """Chunks held that ``next`` gives without reading (read ahead by a one-worker round)."""
+        return self._inline.ready() if self._inline is not None else 0
+
     def close(self) -> None:
         """Stop reading and predicting; threads end after the batch each is on (idempotent)."""
         self._finalizer()

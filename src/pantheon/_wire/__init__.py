@@ -23,7 +23,7 @@ from .auth import (
     server_handshake,
 )
 from .buffers import BufferPool
-from .chunks import decode_parts, encode_parts
+from .chunks import decode_parts, encode_joined, encode_parts
 from .core import (
     DEFAULT_MAX_FRAMES,
     DEFAULT_MAX_HEADER_BYTES,
@@ -37,9 +37,12 @@ from .core import (
     Buffer,
     ByteStream,
     Connection,
+    Frame,
     Message,
     MsgType,
+    Pieces,
     SendTimeout,
+    frames_nbytes,
 )
 from .framing import StreamConnection
 from .inproc import InprocConnection, PipeStream, inproc_pair, pipe_pair
@@ -86,11 +89,13 @@ __all__ = [
     "BufferPool",
     "ByteStream",
     "Connection",
+    "Frame",
     "Heartbeat",
     "InprocConnection",
     "Listener",
     "Message",
     "MsgType",
+    "Pieces",
     "PipeStream",
     "Ring",
     "RingMapping",
@@ -109,9 +114,11 @@ __all__ = [
     "connect_socket",
     "decode_parts",
     "decode_value",
+    "encode_joined",
     "encode_parts",
     "encode_value",
     "format_address",
+    "frames_nbytes",
     "inproc_pair",
     "is_local",
     "listen",

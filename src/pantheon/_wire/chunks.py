@@ -18,9 +18,10 @@ import numpy as np
 from .._errors import KnowledgeError, ProtocolError
 from .._knowledge import Ragged, Value
 from .._util import lengths_total, short_repr
+from .core import Frame, Pieces
 from .values import array_view, as_frame, wire_array
 
-__all__ = ["decode_parts", "encode_parts"]
+__all__ = ["decode_parts", "encode_joined", "encode_parts"]
 
 _NAME_OF_INT64 = np.dtype(np.int64)
 
@@ -63,6 +64,31 @@ def encode_parts(
                 f"chunk field {key!r} has {samples} samples but the chunk has {n} ids"
             )
     return {"chunk": {"samples": n, "fields": fields}}, frames
+
+
+def encode_joined(
+    chunks: Sequence[tuple[np.ndarray, Mapping[tuple[str, str], Value]]],
+) -> tuple[dict[str, Any], list[Frame]] | None:
+    """Header and frames of consecutive chunks sent as one, without copying their arrays.
+
+    Each frame is the chunks' frames as :class:`~pantheon._wire.Pieces`: the ids, values and
+    ragged lengths of C-contiguous arrays joined along the sample axis are the bytes of the
+    arrays joined, so the receiver decodes one chunk with :func:`decode_parts`.
+
+    Returns:
+        The header and frames, or None when the chunks' fields differ (in keys, parts,
+        dtypes, inner shapes or kinds): those must be joined by concatenation.
+
+    Raises:
+        KnowledgeError: as :func:`encode_parts`.
+    """
+    encoded = [encode_parts(ids, parts) for ids, parts in chunks]
+    fields = encoded[0][0]["chunk"]["fields"]
+    if any(head["chunk"]["fields"] != fields for head, _ in encoded[1:]):
+        return None
+    samples = sum(int(head["chunk"]["samples"]) for head, _ in encoded)
+    frames: list[Frame] = [Pieces(parts) for parts in zip(*(f for _, f in encoded), strict=True)]
+    return {"chunk": {"samples": samples, "fields": fields}}, frames
 
 
 def _check_field(f: Any) -> None:

@@ -40,9 +40,12 @@ __all__ = [
     "Buffer",
     "ByteStream",
     "Connection",
+    "Frame",
     "Message",
     "MsgType",
+    "Pieces",
     "SendTimeout",
+    "frames_nbytes",
     "message_type",
     "wait_slice",
 ]
@@ -67,6 +70,44 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 << 30
 
 Buffer = Union[bytes, bytearray, memoryview, "np.ndarray[Any, Any]"]
 """A frame to send: any C-contiguous object exporting the buffer protocol (or a numpy array)."""
+
+
+class Pieces:
+    """One frame made of several buffers sent back to back: frames gathered without a copy.
+
+    The receiver sees one frame, the pieces' bytes in order. The TCP transport gives the
+    pieces to ``sendmsg`` as they are; the same-host ring copies each into the slot once.
+    Used to send consecutive chunks of knowledge as one message (their arrays' bytes joined
+    along the sample axis are those of the joined arrays).
+
+    Args:
+        parts: the buffers (any :data:`Buffer`; each C-contiguous).
+    """
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: Sequence[Buffer]) -> None:
+        self.parts = list(parts)
+
+    def __repr__(self) -> str:
+        return f"Pieces({len(self.parts)} buffers)"
+
+
+Frame = Buffer | Pieces
+"""A frame to send: a buffer, or :class:`Pieces` sent as one frame."""
+
+
+def frames_nbytes(frames: Sequence[Frame]) -> int:
+    """Bytes of the frames to send (a :class:`Pieces` frame counts its pieces)."""
+    return sum(
+        sum(_nbytes(p) for p in f.parts) if isinstance(f, Pieces) else _nbytes(f) for f in frames
+    )
+
+
+def _nbytes(buf: Buffer) -> int:
+    return int(buf.nbytes) if isinstance(buf, np.ndarray | memoryview) else len(buf)
+
+
 Alloc = Callable[[int], Any]
 """A receive-buffer provider: ``alloc(nbytes)`` returns a writable buffer of at least ``nbytes``."""
 
@@ -154,7 +195,7 @@ class Connection(ABC):
         self,
         type: int,
         header: Mapping[str, Any] | None = None,
-        frames: Sequence[Buffer] = (),
+        frames: Sequence[Frame] = (),
         *,
         timeout: float | None = None,
     ) -> int:

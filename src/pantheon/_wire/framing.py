@@ -25,10 +25,11 @@ from .core import (
     MAGIC,
     PREFIX_SIZE,
     Alloc,
-    Buffer,
     ByteStream,
     Connection,
+    Frame,
     Message,
+    Pieces,
     SendTimeout,
     message_type,
 )
@@ -89,6 +90,23 @@ def _byte_view(frame: Any, index: int) -> memoryview:
             f"frame {index} is a {type(frame).__name__}, which is not a C-contiguous buffer; "
             "frames must be bytes, bytearray, memoryview or numpy arrays"
         ) from None
+
+
+def _gathered_views(frames: Sequence[Frame]) -> tuple[list[memoryview], list[int]]:
+    """The byte views to send (a :class:`Pieces` frame's pieces in order) and each frame's
+    length."""
+    views: list[memoryview] = []
+    lengths: list[int] = []
+    for i, f in enumerate(frames):
+        if type(f) is Pieces:
+            pieces = [_byte_view(p, i) for p in f.parts]
+            views += pieces
+            lengths.append(sum(v.nbytes for v in pieces))
+        else:
+            view = _byte_view(f, i)
+            views.append(view)
+            lengths.append(view.nbytes)
+    return views, lengths
 
 
 def _struct(fmt: str) -> struct.Struct:
@@ -168,17 +186,20 @@ class StreamConnection(Connection):
         self,
         type: int,
         header: Mapping[str, Any] | None = None,
-        frames: Sequence[Buffer] = (),
+        frames: Sequence[Frame] = (),
         *,
         timeout: float | None = None,
     ) -> int:
         if self._closed:
             raise self._closed_error()
-        views = [_byte_view(f, i) for i, f in enumerate(frames)] if frames else []
+        if any(isinstance(f, Pieces) for f in frames):
+            views, lengths = _gathered_views(frames)
+        else:
+            views = [_byte_view(f, i) for i, f in enumerate(frames)] if frames else []
+            lengths = [v.nbytes for v in views]
         hbytes = _pack_header(header) if header else b""
-        n = len(views)
+        n = len(lengths)
         hlen = len(hbytes)
-        lengths = [v.nbytes for v in views]
         size = PREFIX_SIZE + 8 * n + hlen + sum(lengths)
         if n > self.max_frames or hlen > self.max_header_bytes or size > self.max_message_bytes:
             self._check_send_caps(n, hlen, size)

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import ConfigError, ProtocolError
-from .core import FRAME_ALIGN, Buffer
+from .core import FRAME_ALIGN, Buffer, Frame, Pieces
 
 __all__ = [
     "DEFAULT_SLOTS",
@@ -266,31 +266,35 @@ class RingMapping:
         """Slots free for the next messages."""
         return len(self._free)
 
-    def place(self, frames: Sequence[Buffer]) -> list[int] | None:
+    def place(self, frames: Sequence[Frame]) -> list[int] | None:
         """Copy ``frames`` into a free slot; return the header's ``shm`` field, or None when
         they do not fit a slot or no slot is free (the message then goes over TCP)."""
-        views = []
+        pieces: list[list[memoryview]] = []
         for f in frames:
-            v = f.data if isinstance(f, np.ndarray) else memoryview(f)
-            if v.ndim != 1 or v.format != "B":
-                if not v.c_contiguous:
-                    return None  # TCP's send explains what is wrong with it
-                v = v.cast("B")
-            views.append(v)
+            views = []
+            for part in f.parts if isinstance(f, Pieces) else (f,):
+                v = _bytes_of(part)
+                if v is None:
+                    return None  # not C-contiguous: TCP's send explains what is wrong with it
+                views.append(v)
+            pieces.append(views)
         where: list[int] = []
         total = 0
-        for v in views:
-            where += [total, v.nbytes]
-            total += -(-v.nbytes // FRAME_ALIGN) * FRAME_ALIGN
+        for views in pieces:
+            size = sum(v.nbytes for v in views)
+            where += [total, size]
+            total += -(-size // FRAME_ALIGN) * FRAME_ALIGN
         with self._lock:
             if total > self.slot_bytes or not self._free or self._mm is None:
                 self.fell_back += 1
                 return None
             slot = self._free.pop()
             dst = self._views[slot]
-        for k, v in enumerate(views):
+        for k, views in enumerate(pieces):
             off = where[2 * k]
-            dst[off : off + v.nbytes] = np.frombuffer(v, dtype=np.uint8)
+            for v in views:
+                dst[off : off + v.nbytes] = np.frombuffer(v, dtype=np.uint8)
+                off += v.nbytes
         self.placed += 1
         return [slot, *where]
 
@@ -325,6 +329,16 @@ class RingMapping:
         if mm is not None:
             with contextlib.suppress(BufferError):
                 mm.close()
+
+
+def _bytes_of(frame: Buffer) -> memoryview | None:
+    """A 1-D byte view of a buffer, or None when it is not C-contiguous."""
+    v = frame.data if isinstance(frame, np.ndarray) else memoryview(frame)
+    if v.ndim != 1 or v.format != "B":
+        if not v.c_contiguous:
+            return None
+        v = v.cast("B")
+    return v
 
 
 def _refuse(why: str) -> tuple[None, str]:

@@ -28,7 +28,7 @@ from typing import Any
 
 from .._errors import ConnectionLostError, PantheonTimeoutError, ProtocolError
 from .._util import Deadline
-from .core import Alloc, Buffer, Connection, Message, MsgType
+from .core import Alloc, Connection, Frame, Message, MsgType
 from .ring import Ring, RingMapping, map_offer
 
 __all__ = ["ShmReceiver", "ShmSender", "accept_offer", "is_local", "read_ready"]
@@ -128,7 +128,7 @@ class ShmSender(_Wrapper):
         self,
         type: int,
         header: Mapping[str, Any] | None = None,
-        frames: Sequence[Buffer] = (),
+        frames: Sequence[Frame] = (),
         *,
         timeout: float | None = None,
     ) -> int:
@@ -181,7 +181,7 @@ class ShmReceiver(_Wrapper):
         self,
         type: int,
         header: Mapping[str, Any] | None = None,
-        frames: Sequence[Buffer] = (),
+        frames: Sequence[Frame] = (),
         *,
         timeout: float | None = None,
     ) -> int:
