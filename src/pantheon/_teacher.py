@@ -46,8 +46,10 @@ class Teacher:
         heartbeat_interval: online: seconds of silence after which a PING is sent (default 1).
         heartbeat_timeout: online: seconds without any message after which a student is
             declared dead or frozen and its connection closed (default 10).
-        coalesce_bytes: online: small knowledge batches that are ready together are sent as
-            one message of up to this many bytes (default 256 KiB).
+        coalesce_bytes: online: knowledge batches that are ready together are sent as one
+            message of up to about this many bytes (default 4 MiB; a message may pass it by
+            one batch): small ones concatenated, large ones (64 KiB and more) joined without a
+            copy. Memory in flight per student is its credits times such a message.
         prefetch_batches: online: knowledge batches a round computes ahead of its slowest
             student, at most (default 10); memory is bounded by it. The knowledge service's own
             bound is its ``buf_size``.

@@ -73,7 +73,7 @@ class TeacherServer:
         prefetch_batches: chunks a cursor computes ahead of its slowest student (default 10).
         heartbeat_interval / heartbeat_timeout: liveness, seconds (defaults 1 and 10).
         coalesce_bytes: chunks ready together are sent as one message up to this size
-            (default 256 KiB).
+            (default 4 MiB).
         max_students: students connected at once at most (default 64).
         max_handshakes: connections authenticating at once at most (default 32); more are
             closed at once (a flood of unauthenticated connections costs nothing).
@@ -91,7 +91,7 @@ class TeacherServer:
         prefetch_batches: int = 10,
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 10.0,
-        coalesce_bytes: int = 256 * 1024,
+        coalesce_bytes: int = 4 * 1024 * 1024,
         max_students: int = 64,
         max_handshakes: int = 32,
     ) -> None:
