@@ -12,6 +12,7 @@ from ._knowledge import Chunk, Knowledge, Ragged, Value, concat_values, slice_va
 
 __all__ = [
     "JOIN_MIN_BYTES",
+    "Positions",
     "chunk_nbytes",
     "concat_chunks",
     "select_samples",
@@ -34,6 +35,32 @@ def slice_chunk(chunk: Chunk, start: int, stop: int) -> Chunk:
 JOIN_MIN_BYTES = 64 * 1024
 """Chunks of at least this many bytes (on average) sent together are joined without a copy,
 their frames gathered (``pantheon._wire.Pieces``); smaller ones are concatenated."""
+
+
+class Positions:
+    """Sample ids of consecutive batches, cut as read-only views of one ``arange`` block
+    instead of one ``arange`` per batch (a small batch's ids cost a slice, not an
+    allocation).
+
+    Args:
+        block: ids per block (default 65,536: 512 KiB, kept alive by the views of it).
+    """
+
+    __slots__ = ("_base", "_block", "_ids")
+
+    def __init__(self, block: int = 65536) -> None:
+        self._block = block
+        self._base = 0
+        self._ids = np.empty(0, np.int64)
+
+    def ids(self, start: int, stop: int) -> np.ndarray:
+        """The int64 ids ``start, ..., stop - 1`` (read-only)."""
+        lo = start - self._base
+        if lo < 0 or stop - self._base > len(self._ids):
+            self._base, lo = start, 0
+            self._ids = np.arange(start, start + max(self._block, stop - start), dtype=np.int64)
+            self._ids.flags.writeable = False
+        return self._ids[lo : lo + stop - start]
 
 
 def chunk_nbytes(chunk: Chunk) -> int:

@@ -19,6 +19,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .._chunks import Positions
 from .._knowledge import Chunk, Value, slice_value
 from .merging import MERGE_BYTES, MERGE_WAIT_S, ReadyChunks, merge_ready
 from .programs import Worker, predict_batch, worker_error
@@ -73,6 +74,9 @@ class InlineRound(Iterator[Chunk]):
         """One chunk per reader batch reaching ``start_sample``. Without a program the samples
         below it are sliced off the feeds; a program predicts the reader's whole batch, sliced
         afterwards."""
+        positions = Positions()
+        passing = self._worker.run is None  # the knowledge is the feeds (checked by the reader)
+        same = list(self._schema.items()) == [(f, f) for f in self._feed_list]  # feeds as-is
         for raw in self._raw:
             first = self._offset
             self._offset += raw.n
@@ -80,13 +84,13 @@ class InlineRound(Iterator[Chunk]):
                 continue
             feeds = raw.feeds(self._feed_list)
             skip = max(0, self._start - first)
-            if self._worker.run is None:  # the knowledge is the feeds (checked by the reader)
-                if skip:
-                    feeds = {k: slice_value(v, skip, raw.n) for k, v in feeds.items()}
-                data = {key: feeds[src] for key, src in self._schema.items()}
-                yield Chunk(np.arange(first + skip, first + raw.n, dtype=np.int64), data)
-            else:
+            if not passing:
                 yield self._predict(first, feeds, raw.n, skip, raw.index)
+                continue
+            if skip:
+                feeds = {k: slice_value(v, skip, raw.n) for k, v in feeds.items()}
+            data = feeds if same else {key: feeds[src] for key, src in self._schema.items()}
+            yield Chunk(positions.ids(first + skip, first + raw.n), data)
 
     def __next__(self) -> Chunk:
         if self._done:

@@ -17,9 +17,7 @@ import inspect
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-import numpy as np
-
-from .._chunks import slice_chunk
+from .._chunks import Positions, slice_chunk
 from .._errors import ConfigError
 from .._knowledge import Chunk, normalize_batch
 from .merging import merge_ready
@@ -79,13 +77,14 @@ def reader_round_factory(reader: Callable[..., Iterable[Mapping[str, Any]]]) -> 
 
     def each(round_index: int, start_sample: int) -> Iterator[Chunk]:
         position = 0
+        positions = Positions()
         batches = reader(round_index) if per_round else reader()
         for i, batch in enumerate(batches):
             data, n = normalize_batch(batch, where=f"knowledge batch {i}")
             begin, position = position, position + n
             if position <= start_sample:
                 continue
-            chunk = Chunk(np.arange(begin, position, dtype=np.int64), data)
+            chunk = Chunk(positions.ids(begin, position), data)
             yield slice_chunk(chunk, max(0, start_sample - begin), n)
 
     return make_round
