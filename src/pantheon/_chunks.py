@@ -52,6 +52,7 @@ class Positions:
         self._block = block
         self._base = 0
         self._ids = np.empty(0, np.int64)
+        self._ids.flags.writeable = False
 
     def ids(self, start: int, stop: int) -> np.ndarray:
         """The int64 ids ``start, ..., stop - 1`` (read-only)."""
