@@ -51,8 +51,9 @@ class Teacher:
             one batch): small ones concatenated, large ones (64 KiB and more) joined without a
             copy. Memory in flight per student is its credits times such a message.
         prefetch_batches: online: knowledge batches a round computes ahead of its slowest
-            student, at most (default 10); memory is bounded by it. The knowledge service's own
-            bound is its ``buf_size``.
+            student, at most (default 10), plus what a fast reader's batches are read ahead
+            to be sent together (up to 4 MiB of them); memory is bounded by it. The knowledge
+            service's own bound is its ``buf_size``.
         max_students: online: students (processes: ranks of groups) connected at once at most
             (default 64); more are refused with an error that says so.
         fingerprint: what identifies this teacher, carried with its knowledge (file metadata,
