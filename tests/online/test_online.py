@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import pickle
 import signal
 import socket
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -313,6 +315,51 @@ def test_large_batches_ready_together_travel_as_one_message(transport):
     assert all(g[2] == (64, 1024) for g in got)
     assert stats["batches"] == n
     assert stats["messages"] < n, stats  # read ahead while the reader kept up: joined
+
+
+def test_a_student_that_retried_its_connection_is_freed_when_dropped():
+    """A student whose first connection attempts were refused (its teacher started later) is
+    freed as soon as the program drops it, without the cyclic garbage collector: the failed
+    attempts leave no exception whose traceback holds the frames that hold the student. The
+    seed's student reads one round per run and is dropped at exit; freed, it tells its
+    teacher it may come back, and the teacher waits for it instead of ending its rounds."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    listening = threading.Event()
+
+    def reader():
+        for i in range(5):
+            yield {"x": np.arange(4 * i, 4 * i + 4).reshape(4, 1)}
+
+    teachers = []
+
+    def serve():
+        listening.wait(30)
+        teachers.append(Teacher(out_port=port, timeout=60))  # listens from now on
+        teachers[0].start(timeout=60)
+        teachers[0].serve(reader, times=1)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+
+    def read_one_round() -> tuple[weakref.ref[Student], int]:
+        student = Student(timeout=60)
+        student.register_teacher(in_address=f"127.0.0.1:{port}")
+        threading.Timer(0.3, listening.set).start()  # refused until then
+        student.start()
+        samples = sum(len(b["x"]) for b in student.get_knowledge_generator(4)())
+        return weakref.ref(student), samples
+
+    gc.disable()
+    try:
+        ref, samples = read_one_round()
+        assert samples == 20
+        assert ref() is None  # freed at once (refcount), not left to the cyclic collector
+    finally:
+        gc.enable()
+    thread.join(30)
+    teachers[0].close()
 
 
 def test_a_new_student_replaces_the_previous_one():

@@ -99,7 +99,7 @@ class Follow:
         reconnection)."""
         link = source.links[index]
         deadline = Deadline(source.timeout)
-        last: BaseException | None = None
+        last: str | None = None
         while not source.stopped.is_set():
             members = self._members(min(5.0, deadline.left()))
             slot = self.slot_of(index)
@@ -118,7 +118,7 @@ class Follow:
                 try:
                     link.connect(Deadline(min(ATTEMPT_SECONDS, deadline.left())))
                 except TeacherError as exc:
-                    last = exc
+                    last = str(exc)  # not the exception: its traceback would hold the callers
                 except PantheonError as exc:  # a wrong token, another protocol: final
                     self._failed(source, index, exc)
                     return

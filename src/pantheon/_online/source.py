@@ -231,6 +231,7 @@ class OnlineSource:
             self.up(link)
         if len(errors) == len(self.links):
             raise errors[0]
+        errors.clear()  # their tracebacks would keep this call's frames, and the Student, alive
         if self.follow is not None:
             self.follow.start(self)
 

@@ -360,7 +360,7 @@ def connect(
                 "address and that no firewall drops the connection"
             ) from None
         except ConnectionLostError as exc:
-            last: BaseException = exc
+            last = str(exc)  # words, not the exception: its traceback would hold our callers
         else:
             if setup is None:
                 return conn
@@ -369,7 +369,7 @@ def connect(
                 return conn
             except (ConnectionLostError, PantheonTimeoutError) as exc:
                 conn.close()
-                last = exc
+                last = str(exc)
             except BaseException:
                 conn.close()
                 raise
