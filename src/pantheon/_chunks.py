@@ -11,6 +11,7 @@ import numpy as np
 from ._knowledge import Chunk, Knowledge, Ragged, Value, concat_values, slice_value
 
 __all__ = [
+    "COALESCE_BYTES",
     "JOIN_MIN_BYTES",
     "Positions",
     "chunk_nbytes",
@@ -32,6 +33,10 @@ def slice_chunk(chunk: Chunk, start: int, stop: int) -> Chunk:
     )
 
 
+COALESCE_BYTES = 4 * 1024 * 1024
+"""Knowledge sent together in one message, at most about (default of
+``Teacher(coalesce_bytes=)``, and what the service reads ahead of large batches to send them
+together)."""
 JOIN_MIN_BYTES = 64 * 1024
 """Chunks of at least this many bytes (on average) sent together are joined without a copy,
 their frames gathered (``pantheon._wire.Pieces``); smaller ones are concatenated."""

@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from ._chunks import COALESCE_BYTES
 from ._errors import ClosedError, ConfigError
 from ._files import KnowledgeWriter
 from ._knowledge import check_fingerprint
@@ -88,7 +89,7 @@ class Teacher:
         timeout: float = 300.0,
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 10.0,
-        coalesce_bytes: int = 4 * 1024 * 1024,
+        coalesce_bytes: int = COALESCE_BYTES,
         prefetch_batches: int = 10,
         max_students: int = 64,
         fingerprint: Any = None,

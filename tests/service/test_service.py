@@ -358,10 +358,11 @@ def test_pass_through_hands_out_a_first_batch_without_reading_the_next() -> None
     assert [c.ids.tolist() for c in it] == [[2, 3], [4, 5]]
 
 
-def test_pass_through_hands_out_samples_before_a_reader_error() -> None:
+@pytest.mark.parametrize("shape", [(2, 3), (64, 1024)], ids=["small: merged", "large: ahead"])
+def test_pass_through_hands_out_samples_before_a_reader_error(shape: tuple[int, int]) -> None:
     def batches() -> Iterator[tuple[np.ndarray]]:
-        for _ in range(12):  # enough fast reads for merging to start
-            yield (np.zeros((2, 3), np.float32),)
+        for _ in range(12):  # enough fast reads for merging (or reading ahead) to start
+            yield (np.zeros(shape, np.float32),)
         raise OSError("disk gone")
 
     it = round_factory(["x"], {"x": "x"}, None, {"batch_generator": batches})(0)
@@ -369,7 +370,7 @@ def test_pass_through_hands_out_samples_before_a_reader_error() -> None:
     with pytest.raises(OSError, match="disk gone"):
         for chunk in it:
             handed += len(chunk.ids)
-    assert handed == 24  # every sample read before the error, the merged ones included
+    assert handed == 12 * shape[0]  # every sample read before the error, merged or held
 
 
 def test_pass_through_reads_large_batches_ahead_without_copying_them() -> None:
@@ -392,20 +393,6 @@ def test_pass_through_reads_large_batches_ahead_without_copying_them() -> None:
     assert held[:7] == [0] * 7  # the first batches are handed on alone (8 fast reads first)
     assert max(held) == 15  # then up to 4 MiB read ahead: 16 batches, 15 held behind the first
     assert held[-1] == 0
-
-
-def test_pass_through_hands_out_large_batches_read_ahead_before_a_reader_error() -> None:
-    def batches() -> Iterator[tuple[np.ndarray]]:
-        for _ in range(12):
-            yield (np.zeros((64, 1024), np.float32),)
-        raise OSError("disk gone")
-
-    it = round_factory(["x"], {"x": "x"}, None, {"batch_generator": batches})(0)
-    handed = 0
-    with pytest.raises(OSError, match="disk gone"):
-        for chunk in it:
-            handed += len(chunk.ids)
-    assert handed == 12 * 64
 
 
 def test_worker_error_names_device_and_batch_and_stops_everything() -> None:

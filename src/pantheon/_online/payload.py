@@ -23,9 +23,9 @@ def encode_chunks(
 ) -> tuple[dict[str, Any], list[Frame]]:
     """One message's header and frames for consecutive chunks, coalesced into one chunk.
 
-    Chunks of :data:`pantheon._chunks.JOIN_MIN_BYTES` or more on average are joined without a copy (each frame
-    gathered from the chunks' arrays, :func:`pantheon._wire.encode_joined`); smaller ones are
-    concatenated (one copy, cheaper than many small pieces).
+    Chunks of :data:`pantheon._chunks.JOIN_MIN_BYTES` or more on average are joined without a
+    copy (each frame gathered from the chunks' arrays, :func:`pantheon._wire.encode_joined`);
+    smaller ones are concatenated (one copy, cheaper than many small pieces).
 
     Args:
         chunks: consecutive chunks of one round.

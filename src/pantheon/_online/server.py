@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .._chunks import COALESCE_BYTES
 from .._errors import ClosedError, PantheonTimeoutError, ProtocolError, TeacherError
 from .._knowledge import Chunk, Description
 from .._util import Deadline, wait_until
@@ -91,7 +92,7 @@ class TeacherServer:
         prefetch_batches: int = 10,
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 10.0,
-        coalesce_bytes: int = 4 * 1024 * 1024,
+        coalesce_bytes: int = COALESCE_BYTES,
         max_students: int = 64,
         max_handshakes: int = 32,
     ) -> None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import collections
 from typing import Any
 
-from .._chunks import chunk_nbytes
+from .._chunks import COALESCE_BYTES, chunk_nbytes
 from .._knowledge import Chunk
 from .._wire import MsgType
 from .fanout import (
@@ -90,7 +90,7 @@ class TeacherMachine:
         groups: int = 1,
         max_students: int = 64,
         window: int = 10,
-        coalesce_bytes: int = 4 * 1024 * 1024,
+        coalesce_bytes: int = COALESCE_BYTES,
         gate_timeout: float = 300.0,
         park_timeout: float = 10.0,
         queries: bool = False,

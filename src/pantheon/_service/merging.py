@@ -21,12 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from .._chunks import JOIN_MIN_BYTES, concat_chunks
+from .._chunks import COALESCE_BYTES, JOIN_MIN_BYTES, concat_chunks
 from .._knowledge import Chunk, Ragged, Value
 
 __all__ = [
     "FAST_READS",
-    "JOIN_BYTES",
     "JOIN_MIN_BYTES",
     "MERGE_BYTES",
     "MERGE_WAIT_S",
@@ -35,13 +34,11 @@ __all__ = [
 ]
 
 MERGE_BYTES = 256 * 1024
-"""Bytes merged into one chunk at most (default 256 KiB, the wire's coalescing size)."""
+"""Bytes of small chunks merged into one at most (default 256 KiB)."""
 MERGE_WAIT_S = 0.005
 """Seconds a merge may wait for the reader's next batch (default 5 ms)."""
 FAST_READS = 8
 """Reads in a row faster than ``MERGE_WAIT_S`` before merging starts."""
-JOIN_BYTES = 4 * 1024 * 1024
-"""Bytes of large chunks read ahead at most (default 4 MiB, the wire's coalescing size)."""
 
 _Signature = tuple[tuple[str, Any, tuple[int, ...], bool], ...]
 
@@ -67,7 +64,7 @@ def merge_ready(
     chunks: Iterator[Chunk],
     merge_bytes: int = MERGE_BYTES,
     merge_wait: float = MERGE_WAIT_S,
-    join_bytes: int = JOIN_BYTES,
+    join_bytes: int = COALESCE_BYTES,
 ) -> ReadyChunks:
     """``chunks`` (consecutive positions of one round), merged while the reader keeps up;
     closing the result closes ``chunks``."""

@@ -92,7 +92,7 @@ def _byte_view(frame: Any, index: int) -> memoryview:
         ) from None
 
 
-def _gathered_views(frames: Sequence[Frame]) -> tuple[list[memoryview], list[int]]:
+def _frame_views(frames: Sequence[Frame]) -> tuple[list[memoryview], list[int]]:
     """The byte views to send (a :class:`Pieces` frame's pieces in order) and each frame's
     length."""
     views: list[memoryview] = []
@@ -192,11 +192,7 @@ class StreamConnection(Connection):
     ) -> int:
         if self._closed:
             raise self._closed_error()
-        if any(isinstance(f, Pieces) for f in frames):
-            views, lengths = _gathered_views(frames)
-        else:
-            views = [_byte_view(f, i) for i, f in enumerate(frames)] if frames else []
-            lengths = [v.nbytes for v in views]
+        views, lengths = _frame_views(frames)
         hbytes = _pack_header(header) if header else b""
         n = len(lengths)
         hlen = len(hbytes)
