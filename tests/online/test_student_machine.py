@@ -433,6 +433,21 @@ def test_after_the_end_of_a_round() -> None:
     assert d.m.acked == [0]
 
 
+def test_leaving_tells_the_acknowledgements_to_links_not_up_yet() -> None:
+    """A goodbye while a reconnection is under way: the new connection may not have heard
+    the round was done, so the acknowledgements go before the goodbye; a link that is up
+    heard them when it came up."""
+    d = machine(links=2)
+    d.open()
+    d.data(0, 0, 1)
+    d.end(0, 2)
+    d.take_all()
+    d.run(d.m.ack_round(0))
+    assert d.m.leaving() == [Transmit(1, RoundDone(0))]
+    d.down(0)
+    assert d.m.leaving() == [Transmit(0, RoundDone(0)), Transmit(1, RoundDone(0))]
+
+
 def test_knowledge_after_end_round_is_an_error() -> None:
     d = machine()
     d.open()

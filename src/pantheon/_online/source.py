@@ -199,8 +199,12 @@ class OnlineSource:
             if not link.pending:
                 continue
             with link.send_lock:
-                while link.pending:
-                    self._transmit(link.pending.popleft())
+                self._drain(link)
+
+    def _drain(self, link: Link) -> None:
+        """With ``link.send_lock`` held: send what waits on ``link``, in order."""
+        while link.pending:
+            self._transmit(link.pending.popleft())
 
     def _transmit(self, action: Transmit) -> None:
         session = self.links[action.link].session
@@ -237,8 +241,8 @@ class OnlineSource:
 
     def up(self, link: Link) -> None:
         with self.cond:
-            if link.session is None or not link.session.alive:
-                return  # it closed already: its on_close took care of it
+            if link.session is None or not link.session.alive or self.closed:
+                return  # it closed already (its on_close took care of it), or this student did
             self.queue(self.machine.link_up(link.index))
             where = self._where(link)
             if self._down_since is not None:
@@ -481,14 +485,20 @@ class OnlineSource:
             self.closed = True
             self.machine.closed = True
             self.stopped.set()
+            if goodbye:
+                self.queue(self.machine.leaving())
             self.cond.notify_all()
         for link in self.links:
-            session = link.session
-            if session is None:
-                continue
-            if goodbye:
-                try:
-                    session.send(MsgType.BYE, {"reason": "the student closed"})
-                except ConnectionLostError:
-                    pass
-            session.close()
+            # what the machine decided goes first: a reconnection may have queued its
+            # acknowledgements without sending them yet, and a goodbye before them would
+            # leave the teacher with a round never done
+            with link.send_lock:
+                self._drain(link)
+                session = link.session
+                if session is not None and goodbye:
+                    try:
+                        session.send(MsgType.BYE, {"reason": "the student closed"})
+                    except ConnectionLostError:
+                        pass
+            if session is not None:
+                session.close()

@@ -360,6 +360,17 @@ class StudentMachine:
             self.acked.append(rnd)
         return [Transmit(i, RoundDone(rnd)) for i, lk in enumerate(self.links) if lk.up]
 
+    def leaving(self) -> list[Action]:
+        """What to tell before this student's goodbye: the rounds acknowledged, on every link
+        that connected but did not come up yet (:meth:`link_up` tells the others; for a link
+        with no connection the message is dropped)."""
+        return [
+            Transmit(i, RoundDone(r))
+            for i, lk in enumerate(self.links)
+            if not lk.up
+            for r in self.acked
+        ]
+
     # ------------------------------------------------------------------ queries
 
     def submit(self, qid: int, query: Chunk) -> list[Action]:

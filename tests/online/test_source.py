@@ -1,0 +1,41 @@
+"""The student's driver of one online teacher, against a real teacher over 127.0.0.1."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from pantheon import Teacher
+from pantheon._online.source import OnlineSource
+
+
+def test_a_goodbye_goes_after_what_the_machine_queued_before_it():
+    """A reconnection queues its acknowledgements (the rounds done) under the lock and sends
+    them after releasing it; a ``close()`` in between must not send its goodbye first: the
+    teacher would see the student leave with its last round never done, and never finish."""
+    teacher = Teacher(out_port=0, timeout=60)
+    outcome: dict[str, Any] = {}
+
+    def serve() -> None:
+        teacher.start(timeout=60)
+        try:
+            teacher.serve(lambda: ({"x": np.arange(i, i + 4).reshape(4, 1)} for i in (0, 4)))
+            outcome["served"] = True
+        except Exception as exc:  # the assertion below names it
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    source = OnlineSource(0, teacher.address, token=None, timeout=30)
+    source.start(30)
+    with source.cond:  # what link_up does on a new connection: queued, not yet sent
+        source.queue(source.machine.ack_round(0))
+    source.close()
+    thread.join(30)
+    alive = thread.is_alive()
+    teacher.close()
+    thread.join(30)
+    assert not alive, "the teacher never heard the round was done before the goodbye"
+    assert outcome == {"served": True}
