@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, Union
 
 import numpy as np
 
-from .._errors import PantheonTimeoutError
+from .._errors import ConfigError, PantheonTimeoutError
 
 __all__ = [
     "DEFAULT_MAX_FRAMES",
@@ -45,6 +45,7 @@ __all__ = [
     "MsgType",
     "Pieces",
     "SendTimeout",
+    "byte_view",
     "frames_nbytes",
     "message_type",
     "wait_slice",
@@ -295,3 +296,29 @@ def wait_slice(deadline: float | None) -> float:
     if deadline is None:
         return WAIT_SLICE
     return max(0.0, min(deadline - time.monotonic(), WAIT_SLICE))
+
+
+def byte_view(frame: Any, index: int) -> memoryview:
+    """A 1-D unsigned-byte view of a frame (or a piece of one), without copying.
+
+    Raises:
+        ConfigError: not a C-contiguous buffer (``index`` names the frame).
+    """
+    try:
+        view = frame if isinstance(frame, memoryview) else memoryview(frame)
+        if view.ndim == 1 and view.format == "B":
+            return view
+        if not view.c_contiguous:
+            raise ConfigError(
+                f"frame {index} is not C-contiguous; send np.ascontiguousarray(...) of it"
+            )
+        return view.cast("B")
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        if isinstance(frame, np.ndarray) and frame.flags.c_contiguous:
+            return memoryview(frame.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
+        raise ConfigError(
+            f"frame {index} is a {type(frame).__name__}, which is not a C-contiguous buffer; "
+            "frames must be bytes, bytearray, memoryview or numpy arrays"
+        ) from None

@@ -31,6 +31,7 @@ from .core import (
     Message,
     Pieces,
     SendTimeout,
+    byte_view,
     message_type,
 )
 
@@ -70,28 +71,6 @@ class _Pending:
         return sum(self.lengths[: self.index]) + self.offset
 
 
-def _byte_view(frame: Any, index: int) -> memoryview:
-    """A 1-D unsigned-byte view of a frame, without copying."""
-    try:
-        view = frame if isinstance(frame, memoryview) else memoryview(frame)
-        if view.ndim == 1 and view.format == "B":
-            return view
-        if not view.c_contiguous:
-            raise ConfigError(
-                f"frame {index} is not C-contiguous; send np.ascontiguousarray(...) of it"
-            )
-        return view.cast("B")
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, ConfigError):
-            raise
-        if isinstance(frame, np.ndarray) and frame.flags.c_contiguous:
-            return memoryview(frame.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
-        raise ConfigError(
-            f"frame {index} is a {type(frame).__name__}, which is not a C-contiguous buffer; "
-            "frames must be bytes, bytearray, memoryview or numpy arrays"
-        ) from None
-
-
 def _frame_views(frames: Sequence[Frame]) -> tuple[list[memoryview], list[int]]:
     """The byte views to send (a :class:`Pieces` frame's pieces in order) and each frame's
     length."""
@@ -99,11 +78,11 @@ def _frame_views(frames: Sequence[Frame]) -> tuple[list[memoryview], list[int]]:
     lengths: list[int] = []
     for i, f in enumerate(frames):
         if type(f) is Pieces:
-            pieces = [_byte_view(p, i) for p in f.parts]
+            pieces = [byte_view(p, i) for p in f.parts]
             views += pieces
             lengths.append(sum(v.nbytes for v in pieces))
         else:
-            view = _byte_view(f, i)
+            view = byte_view(f, i)
             views.append(view)
             lengths.append(view.nbytes)
     return views, lengths

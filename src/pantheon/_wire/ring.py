@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from .._errors import ConfigError, ProtocolError
-from .core import FRAME_ALIGN, Buffer, Frame, Pieces
+from .core import FRAME_ALIGN, Frame, Pieces, byte_view
 
 __all__ = [
     "DEFAULT_SLOTS",
@@ -273,10 +273,10 @@ class RingMapping:
         for f in frames:
             views = []
             for part in f.parts if isinstance(f, Pieces) else (f,):
-                v = _bytes_of(part)
-                if v is None:
-                    return None  # not C-contiguous: TCP's send explains what is wrong with it
-                views.append(v)
+                try:
+                    views.append(byte_view(part, len(pieces)))
+                except ConfigError:
+                    return None  # not C-contiguous: TCP's send says what is wrong with it
             pieces.append(views)
         where: list[int] = []
         total = 0
@@ -329,16 +329,6 @@ class RingMapping:
         if mm is not None:
             with contextlib.suppress(BufferError):
                 mm.close()
-
-
-def _bytes_of(frame: Buffer) -> memoryview | None:
-    """A 1-D byte view of a buffer, or None when it is not C-contiguous."""
-    v = frame.data if isinstance(frame, np.ndarray) else memoryview(frame)
-    if v.ndim != 1 or v.format != "B":
-        if not v.c_contiguous:
-            return None
-        v = v.cast("B")
-    return v
 
 
 def _refuse(why: str) -> tuple[None, str]:
