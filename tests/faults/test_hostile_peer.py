@@ -93,6 +93,21 @@ BAD_MESSAGES: dict[str, tuple[int, dict[str, Any], list[bytes]]] = {
         {"sub": 1, "round": 0, "start": 0, "credits": 0},
         [],
     ),
+    "subscribe-window-negative": (
+        MsgType.SUBSCRIBE,
+        {"sub": 1, "round": 0, "start": 0, "credits": 4, "window": -1},
+        [],
+    ),
+    "subscribe-window-str": (
+        MsgType.SUBSCRIBE,
+        {"sub": 1, "round": 0, "start": 0, "credits": 4, "window": "64 MiB"},
+        [],
+    ),
+    "subscribe-window-huge": (
+        MsgType.SUBSCRIBE,
+        {"sub": 1, "round": 0, "start": 0, "credits": 4, "window": 1 << 41},
+        [],
+    ),
     "subscribe-bool-round": (
         MsgType.SUBSCRIBE,
         {"sub": 1, "round": True, "start": 0, "credits": 4},

@@ -246,7 +246,8 @@ def test_errors_are_pantheon_errors():
     logging.getLogger("pantheon").debug("ok")
 
 
-def test_slow_student_slows_the_teacher_memory_stays_bounded():
+@pytest.mark.parametrize("window_bytes", [None, 2 << 20])
+def test_slow_student_slows_the_teacher_memory_stays_bounded(window_bytes):
     produced = [0]
     block = np.ones((256, 1000), np.float32)  # 1 MiB per batch
 
@@ -259,7 +260,7 @@ def test_slow_student_slows_the_teacher_memory_stays_bounded():
     thread = threading.Thread(target=lambda: (teacher.start(timeout=60), teacher.serve(reader)))
     thread.start()
     lead = []
-    with Student(timeout=60, read_ahead=4) as student:
+    with Student(timeout=60, read_ahead=4, window_bytes=window_bytes) as student:
         student.register_teacher(in_address=teacher.address)
         student.start()
         for consumed, batch in enumerate(student.get_knowledge_generator(256)(), start=1):
@@ -269,11 +270,14 @@ def test_slow_student_slows_the_teacher_memory_stays_bounded():
                 lead.append(produced[0] - consumed)
     thread.join(30)
     teacher.close()
-    # in flight at most: the producer's window 4 and a group read ahead together, 16 credits of
-    # messages that each join batches up to coalesce_bytes (4 MiB: 5 batches of 1,024,000 bytes),
-    # the student's read-ahead 4, and a few being handed over
+    # in flight at most: the producer's window 4 and a group read ahead together (messages
+    # join batches up to coalesce_bytes, 4 MiB: 5 batches of 1,026,048 bytes), then 16 credits
+    # of such messages, or with a byte window what fits in it and one batch more, the
+    # student's read-ahead 4, and a few being handed over
     per_message = 1 + (4 * 1024 * 1024) // block.nbytes
-    assert max(lead) <= 4 + per_message + 16 * per_message + 4 + 4, lead
+    batch_bytes = block.nbytes + 256 * 8
+    in_flight = 16 * per_message if window_bytes is None else window_bytes // batch_bytes + 1
+    assert max(lead) <= 4 + per_message + in_flight + 4 + 4, lead
     assert teacher.stats()["backpressure_seconds"] > 0
 
 
@@ -388,3 +392,17 @@ def test_a_new_student_replaces_the_previous_one():
     thread.join(30)
     assert not thread.is_alive()
     teacher.close()
+
+
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        (0, "window_bytes must be a positive integer"),
+        (1.5, "window_bytes must be a positive integer"),
+        ("16M", "window_bytes must be a positive integer"),
+        (1 << 41, r"window_bytes must be at most 1099511627776 \(1 TiB\)"),
+    ],
+)
+def test_a_bad_byte_window_is_refused_with_what_was_expected(bad, match):
+    with pytest.raises(ConfigError, match=match):
+        Student(window_bytes=bad)

@@ -448,6 +448,44 @@ def test_leaving_tells_the_acknowledgements_to_links_not_up_yet() -> None:
     assert d.m.leaving() == [Transmit(0, RoundDone(0)), Transmit(1, RoundDone(0))]
 
 
+def test_a_byte_window_is_asked_for_and_returned_by_bytes_or_when_drained() -> None:
+    """The subscription carries the window less what the student holds; credits go back
+    once half the window's bytes were taken, or every chunk held was (the teacher's count
+    of bytes, before codecs, may differ from the student's)."""
+    d = machine(credits=16, window=40)
+    d.open()
+    assert d.subs(0)[-1].window == 40
+    d.data(0, 0, 1)  # 16 bytes
+    d.data(0, 2, 3)
+    d.data(0, 4, 5)
+    got, acts = d.m.take()
+    assert got is not None and got.ids.tolist() == [0, 1]
+    assert acts == []  # 16 of 40 taken, two chunks still held
+    got, acts = d.m.take()
+    assert got is not None and got.ids.tolist() == [2, 3]
+    assert acts == [Transmit(0, Credit(d.sub(0), 2))]  # 32 >= 40 / 2
+    got, acts = d.m.take()
+    assert got is not None and got.ids.tolist() == [4, 5]
+    assert acts == [Transmit(0, Credit(d.sub(0), 1))]  # drained: 16 bytes, but nothing held
+    d.data(0, 6, 7)
+    d.data(0, 8, 9)
+    d.down(0)
+    d.up(0)
+    assert d.subs(0)[-1].window == 40 - 32 and d.subs(0)[-1].start == 10
+
+
+def test_without_a_byte_window_credits_go_back_by_count_only() -> None:
+    d = machine(credits=4)
+    d.open()
+    assert d.subs(0)[-1].window == 0
+    d.data(0, 0)
+    d.data(0, 1)
+    d.data(0, 2)
+    assert d.m.take()[1] == []
+    assert d.m.take()[1] == [Transmit(0, Credit(d.sub(0), 2))]
+    assert d.m.take()[1] == []  # drained, but only a byte window returns early
+
+
 def test_knowledge_after_end_round_is_an_error() -> None:
     d = machine()
     d.open()

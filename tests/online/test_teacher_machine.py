@@ -142,6 +142,47 @@ def test_credits_returned_send_everything_they_allow() -> None:
     assert len(of(d.log, SendData)) == 4
 
 
+def test_a_byte_window_bounds_the_bytes_in_flight_and_cuts_messages_to_fit() -> None:
+    """With a byte window, a message goes while the bytes sent and not yet credited are
+    below it (one chunk always, when nothing is in flight), cut to what still fits; credits
+    free the oldest messages' bytes, however many messages the credits allow."""
+    d = Driver(TeacherMachine(times=1, coalesce_bytes=1 << 20))
+    d.connect(1, hello())
+    d.send(1, Subscribe(1, 0, 0, credits=16, window=100))  # chunk(_, 4): 32 bytes each
+    d.produce(0, *(chunk(4 * i, 4) for i in range(8)))
+    data = of(d.log, SendData)
+    assert [len(m.chunks) for m in data] == [4]  # 4 x 32 = 128: the 4th passes the window
+    d.send(1, Credit(1, 1))  # that message's 128 bytes are free: the next goes
+    data = of(d.log, SendData)
+    assert [len(m.chunks) for m in data] == [4, 4]
+    assert d.ids(1) == list(range(32))
+    d.send(1, Credit(1, 8))  # more credits than messages in flight: nothing below zero
+    d.produce(0, chunk(32, 4))
+    assert d.ids(1) == list(range(36))
+    consumer = d.m._consumers[1]
+    assert consumer.in_flight_bytes == 32 and list(consumer.in_flight) == [32]
+
+
+def test_a_chunk_larger_than_the_byte_window_goes_alone() -> None:
+    d = Driver(TeacherMachine(times=1, coalesce_bytes=1 << 20))
+    d.connect(1, hello())
+    d.send(1, Subscribe(1, 0, 0, credits=16, window=10))
+    d.produce(0, chunk(0, 4), chunk(4, 4))
+    assert [len(m.chunks) for m in of(d.log, SendData)] == [1]  # never stuck, never more
+    d.send(1, Credit(1, 1))
+    assert d.ids(1) == list(range(8))
+
+
+def test_a_new_subscription_starts_with_nothing_in_flight() -> None:
+    d = Driver(TeacherMachine(times=1, coalesce_bytes=1 << 20))
+    d.connect(1, hello())
+    d.send(1, Subscribe(1, 0, 0, credits=16, window=10))
+    d.produce(0, chunk(0, 4), chunk(4, 4))
+    assert d.ids(1) == [0, 1, 2, 3]
+    d.send(1, Subscribe(2, 0, 4, credits=16, window=10))  # resumed at 4: old bytes forgotten
+    assert d.ids(1) == list(range(8))
+
+
 def test_the_window_bounds_what_a_cursor_holds() -> None:
     d = Driver(TeacherMachine(times=1, window=3))
     d.connect(1, hello())

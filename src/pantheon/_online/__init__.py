@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from .link import TRANSPORTS, check_transport
 from .members import Follow
+from .messages import MAX_WINDOW, check_window
 from .metrics import TeacherMeters, teacher_metrics
 from .payload import decode_payload, decode_plain, encode_chunks
 from .pool import PoolSource, SplitRound, open_source
@@ -21,6 +22,7 @@ from .source import OnlineSource
 from .status import fetch_status
 
 __all__ = [
+    "MAX_WINDOW",
     "MODES",
     "TRANSPORTS",
     "Follow",
@@ -33,6 +35,7 @@ __all__ = [
     "TeacherMeters",
     "TeacherServer",
     "check_transport",
+    "check_window",
     "decode_payload",
     "decode_plain",
     "encode_chunks",

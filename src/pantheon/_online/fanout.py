@@ -10,7 +10,7 @@ import collections
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._chunks import select_samples
+from .._chunks import chunk_nbytes, select_samples
 from .._knowledge import Chunk
 from .._wire import MsgType
 from .messages import EndRound, Hello, header
@@ -27,9 +27,11 @@ __all__ = [
     "StartCursor",
     "StopCursor",
     "consumer_status",
+    "credit",
     "cursor_status",
     "pump",
     "slowest",
+    "window_room",
 ]
 
 
@@ -120,6 +122,9 @@ class Consumer:
     cursor: Cursor | None = None
     pos: int = 0  # sequence number of the next chunk of its cursor to send
     credits: int = 0
+    window: int = 0  # bytes in flight at most (0: credits alone bound them)
+    in_flight: collections.deque[int] = field(default_factory=collections.deque)  # sizes
+    in_flight_bytes: int = 0
     ended: int = -1  # highest round whose END_ROUND it received
     waiting: bool = False  # behind a gate
     finished: int = 0  # samples of its round, once its cursor sent the whole round
@@ -152,8 +157,8 @@ def pump(cursor: Cursor, consumers: dict[int, Consumer], coalesce_bytes: int) ->
         spans: dict[tuple[Any, ...], list[Consumer]] = collections.defaultdict(list)
         for cid in sorted(cursor.consumers):
             c = consumers[cid]
-            if c.credits > 0 and c.pos < cursor.end:
-                spans[_span_key(cursor, c, coalesce_bytes)].append(c)
+            if c.credits > 0 and c.pos < cursor.end and window_room(c) > 0:
+                spans[_span_key(cursor, c, min(coalesce_bytes, window_room(c)))].append(c)
         if not spans:
             break
         for (_, stop, _, _, _), members in spans.items():
@@ -171,8 +176,24 @@ def pump(cursor: Cursor, consumers: dict[int, Consumer], coalesce_bytes: int) ->
     return actions
 
 
+def window_room(c: Consumer) -> int:
+    """Bytes ``c`` may be sent now (a message of one chunk always fits while nothing is in
+    flight); unbounded when it asked for no byte window."""
+    if not c.window:
+        return 1 << 62
+    return c.window - c.in_flight_bytes
+
+
+def credit(c: Consumer, n: int) -> None:
+    """``n`` more messages for ``c``; the oldest ``n`` it was sent are no longer in flight."""
+    c.credits = min(c.credits + n, 1 << 20)
+    for _ in range(min(n, len(c.in_flight))):
+        c.in_flight_bytes -= c.in_flight.popleft()
+
+
 def _span_key(cursor: Cursor, c: Consumer, coalesce_bytes: int) -> tuple[Any, ...]:
-    """Consumers with the same key receive the same DATA (encoded once)."""
+    """Consumers with the same key receive the same DATA (encoded once): up to
+    ``coalesce_bytes`` from the consumer's position (one chunk at least)."""
     stop, size = c.pos, 0
     while stop < cursor.end and (stop == c.pos or size < coalesce_bytes):
         size += cursor.sizes[stop - cursor.base]
@@ -195,8 +216,12 @@ def _send_span(cursor: Cursor, members: list[Consumer], stop: int) -> list[Actio
         c.pos = stop
     if not picked:
         return []
+    nbytes = sum(chunk_nbytes(p) for p in picked) if any(c.window for c in members) else 0
     for c in members:
         c.credits -= 1
+        if c.window:
+            c.in_flight.append(nbytes)
+            c.in_flight_bytes += nbytes
     targets = tuple((c.cid, c.sub) for c in members)
     return [SendData(targets, cursor.round, cursor.produced, tuple(picked))]
 

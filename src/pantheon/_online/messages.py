@@ -14,13 +14,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._errors import KnowledgeError, ProtocolError
+from .._errors import ConfigError, KnowledgeError, ProtocolError
 from .._knowledge import Description, check_desc
+from .._util import check_int
 from .._wire import MsgType
 
 __all__ = [
     "MAX_CREDITS",
     "MAX_ID",
+    "MAX_WINDOW",
     "NO_QUERIES",
     "NO_ROUNDS",
     "REPLACED",
@@ -37,6 +39,7 @@ __all__ = [
     "RoundDone",
     "StatusRequest",
     "Subscribe",
+    "check_window",
     "header",
     "parse",
     "parse_hello",
@@ -46,6 +49,25 @@ MAX_ID = 2**62
 """Largest round, sample, subscription or query number a peer may name."""
 MAX_CREDITS = 1 << 16
 """Most DATA messages a student may grant at once."""
+MAX_WINDOW = 1 << 40
+"""The largest byte window a SUBSCRIBE may ask for (1 TiB)."""
+
+
+def check_window(window_bytes: Any) -> int:
+    """A student's ``window_bytes`` as SUBSCRIBE's ``window`` (None: 0, no byte bound).
+
+    Raises:
+        ConfigError: not an integer in 1 .. :data:`MAX_WINDOW`.
+    """
+    if window_bytes is None:
+        return 0
+    window = check_int("window_bytes", window_bytes, unit="bytes")
+    if window > MAX_WINDOW:
+        raise ConfigError(
+            f"window_bytes must be at most {MAX_WINDOW} (1 TiB), got {window}; pass None for "
+            "no byte bound"
+        )
+    return window
 
 
 class ErrorCode:
@@ -67,6 +89,7 @@ class Subscribe:
     round: int
     start: int
     credits: int
+    window: int = 0  # bytes of knowledge in flight at most (0: credits alone bound it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +215,7 @@ def parse(kind: int, h: Mapping[str, Any]) -> Event:
             _int(h, "SUBSCRIBE", "round"),
             _int(h, "SUBSCRIBE", "start"),
             _int(h, "SUBSCRIBE", "credits", 1, MAX_CREDITS),
+            _int(h, "SUBSCRIBE", "window", 0, MAX_WINDOW, default=0),
         )
     if kind == MsgType.CREDIT:
         return Credit(_int(h, "CREDIT", "sub"), _int(h, "CREDIT", "n", 1, MAX_CREDITS))
@@ -230,6 +254,7 @@ def header(event: Event) -> tuple[MsgType, dict[str, Any]]:
             "round": event.round,
             "start": event.start,
             "credits": event.credits,
+            **({"window": event.window} if event.window else {}),
         }
     if isinstance(event, Credit):
         return MsgType.CREDIT, {"sub": event.sub, "n": event.n}

@@ -59,6 +59,7 @@ class OnlineSource:
         timeout: seconds to wait to connect, for the description, and to reconnect before
             declaring the teacher gone.
         credits: DATA messages the teacher may have in flight (default 16).
+        window: bytes of knowledge the teacher may have in flight (default 0: no byte bound).
         heartbeat: liveness settings.
         sparse_topk: hand top-k knowledge in its sparse form.
         group / rank / world_size: this student's job, and its shard of every round.
@@ -78,6 +79,7 @@ class OnlineSource:
         token: str | bytes | None,
         timeout: float,
         credits: int = 16,
+        window: int = 0,
         heartbeat: Heartbeat | None = None,
         sparse_topk: bool = False,
         group: str = "default",
@@ -112,7 +114,12 @@ class OnlineSource:
         self.cond = threading.Condition()
         self.stopped = threading.Event()
         self.machine = StudentMachine(
-            self.name, len(addresses), rank=rank, world_size=world_size, credits=self.credits
+            self.name,
+            len(addresses),
+            rank=rank,
+            world_size=world_size,
+            credits=self.credits,
+            window=window,
         )
         self.links = [Link(self, a, i) for i, a in enumerate(addresses)]
         self.closed = False

@@ -18,7 +18,10 @@ The rules:
   replica, or on the same address once it is back) from the first sample not held, with
   credits for the room left in the buffer.
 * **Credits.** The student returns credits in groups of half its window as the training loop
-  takes chunks, so at most ``credits`` messages wait on its side.
+  takes chunks, so at most ``credits`` messages wait on its side. With a byte window it also
+  returns them once it took half the window's bytes, or took every chunk it held (the
+  teacher counts bytes as it produced them, before codecs: the student's own count of what
+  it took cannot be what frees the teacher).
 * **Queries.** Each goes to the live link with the fewest queries in flight; the queries of a
   link that went down are sent again elsewhere (or parked until a link is back).
 """
@@ -32,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .._chunks import chunk_nbytes
 from .._codecs import Codec, codec_from_spec
 from .._errors import ConfigError, PantheonError, ProtocolError, TeacherError
 from .._knowledge import Chunk, Description
@@ -74,6 +78,7 @@ class RoundState:
     samples: int | None = None  # the round's total, from END_ROUND
     frontier: int = 0  # samples of the round the teacher has produced, as far as known
     taken: int = 0  # chunks taken since the last CREDIT
+    taken_bytes: int = 0  # their bytes
     closed: bool = False
     first: int = 0  # the sample id the round was opened at
     error: BaseException | None = None  # why the round cannot be read (raised to the loop)
@@ -96,15 +101,24 @@ class StudentMachine:
         links: how many addresses (replicas) the teacher has.
         rank / world_size: this student's shard of every round.
         credits: DATA messages the teacher may have in flight (>= 1).
+        window: bytes of knowledge the teacher may have in flight (0: no byte bound).
     """
 
     def __init__(
-        self, name: str, links: int, *, rank: int = 0, world_size: int = 1, credits: int = 16
+        self,
+        name: str,
+        links: int,
+        *,
+        rank: int = 0,
+        world_size: int = 1,
+        credits: int = 16,
+        window: int = 0,
     ) -> None:
         self.name = name
         self.rank = rank
         self.world = world_size
         self.credits = max(1, credits)
+        self.window = max(0, window)
         self.links = [_Link() for _ in range(links)]
         self.desc: Description | None = None
         self.codecs: dict[str, Codec] = {}
@@ -319,9 +333,11 @@ class StudentMachine:
         return self._subscribe(self.round, link)
 
     def _subscribe(self, rnd: RoundState, link: int) -> list[Action]:
-        rnd.sub, rnd.link, rnd.taken = next(_SUBS), link, 0
+        rnd.sub, rnd.link, rnd.taken, rnd.taken_bytes = next(_SUBS), link, 0, 0
         room = max(1, self.credits - len(rnd.chunks))
-        return [Transmit(link, Subscribe(rnd.sub, rnd.round, rnd.next, room))]
+        held = sum(chunk_nbytes(c) for c in rnd.chunks) if self.window else 0
+        window = max(1, self.window - held) if self.window else 0
+        return [Transmit(link, Subscribe(rnd.sub, rnd.round, rnd.next, room, window))]
 
     def _resume(self, connected: int | None) -> list[Action]:
         rnd = self.round
@@ -342,9 +358,13 @@ class StudentMachine:
             return None, []
         chunk = rnd.chunks.popleft()
         rnd.taken += 1
-        if rnd.taken < max(1, self.credits // 2) or rnd.link is None or not self.links[rnd.link].up:
+        due = rnd.taken >= max(1, self.credits // 2)
+        if self.window:
+            rnd.taken_bytes += chunk_nbytes(chunk)
+            due = due or not rnd.chunks or 2 * rnd.taken_bytes >= self.window
+        if not due or rnd.link is None or not self.links[rnd.link].up:
             return chunk, []
-        n, rnd.taken = rnd.taken, 0
+        n, rnd.taken, rnd.taken_bytes = rnd.taken, 0, 0
         return chunk, [Transmit(rnd.link, Credit(rnd.sub, n))]
 
     def close_round(self, rnd: RoundState) -> None:

@@ -16,7 +16,8 @@ The rules:
   ``gate_timeout`` fails the service, a later round's cursor starts with whoever came.
 * **Shards.** Rank ``r`` of a group of ``world_size`` ``W`` receives the samples whose
   position ``i`` in the round has ``i % W == r``; a chunk holding none of them costs nothing.
-* **Pace.** Each consumer grants credits (DATA messages in flight). A cursor keeps the chunks
+* **Pace.** Each consumer grants credits (DATA messages in flight) and may bound their bytes
+  (a window, passed by one chunk at most: messages are cut to fit). A cursor keeps the chunks
   not yet sent to all its consumers and produces ahead at most ``window`` chunks beyond the
   slowest of them: memory is bounded and the slowest consumer of a cursor sets its pace.
 * **Replacement.** A ``(group, rank)`` that connects again replaces the old connection.
@@ -44,6 +45,7 @@ from .fanout import (
     StartCursor,
     StopCursor,
     consumer_status,
+    credit,
     cursor_status,
     pump,
     slowest,
@@ -230,7 +232,7 @@ class TeacherMachine:
             return []  # a message racing its connection's replacement: nothing to do
         if isinstance(event, Credit):
             if event.sub == consumer.sub and consumer.cursor is not None:
-                consumer.credits = min(consumer.credits + event.n, 1 << 20)
+                credit(consumer, event.n)
                 return self._pump(consumer.cursor)
             return []  # credits of an abandoned subscription
         if isinstance(event, Subscribe):
@@ -264,7 +266,9 @@ class TeacherMachine:
         actions = self._detach(consumer)
         self._groups[consumer.hello.group].read = True
         consumer.sub, consumer.round, consumer.start = event.sub, event.round, event.start
-        consumer.credits = event.credits
+        consumer.credits, consumer.window = event.credits, event.window
+        consumer.in_flight.clear()
+        consumer.in_flight_bytes = 0
         if event.start < consumer.hello.world_size and event.round not in self._opened:
             # the start of its shard (sample ``rank``): the round's gate
             consumer.waiting = True

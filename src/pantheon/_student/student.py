@@ -58,6 +58,10 @@ class Student(Resumable):
             :func:`pantheon.torch.distributed_rank` reads them from ``torch.distributed``.
         credits: online: knowledge messages a teacher may have in flight to this student
             (default 16): the student's receive buffer.
+        window_bytes: online: bytes of knowledge a teacher may have in flight to this
+            student, at most (counted as the teacher produced them, before codecs; one batch
+            may pass it); default None: credits alone bound them, up to ``credits`` x the
+            teacher's ``coalesce_bytes`` (4 MiB). Messages are cut to fit the window.
         transport: online: ``"auto"`` (default) gets knowledge through shared memory from a
             teacher on the same host (Linux; the knowledge arrays are views of it, valid as
             long as they are held) and over TCP otherwise; ``"tcp"`` always uses the socket;
@@ -93,6 +97,7 @@ class Student(Resumable):
         rank: int = 0,
         world_size: int = 1,
         credits: int = 16,
+        window_bytes: int | None = None,
         transport: str = "auto",
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
@@ -111,8 +116,9 @@ class Student(Resumable):
         self._heartbeat = Heartbeat(heartbeat_interval, heartbeat_timeout)
         self._group, self._rank, self._world = check_shard(group, rank, world_size)
         self._credits = check_int("credits", credits, unit="messages")
-        from .._online import check_transport
+        from .._online import check_transport, check_window
 
+        self._window = check_window(window_bytes)
         self._transport = check_transport(transport)
         self._sources: list[Source] = []
         self._plan: MergePlan | None = None
@@ -207,6 +213,7 @@ class Student(Resumable):
             rank=self._rank,
             world_size=self._world,
             credits=self._credits,
+            window=self._window,
             transport=self._transport,
         )
 
