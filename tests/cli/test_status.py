@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 from typing import Any
 
 import numpy as np
@@ -152,3 +153,32 @@ def test_an_odd_answer_is_shown_as_plain_text_without_failing() -> None:
     text = console.export_text()
     assert "[bold red]not markup[/]" in text and "[link=x]g[/link]" in text
     assert "logits float32[-1, 8] (topk)" in text and "1 student(s) connected" in text
+
+
+def test_a_student_whose_byte_window_is_full_is_shown_waiting_on_it() -> None:
+    """A student that stops reading with a small byte window: the teacher fills the window,
+    not the credits, and the status says so (its window, the bytes in flight, ``window``)."""
+    teacher = Teacher(out_port=0, timeout=30)
+    served = Runner(lambda: teacher.serve(reader))
+    student = Student(timeout=30, window_bytes=400)  # 5 chunks of 10 int64 samples
+    try:
+        student.register_teacher(in_address=teacher.address)
+        it = iter(student.get_knowledge_generator(10)())
+        next(it)  # then it stops reading: its read-ahead fills, then the window
+        deadline = time.monotonic() + 30
+        while True:
+            out = CliRunner().invoke(main, ["status", teacher.address, "--json"])
+            assert out.exit_code == 0, out.output
+            (st,) = json.loads(out.output)["students"]
+            if st["in_flight_bytes"] >= 400 or time.monotonic() > deadline:
+                break
+            threading.Event().wait(0.05)
+        assert st["window"] == 400 and st["in_flight_bytes"] >= 400, st
+        assert st["credits"] > 0  # credits left: the window is what holds the teacher back
+        text = CliRunner().invoke(main, ["status", teacher.address]).output
+        assert "window" in text
+    finally:
+        student.close()
+        with pytest.raises(TeacherError, match="said goodbye before the last round"):
+            served.join(30)
+        teacher.close()

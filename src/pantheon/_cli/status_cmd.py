@@ -50,8 +50,13 @@ def _wait(student: Mapping[str, Any]) -> str:
     """What a student waits for, or what the teacher waits for from it."""
     if student.get("waiting") is True:
         return "gate"
-    if _num(student.get("credits")) == 0 and _num(student.get("round")) >= 0:
+    if _num(student.get("round")) < 0:
+        return "-"
+    if _num(student.get("credits")) == 0:
         return "credits"
+    window = _num(student.get("window"))
+    if window > 0 and _num(student.get("in_flight_bytes")) >= window:
+        return "window"
     return "-"
 
 

@@ -258,6 +258,8 @@ def consumer_status(c: Consumer, done_round: int) -> dict[str, Any]:
         "position": position,
         "lag": frontier - position,
         "credits": c.credits,
+        "window": c.window,
+        "in_flight_bytes": c.in_flight_bytes,
         "waiting": c.waiting,
         "done_round": done_round,
     }
