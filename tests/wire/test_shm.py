@@ -89,6 +89,18 @@ def test_a_slot_comes_back_only_when_nothing_references_its_arrays(pair) -> None
     np.testing.assert_array_equal(held, 1.0)
 
 
+def test_collecting_after_the_ring_closed_gives_nothing_back(pair) -> None:
+    """The student's reader may collect after another thread closed the ring (a connection
+    closed while a message came): nothing is given back, and nothing fails."""
+    ring, mapping = pair
+    frames = ring.frames(mapping.place([np.ones(10, np.float64)]), 16)
+    del frames
+    gc.collect()
+    ring.close()
+    assert ring.lent == 1
+    assert ring.collect() == []
+
+
 def test_no_free_slot_or_a_message_bigger_than_a_slot_falls_back(pair) -> None:
     ring, mapping = pair
     assert mapping.place([np.zeros(SLOT + 1, np.uint8)]) is None

@@ -226,6 +226,8 @@ class Ring:
         if not self._lent or not self._refcounts:
             return []
         with self._lock:
+            if self._mm is None:
+                return []  # closed (by another thread): nothing is given back any more
             freed = [s for s in self._lent if sys.getrefcount(self._slots[s]) == self._idle[s]]
             self._lent.difference_update(freed)
         return freed
