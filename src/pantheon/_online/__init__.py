@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from .link import TRANSPORTS, check_transport
 from .members import Follow
-from .messages import MAX_WINDOW, check_window
+from .messages import check_window
 from .metrics import TeacherMeters, teacher_metrics
 from .payload import decode_payload, decode_plain, encode_chunks
 from .pool import PoolSource, SplitRound, open_source
@@ -22,7 +22,6 @@ from .source import OnlineSource
 from .status import fetch_status
 
 __all__ = [
-    "MAX_WINDOW",
     "MODES",
     "TRANSPORTS",
     "Follow",

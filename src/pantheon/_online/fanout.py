@@ -157,8 +157,9 @@ def pump(cursor: Cursor, consumers: dict[int, Consumer], coalesce_bytes: int) ->
         spans: dict[tuple[Any, ...], list[Consumer]] = collections.defaultdict(list)
         for cid in sorted(cursor.consumers):
             c = consumers[cid]
-            if c.credits > 0 and c.pos < cursor.end and window_room(c) > 0:
-                spans[_span_key(cursor, c, min(coalesce_bytes, window_room(c)))].append(c)
+            room = window_room(c)
+            if c.credits > 0 and c.pos < cursor.end and room > 0:
+                spans[_span_key(cursor, c, min(coalesce_bytes, room))].append(c)
         if not spans:
             break
         for (_, stop, _, _, _), members in spans.items():
