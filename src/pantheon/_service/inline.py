@@ -17,8 +17,6 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 
-import numpy as np
-
 from .._chunks import Positions
 from .._knowledge import Chunk, Value, slice_value
 from .merging import MERGE_BYTES, MERGE_WAIT_S, ReadyChunks, merge_ready
@@ -62,6 +60,7 @@ class InlineRound(Iterator[Chunk]):
         self._merge_bytes = merge_bytes if worker.run is None else 0
         self._offset = 0  # position of the next raw batch's first sample
         self._done = False
+        self._positions = Positions()  # the chunks' ids, cut from shared blocks
         each = self._each()
         self._out: Iterator[Chunk] = (
             merge_ready(each, self._merge_bytes, merge_wait) if self._merge_bytes else each
@@ -74,7 +73,7 @@ class InlineRound(Iterator[Chunk]):
         """One chunk per reader batch reaching ``start_sample``. Without a program the samples
         below it are sliced off the feeds; a program predicts the reader's whole batch, sliced
         afterwards."""
-        positions = Positions()
+        positions = self._positions
         passing = self._worker.run is None  # the knowledge is the feeds (checked by the reader)
         same = list(self._schema.items()) == [(f, f) for f in self._feed_list]  # feeds as-is
         for raw in self._raw:
@@ -115,7 +114,7 @@ class InlineRound(Iterator[Chunk]):
             raise err from exc
         if skip:
             data = {k: slice_value(v, skip, n) for k, v in data.items()}
-        return Chunk(np.arange(first + skip, first + n, dtype=np.int64), data)
+        return Chunk(self._positions.ids(first + skip, first + n), data)
 
     def ready(self) -> int:
         """Chunks held, read ahead: the next ``ready()`` calls of ``next`` do not read."""
