@@ -273,14 +273,19 @@ def test_unknown_message_type_is_passed_as_int(pair: tuple[Connection, Connectio
 
 def test_messages_in_order_both_directions(pair: tuple[Connection, Connection]) -> None:
     a, b = pair
-    for i in range(50):
-        a.send(MsgType.USER, {"i": i}, [bytes([i % 256]) * (i * 997)])
-        b.send(MsgType.USER, {"i": -i})
+
+    def send_all() -> None:  # ~1.2 MB: more than the sockets' buffers may hold, so not inline
+        for i in range(50):
+            a.send(MsgType.USER, {"i": i}, [bytes([i % 256]) * (i * 997)], timeout=30)
+            b.send(MsgType.USER, {"i": -i}, timeout=30)
+
+    runner = Runner(send_all)
     for i in range(50):
         msg = b.recv(timeout=10)
         assert msg.header == {"i": i}
         assert bytes(msg.frames[0]) == bytes([i % 256]) * (i * 997)
         assert a.recv(timeout=10).header == {"i": -i}
+    runner.join()
 
 
 def test_concurrent_senders_never_interleave(pair: tuple[Connection, Connection]) -> None:
@@ -667,3 +672,38 @@ def test_buffer_pool_never_recycles_a_buffer_still_viewed():
     again = pool(4096)
     assert pool.allocated == 4
     assert again.nbytes >= 4096
+
+
+def _sndbuf(conn: Connection) -> int:
+    sock = conn._stream._sock  # type: ignore[attr-defined]
+    return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
+
+
+def test_both_ends_on_this_host_bound_their_send_buffers(listener: Listener) -> None:
+    """The kernel doubles SO_SNDBUF (Linux): the connection asks for LOOPBACK_SNDBUF."""
+    a, b = tcp_pair(listener)
+    try:
+        for conn in (a, b):
+            assert wire_tcp.LOOPBACK_SNDBUF <= _sndbuf(conn) <= 2 * wire_tcp.LOOPBACK_SNDBUF
+        data = np.arange(8 * MIB, dtype=np.uint8)  # more than the buffer: partial sends
+        runner = Runner(lambda: a.send(MsgType.DATA, {}, [data], timeout=30))
+        msg = b.recv(timeout=30)
+        runner.join()
+        assert np.array_equal(np.frombuffer(msg.frames[0], np.uint8), data)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_only_a_peer_on_this_host_counts_as_this_host() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as local:
+        local.connect(("127.0.0.1", 9))  # a datagram socket's connect sends nothing
+        assert wire_tcp._same_host(local)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+        try:
+            other.connect(("192.0.2.1", 9))  # TEST-NET-1: never this host
+        except OSError:
+            pytest.skip("no route to another host here")
+        assert not wire_tcp._same_host(other)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as unconnected:
+        assert not wire_tcp._same_host(unconnected)
