@@ -20,7 +20,6 @@ the layers above see ordinary messages.
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 import threading
 from collections.abc import Mapping, Sequence
@@ -30,25 +29,16 @@ from .._errors import ConnectionLostError, PantheonTimeoutError, ProtocolError
 from .._util import Deadline
 from .core import Alloc, Connection, Frame, Message, MsgType
 from .ring import Ring, RingMapping, map_offer
+from .tcp import same_host
 
 __all__ = ["ShmReceiver", "ShmSender", "accept_offer", "is_local", "read_ready"]
 
 log = logging.getLogger("pantheon")
 
 
-def _host(address: str) -> str:
-    return address.rsplit(":", 1)[0].strip("[]")
-
-
 def is_local(conn: Connection) -> bool:
     """Whether the peer of ``conn`` is on this host (a loopback address, or this side's own)."""
-    peer = _host(conn.peer)
-    try:
-        if ipaddress.ip_address(peer).is_loopback:
-            return True
-    except ValueError:
-        return False
-    return peer == _host(conn.local)
+    return same_host(conn.peer, conn.local)
 
 
 def accept_offer(conn: Connection, offer: Any, timeout: float) -> Connection:

@@ -39,6 +39,7 @@ __all__ = [
     "listen",
     "listen_socket",
     "parse_address",
+    "same_host",
 ]
 
 _IOV_MAX = 1024
@@ -63,13 +64,13 @@ class SocketStream(ByteStream):
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._closed = False
-        if sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if _same_host(sock):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, LOOPBACK_SNDBUF)
         sock.setblocking(False)
         self.peer = _sockname(sock, peer=True)
         self.local = _sockname(sock, peer=False)
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if same_host(self.peer, self.local):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, LOOPBACK_SNDBUF)
         fd = sock.fileno()
         self._rpoll: select.poll | None = None
         self._wpoll: select.poll | None = None
@@ -153,16 +154,17 @@ class SocketStream(ByteStream):
         self._sock.close()
 
 
-def _same_host(sock: socket.socket) -> bool:
-    """Whether a connected IP socket's peer is this host (a loopback address, or its own)."""
+def same_host(peer: str, local: str) -> bool:
+    """Whether a connection's two ``host:port`` addresses (its ``peer`` and ``local``) are one
+    host: a loopback peer (``::ffff:127.0.0.1`` too), or the peer at this side's own address."""
+    host = peer.rsplit(":", 1)[0].strip("[]")
     try:
-        peer, local = str(sock.getpeername()[0]), str(sock.getsockname()[0])
-        ip = ipaddress.ip_address(peer.split("%")[0])
-    except (OSError, ValueError):
+        ip = ipaddress.ip_address(host)
+    except ValueError:
         return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1
-    return peer == local or ip.is_loopback
+        ip = ip.ipv4_mapped
+    return ip.is_loopback or host == local.rsplit(":", 1)[0].strip("[]")
 
 
 def _sockname(sock: socket.socket, *, peer: bool) -> str:
