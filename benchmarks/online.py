@@ -22,10 +22,14 @@ marker. Methods:
 ``service-shm`` the same with ``transport="auto"``: on one host, knowledge through the
              student's shared-memory ring.
 
-Methods run interleaved (raw, manager, wire, ..., raw, ...) after a warm-up, ``--repeats`` times;
-the table shows medians, each method's ratio to raw TCP and to the seed's transport. Throughput counts the batch
-arrays' bytes only (MB = 10**6 bytes). To add a method, write a receiver
-``run_<name>(shape, seconds) -> Result`` and its sender, and add it to ``METHODS``.
+Methods run interleaved (raw, manager, wire, ..., raw, ...) after a warm-up, ``--repeats``
+times; the table shows medians, each method's ratio to raw TCP (``x raw TCP``: the ratio of
+the medians; ``paired``: the median of each repeat's ratio to that repeat's raw TCP run, which
+moves less on a machine whose speed drifts during the run) and to the seed's transport, then
+a PASS or FAIL line per target (``TARGETS``, read on the ratio of the medians; every path users
+run at least 10x the seed's). Throughput counts the batch arrays' bytes only
+(MB = 10**6 bytes). To add a method, write a receiver ``run_<name>(shape, seconds) -> Result``
+and its sender, and add it to ``METHODS``.
 
     python benchmarks/online.py --repeats 3 --seconds 2
 """
@@ -40,6 +44,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from multiprocessing.connection import Connection as Pipe
 from multiprocessing.managers import BaseManager
 
@@ -334,9 +339,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default=",".join(SIZES), help="comma-separated batch sizes")
     args = parser.parse_args(argv)
     methods = args.methods.split(",")
-    sizes = args.sizes.split(",")
-    rows = []
-    for size in sizes:
+    rows: list[Row] = []
+    for size in args.sizes.split(","):
         shape = SIZES[size]
         for name in methods:
             run_method(name, shape, args.warmup)
@@ -344,33 +348,118 @@ def main(argv: list[str] | None = None) -> None:
         for _ in range(args.repeats):
             for name in methods:
                 results[name].append(run_method(name, shape, args.seconds))
-        base = median([r.mb_s for r in results["raw"]]) if "raw" in results else None
-        seed = median([r.mb_s for r in results["manager"]]) if "manager" in results else None
-        for name in methods:
-            mb_s = median([r.mb_s for r in results[name]])
-            per_s = median([r.batches_s for r in results[name]])
-            label = f"{size} ({shape[0]}x{shape[1]} float32)"
-            rows.append(
-                [
-                    label,
-                    name,
-                    f"{mb_s:,.0f}",
-                    f"{per_s:,.0f}",
-                    _ratio(mb_s, base),
-                    _ratio(mb_s, seed),
-                ]
-            )
+        rows += summarize(size, results)
     print(
         f"online transport, {args.repeats} runs of {args.seconds:g} s each, medians "
         f"(sender in a child process, receiver here; {os.cpu_count()} CPUs)"
     )
-    for name in methods:
-        print(f"  {name:<12} {DESCRIPTIONS.get(name, '')}")
-    print(table(["batch", "method", "MB/s", "batches/s", "x raw TCP", "x seed"], rows))
+    print(report(rows))
 
 
-def _ratio(value: float, base: float | None) -> str:
-    return f"{value / base:.2f}" if base else "-"
+@dataclass(frozen=True)
+class Row:
+    """One method's medians for one batch size, and its ratios (None: no baseline run).
+
+    ``x_raw`` is the ratio of the medians (the targets' measure); ``x_raw_paired`` is the
+    median of each repeat's ratio to the raw TCP run of the same repeat, which a machine
+    whose speed drifts during the run moves less.
+    """
+
+    size: str
+    method: str
+    mb_s: float
+    batches_s: float
+    x_raw: float | None
+    x_raw_paired: float | None
+    x_seed: float | None
+
+
+def summarize(size: str, results: dict[str, list[Result]]) -> list[Row]:
+    """The rows of one batch size from each method's runs (repeat ``i`` of every method is
+    the ``i``-th of its list; ``raw`` and ``manager`` are the baselines when present)."""
+    raw = [r.mb_s for r in results.get("raw", [])]
+    seed = [r.mb_s for r in results.get("manager", [])]
+    rows = []
+    for name, runs in results.items():
+        mb_s = median([r.mb_s for r in runs])
+        paired = [r.mb_s / b for r, b in zip(runs, raw, strict=False) if b > 0]
+        rows.append(
+            Row(
+                size=size,
+                method=name,
+                mb_s=mb_s,
+                batches_s=median([r.batches_s for r in runs]),
+                x_raw=mb_s / median(raw) if raw and median(raw) > 0 else None,
+                x_raw_paired=median(paired) if paired else None,
+                x_seed=mb_s / median(seed) if seed and median(seed) > 0 else None,
+            )
+        )
+    return rows
+
+
+TARGETS: list[tuple[str, str, float]] = [
+    ("small", "service", 0.5),
+    ("small", "service-shm", 0.5),
+    ("1 MiB", "service", 0.8),
+    ("1 MiB", "service-shm", 2.0),
+]
+"""(batch size, method, least ratio to raw TCP): the targets the table is read against."""
+SEED_TARGET = 10.0
+"""Every path users run (``PUBLIC``) against the seed's BaseManager queue, at least."""
+PUBLIC = ("pantheon", "service", "service-shm")
+"""The methods that are Pantheon as users run it (``wire`` is the framing alone)."""
+
+
+def verdicts(rows: list[Row]) -> list[tuple[str, bool]]:
+    """(description, met) for each target whose method and baseline were run."""
+    by = {(r.size, r.method): r for r in rows}
+    out = []
+    for size, method, least in TARGETS:
+        row = by.get((size, method))
+        if row is None or row.x_raw is None:
+            continue
+        out.append(
+            (
+                f"{size}: {method} >= {least:g}x raw TCP ({row.x_raw:.2f}x; paired "
+                f"{_ratio(row.x_raw_paired)}x)",
+                row.x_raw >= least,
+            )
+        )
+    for row in rows:
+        if row.method in PUBLIC and row.x_seed is not None:
+            out.append(
+                (
+                    f"{row.size}: {row.method} >= {SEED_TARGET:g}x the seed ({row.x_seed:.2f}x)",
+                    row.x_seed >= SEED_TARGET,
+                )
+            )
+    return out
+
+
+def report(rows: list[Row]) -> str:
+    """The methods' descriptions, the table and a PASS/FAIL line per target."""
+    methods = list(dict.fromkeys(r.method for r in rows))
+    lines = [f"  {name:<12} {DESCRIPTIONS.get(name, '')}" for name in methods]
+    cells = [
+        [
+            f"{r.size} ({SIZES[r.size][0]}x{SIZES[r.size][1]} float32)",
+            r.method,
+            f"{r.mb_s:,.0f}",
+            f"{r.batches_s:,.0f}",
+            _ratio(r.x_raw),
+            _ratio(r.x_raw_paired),
+            _ratio(r.x_seed),
+        ]
+        for r in rows
+    ]
+    head = ["batch", "method", "MB/s", "batches/s", "x raw TCP", "paired", "x seed"]
+    lines.append(table(head, cells))
+    lines += [f"{'PASS' if met else 'FAIL'}  {text}" for text, met in verdicts(rows)]
+    return "\n".join(lines)
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 if __name__ == "__main__":
