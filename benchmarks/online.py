@@ -378,7 +378,9 @@ def summarize(size: str, results: dict[str, list[Result]]) -> list[Row]:
     """The rows of one batch size from each method's runs (repeat ``i`` of every method is
     the ``i``-th of its list; ``raw`` and ``manager`` are the baselines when present)."""
     raw = [r.mb_s for r in results.get("raw", [])]
-    seed = [r.mb_s for r in results.get("manager", [])]
+    seed_runs = [r.mb_s for r in results.get("manager", [])]
+    base = median(raw) if raw else 0.0
+    seed = median(seed_runs) if seed_runs else 0.0
     rows = []
     for name, runs in results.items():
         mb_s = median([r.mb_s for r in runs])
@@ -389,9 +391,9 @@ def summarize(size: str, results: dict[str, list[Result]]) -> list[Row]:
                 method=name,
                 mb_s=mb_s,
                 batches_s=median([r.batches_s for r in runs]),
-                x_raw=mb_s / median(raw) if raw and median(raw) > 0 else None,
+                x_raw=mb_s / base if base > 0 else None,
                 x_raw_paired=median(paired) if paired else None,
-                x_seed=mb_s / median(seed) if seed and median(seed) > 0 else None,
+                x_seed=mb_s / seed if seed > 0 else None,
             )
         )
     return rows
