@@ -1,7 +1,7 @@
 """``pantheon bench``: run the benchmark scripts of a source checkout and print their tables.
 
 The benchmarks (``benchmarks/offline.py``, ``online.py``, ``service.py``, ``wait.py``,
-``students.py``) compare Pantheon
+``students.py``, ``device.py``) compare Pantheon
 with baselines measured side by side in the same run (bare pyarrow, raw TCP, the seed's
 pickle file and ``BaseManager`` queue, a bare model loop) and print ratios: absolute
 figures on a shared machine mean little.
@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "service": ([], ["--repeats", "2", "--batches", "8", "--paths", "bare,service,teacher"]),
     "wait": ([], ["--steps", "200", "--repeats", "1"]),
     "students": ([], ["--quick"]),
+    "device": ([], ["--batches", "8", "--repeats", "1", "--hidden", "256"]),
 }
 
 
@@ -52,6 +53,7 @@ def register(main: click.Group) -> None:
         service  knowledge service vs the same model in a bare loop; top-k bytes per token
         wait     share of a PyTorch training loop's time spent waiting for online knowledge
         students one teacher serving several students and groups vs one student alone
+        device   a torch teacher served to a student in another process vs the bare model
         """
         folder = benchmark_dir()
         if folder is None:
