@@ -157,16 +157,27 @@ def _teacher(port: int, config: dict[str, Any], gate: Any) -> None:
 
 def run_service(cfg: Config, transport: str, expected: np.ndarray) -> Run:
     """The service in a child, the student here over ``transport`` ("tcp" or "auto")."""
-    import torch
-
-    from pantheon import Student
-    from pantheon.torch import KnowledgeDataset
-
     with socket.socket() as probe:  # a free port for the child to listen on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     gate = mp.get_context("spawn").Event()
     proc = spawn(_teacher, port, asdict(cfg), gate)
+    try:
+        run = _student(cfg, port, transport, expected, gate)
+    except BaseException:
+        proc.kill()  # a failed check or a student error: the teacher is not waited for
+        proc.join()
+        raise
+    finish(proc, timeout=120)
+    return run
+
+
+def _student(cfg: Config, port: int, transport: str, expected: np.ndarray, gate: Any) -> Run:
+    import torch
+
+    from pantheon import Student
+    from pantheon.torch import KnowledgeDataset
+
     dev = torch.device(cfg.student_device)
     seen = nbytes = 0
     pinned = False
@@ -189,7 +200,6 @@ def run_service(cfg: Config, transport: str, expected: np.ndarray) -> Run:
         _sync(cfg.student_device)
         elapsed = time.perf_counter() - t0
         stats = student.stats()
-    finish(proc, timeout=120)
     if seen != cfg.batches:
         raise RuntimeError(f"{transport}: expected {cfg.batches} batches, the student got {seen}")
     used = "/".join(sorted(set(stats.get("transport", {}).values()))) or "?"
