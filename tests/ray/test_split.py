@@ -71,7 +71,7 @@ class ListRound:
         self._xs = xs
         self.total = len(xs)
 
-    def next_chunk(self, timeout: float):
+    def next_chunk(self, timeout: float, stop=None):
         if not self._chunks:
             return None
         ids = self._chunks.pop(0)

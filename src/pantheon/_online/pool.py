@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -69,14 +70,14 @@ class SplitRound:
         out: np.ndarray = (ids // b) * (r * b) + j * b + ids % b
         return out
 
-    def next_chunk(self, timeout: float) -> Chunk | None:
+    def next_chunk(self, timeout: float, stop: threading.Event | None = None) -> Chunk | None:
         """The next samples of the round in order (from one replica), or None at its end."""
         if self._ended:
             return None
         j = self._g % len(self._streams)
         head = self._held[j]
         if head is None:
-            head = self._streams[j].next_chunk(timeout)
+            head = self._streams[j].next_chunk(timeout, stop)
             if head is None:  # replica j's sub-round ended: so did the round
                 self._ended = True
                 held = [i for i, c in enumerate(self._held) if c is not None]
@@ -231,8 +232,8 @@ class PoolSource:
             )
         sources[0].submit(qid, query)
 
-    def answer(self, qid: int, timeout: float) -> Chunk:
-        return self._opened()[0].answer(qid, timeout)
+    def answer(self, qid: int, timeout: float, stop: threading.Event | None = None) -> Chunk:
+        return self._opened()[0].answer(qid, timeout, stop)
 
     def send_user(self, data: Any, timeout: float) -> None:
         """Send a user message to every replica."""

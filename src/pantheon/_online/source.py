@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .._errors import (
+    ClosedError,
     ConfigError,
     ConnectionLostError,
     KnowledgeError,
@@ -47,6 +48,12 @@ from .student_machine import Action, Reconnect, StudentMachine, Transmit
 __all__ = ["OnlineSource"]
 
 log = logging.getLogger("pantheon")
+
+GOODBYE_WAIT = 2.0
+"""Seconds a closing student waits, after its goodbye, for the teacher to close the
+connection. Reading on until then means the goodbye is read before the connection ends: a
+socket closed with unread data resets the connection, and a teacher whose send failed on it
+first would take the student for lost and wait for it to come back."""
 
 
 class OnlineSource:
@@ -352,11 +359,20 @@ class OnlineSource:
             self.queue(self.machine.submit(qid, query))
         self.flush()
 
-    def answer(self, qid: int, timeout: float) -> Chunk:
-        """The knowledge answering query ``qid`` (waits at most ``timeout`` s)."""
+    def answer(self, qid: int, timeout: float, stop: threading.Event | None = None) -> Chunk:
+        """The knowledge answering query ``qid`` (waits at most ``timeout`` s; once ``stop`` is
+        set, within half a second with :class:`~pantheon.ClosedError`: its reader stopped)."""
         m = self.machine
+
+        def ready() -> bool:
+            if stop is not None and stop.is_set():
+                raise ClosedError(
+                    f"the reader of query {qid} stopped while waiting for {self.name}"
+                )
+            return qid in m.answers
+
         with self.cond:
-            self._wait(lambda: qid in m.answers, timeout, f"did not answer query {qid}")
+            self._wait(ready, timeout, f"did not answer query {qid}")
             result = m.answers.pop(qid)
             if isinstance(result, BaseException):
                 raise result
@@ -441,6 +457,8 @@ class OnlineSource:
             if goodbye:
                 self.queue(self.machine.leaving())
             self.cond.notify_all()
+        sessions: list[Session] = []
+        said: list[Session] = []
         for link in self.links:
             # what the machine decided goes first: a reconnection may have queued its
             # acknowledgements without sending them yet, and a goodbye before them would
@@ -448,10 +466,17 @@ class OnlineSource:
             with link.send_lock:
                 self._drain(link)
                 session = link.session
-                if session is not None and goodbye:
+                if session is None:
+                    continue
+                sessions.append(session)
+                if goodbye:
                     try:
                         session.send(MsgType.BYE, {"reason": "the student closed"})
+                        said.append(session)
                     except ConnectionLostError:
                         pass
-            if session is not None:
-                session.close()
+        deadline = Deadline(GOODBYE_WAIT)
+        for session in said:  # the teacher closes once it read the goodbye
+            session.wait_closed(deadline.left())
+        for session in sessions:
+            session.close()

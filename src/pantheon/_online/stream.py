@@ -36,14 +36,20 @@ class OnlineRound:
         self._source = source
         self._state = state
 
-    def next_chunk(self, timeout: float) -> Chunk | None:
+    def next_chunk(self, timeout: float, stop: threading.Event | None = None) -> Chunk | None:
         """The next chunk of the shard, or ``None`` once the round ended; waits ``timeout`` s
         (longer while a reconnection is under way: it has its own deadline and names the
-        teacher when it gives up)."""
+        teacher when it gives up). Once ``stop`` is set (the round's reader stopped: the
+        training loop left it, or the student is closing), the wait ends within half a
+        second with :class:`~pantheon.ClosedError`."""
         src, state = self._source, self._state
         machine = src.machine
 
         def ready() -> bool:
+            if stop is not None and stop.is_set():
+                raise ClosedError(
+                    f"the reader of round {state.round} stopped while waiting for {src.name}"
+                )
             if state.error is not None:
                 raise state.error
             if state.chunks or state.ended:

@@ -277,7 +277,7 @@ class RoundAssembler(Assembler):
     def _fill(self, i: int, rebatcher: Rebatcher, ended: list[bool]) -> None:
         stream = self._streams[i]
         while rebatcher.pending < self._batch_size and not ended[i] and not self._stop.is_set():
-            chunk = stream.next_chunk(self._timeout)
+            chunk = stream.next_chunk(self._timeout, self._stop)
             if chunk is None:
                 ended[i] = True
             else:
@@ -328,7 +328,7 @@ class RoundAssembler(Assembler):
         stream, size, stop = self._streams[0], self._batch_size, self._stop
         rebatcher = Rebatcher(size)
         while not stop.is_set():
-            chunk = stream.next_chunk(self._timeout)
+            chunk = stream.next_chunk(self._timeout, stop)
             if chunk is None:
                 tail = rebatcher.flush()
                 if tail is not None and not self._drop_last:
@@ -447,7 +447,7 @@ class QueryAssembler(Assembler):
             if not pending:
                 return
             q, query = pending.popleft()
-            answers = [s.answer(q, self._timeout) for s in self._sources]
+            answers = [s.answer(q, self._timeout, self._stop) for s in self._sources]
             plan = self._plan_for()
             self._check(query, answers)
             merged = merge_batches(plan, [a.data for a in answers], self._names)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -53,14 +54,14 @@ class _CachingRound:
         self._writer = writer
         self._skip_below = skip_below  # samples the cache lacked but the student had
 
-    def next_chunk(self, timeout: float) -> Chunk | None:
+    def next_chunk(self, timeout: float, stop: threading.Event | None = None) -> Chunk | None:
         if self._replay is not None:
             chunk = next(self._replay, None)
             if chunk is not None:
                 return chunk
             self._replay = None
         while True:
-            chunk = self._online.next_chunk(timeout)
+            chunk = self._online.next_chunk(timeout, stop)
             if chunk is None:
                 self._source.finish(self._writer, self._online.known_samples())
                 return None
@@ -83,7 +84,7 @@ class _Replay:
         self._chunks = file.iter_chunks(start)
         self._samples = samples
 
-    def next_chunk(self, timeout: float) -> Chunk | None:
+    def next_chunk(self, timeout: float, stop: threading.Event | None = None) -> Chunk | None:
         return next(self._chunks, None)
 
     def known_samples(self) -> int:
@@ -267,8 +268,8 @@ class CachedSource:
     def submit(self, qid: int, query: Chunk) -> None:
         self._online.submit(qid, query)
 
-    def answer(self, qid: int, timeout: float) -> Chunk:
-        return self._online.answer(qid, timeout)
+    def answer(self, qid: int, timeout: float, stop: threading.Event | None = None) -> Chunk:
+        return self._online.answer(qid, timeout, stop)
 
     def send_user(self, data: Any, timeout: float) -> None:
         self._online.send_user(data, timeout)

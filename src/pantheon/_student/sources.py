@@ -9,6 +9,7 @@ round; online sources ask their teacher for the round (see ``_online_student.py`
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -33,8 +34,10 @@ __all__ = [
 class RoundStream(Protocol):
     """The chunks of one round of one teacher."""
 
-    def next_chunk(self, timeout: float) -> Chunk | None:
-        """The next chunk, or ``None`` when the round has ended. Waits at most ``timeout`` s."""
+    def next_chunk(self, timeout: float, stop: threading.Event | None = None) -> Chunk | None:
+        """The next chunk, or ``None`` when the round has ended. Waits at most ``timeout`` s;
+        once ``stop`` is set, a wait for a teacher ends within half a second with
+        :class:`~pantheon.ClosedError` (the round's reader stopped)."""
         ...
 
     def known_samples(self) -> int:
@@ -82,8 +85,9 @@ class OnlineCapable(Source, Protocol):
         """Send query ``qid`` (the student's own feed batch)."""
         ...
 
-    def answer(self, qid: int, timeout: float) -> Chunk:
-        """The knowledge answering query ``qid`` (waits at most ``timeout`` s)."""
+    def answer(self, qid: int, timeout: float, stop: threading.Event | None = None) -> Chunk:
+        """The knowledge answering query ``qid`` (waits at most ``timeout`` s; once ``stop`` is
+        set, within half a second with :class:`~pantheon.ClosedError`)."""
         ...
 
     def ack_round(self, round_index: int) -> None:
@@ -127,7 +131,7 @@ class _FileRound:
             if len(part.ids):
                 yield part
 
-    def next_chunk(self, timeout: float) -> Chunk | None:
+    def next_chunk(self, timeout: float, stop: threading.Event | None = None) -> Chunk | None:
         chunk = next(self._chunks, None)
         if chunk is not None:
             self._stats["batches"] += 1

@@ -458,7 +458,8 @@ class Student(Resumable):
             resume: online teachers wait for this student to come back (a new process that
                 ``load_state_dict``-s this one's position). By default the student says
                 goodbye: a teacher whose students all left before its last round ends at once
-                with an error that says so.
+                with an error that says so. After its goodbye the student reads on until each
+                teacher closes the connection, at most 2 s in all, so that the goodbye is read.
         """
         if self._closed:
             return

@@ -104,6 +104,11 @@ class Session:
         """Whether the session is still open."""
         return not self._closed.is_set()
 
+    def wait_closed(self, timeout: float) -> bool:
+        """Wait until the session is closed (here, or by the peer: its goodbye, or the end of
+        the connection), at most ``timeout`` seconds; whether it is."""
+        return self._closed.wait(timeout)
+
     def send(
         self, type: MsgType, header: Mapping[str, Any] | None = None, frames: Sequence[Any] = ()
     ) -> None:
