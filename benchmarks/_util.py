@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import socket
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -44,6 +45,21 @@ def finish(proc: mp.process.BaseProcess, timeout: float = 60.0) -> None:
         raise RuntimeError(f"benchmark child {proc.name} did not finish within {timeout:g} s")
     if proc.exitcode != 0:
         raise RuntimeError(f"benchmark child {proc.name} failed with exit code {proc.exitcode}")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now, for a child process to listen on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def sync(device: str) -> None:
+    """Wait for the work queued on a CUDA ``device`` (nothing for the CPU)."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
 
 
 def median(values: Sequence[float]) -> float:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -42,7 +41,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # the two processes share the hos
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _util import finish, median, spawn, table
+from _util import finish, free_port, median, spawn, sync, table
 
 
 @dataclass(frozen=True)
@@ -96,13 +95,6 @@ def _batches(cfg: Config) -> list[np.ndarray]:
     return [rng.standard_normal(shape, dtype=np.float32) for _ in range(cfg.batches)]
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        import torch
-
-        torch.cuda.synchronize(device)
-
-
 def run_bare(cfg: Config, model: Any, batches: list[np.ndarray]) -> tuple[Run, np.ndarray]:
     """The model in a plain loop; returns the run and the first batch's logits (host)."""
     import torch
@@ -113,7 +105,7 @@ def run_bare(cfg: Config, model: Any, batches: list[np.ndarray]) -> tuple[Run, n
     with torch.inference_mode():
         for i, x in enumerate(batches):
             if i == 1:
-                _sync(cfg.device)
+                sync(cfg.device)
                 t0 = time.perf_counter()
             out = model(torch.from_numpy(x).to(dev)).cpu().numpy()
             if i == 0:
@@ -157,9 +149,7 @@ def _teacher(port: int, config: dict[str, Any], gate: Any) -> None:
 
 def run_service(cfg: Config, transport: str, expected: np.ndarray) -> Run:
     """The service in a child, the student here over ``transport`` ("tcp" or "auto")."""
-    with socket.socket() as probe:  # a free port for the child to listen on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     gate = mp.get_context("spawn").Event()
     proc = spawn(_teacher, port, asdict(cfg), gate)
     try:
@@ -197,7 +187,7 @@ def _student(cfg: Config, port: int, transport: str, expected: np.ndarray, gate:
             else:
                 nbytes += logits.numel() * logits.element_size()
             seen += 1
-        _sync(cfg.student_device)
+        sync(cfg.student_device)
         elapsed = time.perf_counter() - t0
         stats = student.stats()
     if seen != cfg.batches:

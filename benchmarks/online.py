@@ -51,7 +51,7 @@ from multiprocessing.managers import BaseManager
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _util import Result, finish, median, spawn, table
+from _util import Result, finish, free_port, median, spawn, table
 
 SIZES: dict[str, tuple[int, int]] = {"1 MiB": (256, 1000), "small": (64, 10)}
 """Batch shapes (float32): ~1 MiB batches and small 64x10 batches."""
@@ -282,9 +282,7 @@ def _receive(
 ) -> Result:
     from pantheon import Student
 
-    with socket.socket() as probe:  # a free port for the child to listen on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     proc = spawn(sender, port, shape, seconds)
     total = batches = 0
     start = 0.0

@@ -29,8 +29,10 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
+from _util import sync
 
 from pantheon._codecs import Cast, TopK
 from pantheon._service import ServiceSpec, make_round_factory
@@ -159,11 +161,6 @@ PATHS: dict[str, Callable[[Setup], int]] = {
     "service": run_service,
     "teacher": run_teacher,
 }
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def bench_throughput(args: argparse.Namespace) -> dict[str, float]:

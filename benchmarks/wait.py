@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import sys
 import time
 from typing import Any
@@ -28,7 +27,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _util import finish, median, spawn, table
+from _util import finish, free_port, median, spawn, table
 
 BATCH = 64
 FEATURES = 256
@@ -118,9 +117,7 @@ def run(transport: str, steps: int, hidden: int) -> tuple[float, float]:
 
     from pantheon import Student
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     proc = spawn(_teacher, port, steps)
     model = _model(hidden)
     opt = torch.optim.Adam(model.parameters())

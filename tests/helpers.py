@@ -3,6 +3,7 @@ and short forms of the service's factories."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import socket
@@ -11,6 +12,7 @@ import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from pantheon._service import ServiceSpec, make_query_handler, make_round_factory
@@ -110,6 +112,17 @@ class Proc:
             return ""
         assert self.popen.stderr is not None
         return self.popen.stderr.read()
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """Import the script at ``path`` (a benchmark, an example) as module ``name``, registered
+    in ``sys.modules`` (dataclasses look their module up by name)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def free_port() -> int:

@@ -3,7 +3,6 @@ real run on the CPU (figures checked for form, never for speed)."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -12,17 +11,14 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from tests.helpers import load_script
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "device.py"
 
 
 @pytest.fixture(scope="module")
 def device() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_device", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_device"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)  # (it puts benchmarks/ on sys.path for its helpers)
-    return module
+    return load_script(SCRIPT, "bench_device")  # (it puts benchmarks/ on sys.path)
 
 
 def test_the_table_gives_medians_and_ratios_to_the_bare_model(device):

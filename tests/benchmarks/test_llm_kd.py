@@ -3,13 +3,13 @@ through the real codecs, students, the table (its figures are checked, never its
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from tests.helpers import load_script
 
 pytest.importorskip("torch")
 pytest.importorskip("tokenizers")
@@ -27,12 +27,7 @@ TIERS = [
 
 
 def load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("llm_kd", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["llm_kd"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "llm_kd")
 
 
 @pytest.mark.slow

@@ -3,7 +3,6 @@ that prints the table (its figures are checked for form, never for speed)."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -11,17 +10,14 @@ from types import ModuleType
 
 import pytest
 
+from tests.helpers import load_script
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "online.py"
 
 
 @pytest.fixture(scope="module")
 def online() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_online", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_online"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)  # (it puts benchmarks/ on sys.path for its helpers)
-    return module
+    return load_script(SCRIPT, "bench_online")  # (it puts benchmarks/ on sys.path)
 
 
 def _runs(online: ModuleType, *mb_s: float) -> list:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+
+from tests.helpers import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "offline.py"
 READERS = ["student", "pyarrow", "pickle"]
@@ -64,11 +65,7 @@ def test_quick_run_prints_the_table_and_verdicts(tmp_path):
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_offline", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # (it puts benchmarks/ on sys.path for its helpers)
-    return module
+    return load_script(SCRIPT, "bench_offline")  # (it puts benchmarks/ on sys.path)
 
 
 def test_measure_returns_one_row_per_reader(tmp_path):

