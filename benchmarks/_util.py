@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
+import os
 import socket
 import statistics
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -29,11 +33,38 @@ class Result:
         return self.batches / self.seconds
 
 
+PROBES: list[Callable[[int], None]] = []
+"""Called by the receivers of ``online.py`` after each batch with the count so far (empty
+unless ``cpu.py`` watches a run)."""
+
+NAMES_DIR = "PANTHEON_BENCH_THREAD_NAMES"
+"""Environment variable: a folder where spawned children write their threads' names."""
+
+
 def spawn(target: Callable[..., Any], *args: Any) -> mp.process.BaseProcess:
     """Start ``target(*args)`` in a fresh (spawned) child process."""
-    proc = mp.get_context("spawn").Process(target=target, args=args)
+    proc = mp.get_context("spawn").Process(target=_child, args=(target, args))
     proc.start()
     return proc
+
+
+def _child(target: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    folder = os.environ.get(NAMES_DIR)
+    if folder:  # cpu.py reads /proc, which knows threads by number only
+        threading.Thread(
+            target=_report_names, args=(folder,), name="benchmark-names", daemon=True
+        ).start()
+    target(*args)
+
+
+def _report_names(folder: str) -> None:
+    path = os.path.join(folder, f"{os.getpid()}.json")
+    while True:
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        with open(path + ".tmp", "w") as f:
+            json.dump(names, f)
+        os.replace(path + ".tmp", path)
+        time.sleep(0.2)
 
 
 def finish(proc: mp.process.BaseProcess, timeout: float = 60.0) -> None:

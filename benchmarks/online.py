@@ -51,7 +51,7 @@ from multiprocessing.managers import BaseManager
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _util import Result, finish, free_port, median, spawn, table
+from _util import PROBES, Result, finish, free_port, median, spawn, table
 
 SIZES: dict[str, tuple[int, int]] = {"1 MiB": (256, 1000), "small": (64, 10)}
 """Batch shapes (float32): ~1 MiB batches and small 64x10 batches."""
@@ -114,6 +114,8 @@ def run_raw(shape: tuple[int, int], seconds: float) -> Result:
             else:
                 total += n
             batches += 1
+            for probe in PROBES:  # benchmarks/cpu.py watching
+                probe(batches)
         elapsed = time.perf_counter() - start
     finish(proc)
     return Result(total, batches - 1, elapsed)
@@ -170,6 +172,8 @@ def run_manager(shape: tuple[int, int], seconds: float) -> Result:
         else:
             total += item["x"].nbytes
         batches += 1
+        for probe in PROBES:  # benchmarks/cpu.py watching
+            probe(batches)
     elapsed = time.perf_counter() - start
     parent.send("done")
     finish(proc)
@@ -215,6 +219,8 @@ def run_wire(shape: tuple[int, int], seconds: float, *, pool: bool = False) -> R
             else:
                 total += parts[("x", "")].nbytes
             batches += 1
+            for probe in PROBES:  # benchmarks/cpu.py watching
+                probe(batches)
         elapsed = time.perf_counter() - start
         conn.send(MsgType.BYE)
     finish(proc)
@@ -295,6 +301,8 @@ def _receive(
             else:
                 total += batch["x"].nbytes
             batches += 1
+            for probe in PROBES:  # benchmarks/cpu.py watching
+                probe(batches)
         elapsed = time.perf_counter() - start
     finish(proc)
     return Result(total, batches - 1, elapsed)

@@ -4,7 +4,8 @@ The benchmarks (``benchmarks/offline.py``, ``online.py``, ``service.py``, ``wait
 ``students.py``, ``device.py``) compare Pantheon
 with baselines measured side by side in the same run (bare pyarrow, raw TCP, the seed's
 pickle file and ``BaseManager`` queue, a bare model loop) and print ratios: absolute
-figures on a shared machine mean little.
+figures on a shared machine mean little. ``cpu.py`` accounts for ``online.py``'s ratios: the
+CPU each thread of the sender and the receiver spends per batch.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ BENCHMARKS: dict[str, tuple[list[str], list[str]]] = {
     "wait": ([], ["--steps", "200", "--repeats", "1"]),
     "students": ([], ["--quick"]),
     "device": ([], ["--batches", "8", "--repeats", "1", "--hidden", "256"]),
+    "cpu": ([], ["--sizes", "small", "--warmup", "0.2", "--window", "0.5"]),
 }
 
 
@@ -54,6 +56,7 @@ def register(main: click.Group) -> None:
         wait     share of a PyTorch training loop's time spent waiting for online knowledge
         students one teacher serving several students and groups vs one student alone
         device   a torch teacher served to a student in another process vs the bare model
+        cpu      CPU per batch of each thread of online's sender and receiver (Linux)
         """
         folder = benchmark_dir()
         if folder is None:
