@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -123,6 +124,17 @@ def load_script(path: Path, name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0) -> bool:
+    """Poll ``predicate`` (a state of another process or thread, with nothing to wait on)
+    every 20 ms until it is true; False if ``timeout`` s passed first."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 def free_port() -> int:

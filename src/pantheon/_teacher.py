@@ -205,8 +205,10 @@ class Teacher:
 
     def start(self, timeout: float | None = None) -> None:
         """Online: wait (at most ``timeout`` s, default the teacher's ``timeout``) until a student
-        has connected and authenticated. Offline: nothing to wait for; the file is created with
-        the first batch (optional, kept for the seed's programs)."""
+        has connected and authenticated: one connected now, or one that came (and may have
+        left) since the teacher started listening or since the previous ``start`` returned.
+        Offline: nothing to wait for; the file is created with the first batch (optional, kept
+        for the seed's programs)."""
         self._check_open()
         if self._server is not None:
             self._server.wait_for_student(self._timeout if timeout is None else float(timeout))

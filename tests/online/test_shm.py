@@ -7,7 +7,6 @@ import gc
 import json
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +14,8 @@ import numpy as np
 import pytest
 
 from pantheon import AuthenticationError, ConfigError, Student, Teacher
-from pantheon._util import Deadline
 from pantheon._wire import Ring, client_handshake, connect, shm_unavailable
-from tests.helpers import TESTS, Runner
+from tests.helpers import TESTS, Runner, wait_for
 
 pytestmark = pytest.mark.skipif(shm_unavailable() is not None, reason=str(shm_unavailable()))
 
@@ -30,16 +28,6 @@ def ring_maps() -> int:
     """Mappings of rings in this process (a student's own ring, a teacher's mapping of one)."""
     with open("/proc/self/maps") as f:
         return sum("memfd:pantheon-ring" in line for line in f)
-
-
-def wait_for(predicate: Any, timeout: float = 30.0) -> bool:
-    """Poll ``predicate`` (a state of another process: nothing to wait on) until ``timeout``."""
-    deadline = Deadline(timeout)
-    while not predicate():
-        if deadline.expired:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def reader(samples: int = 600, batch: int = 20) -> Any:

@@ -6,9 +6,11 @@ import threading
 from typing import Any
 
 import numpy as np
+import pytest
 
-from pantheon import Teacher
+from pantheon import PantheonTimeoutError, Teacher
 from pantheon._online.source import OnlineSource
+from tests.helpers import wait_for
 
 
 def test_a_goodbye_goes_after_what_the_machine_queued_before_it():
@@ -39,3 +41,18 @@ def test_a_goodbye_goes_after_what_the_machine_queued_before_it():
     thread.join(30)
     assert not alive, "the teacher never heard the round was done before the goodbye"
     assert outcome == {"served": True}
+
+
+def test_start_returns_for_a_student_that_came_and_left_before_it():
+    """``Teacher.start()`` waits until a student *has* connected: one that connected, said it
+    was done and left before the teacher's program called ``start`` counts (the race behind
+    the test above), and the next ``start`` waits for a newcomer."""
+    with Teacher(out_port=0, timeout=30) as teacher:
+        source = OnlineSource(0, teacher.address, token=None, timeout=30)
+        source.start(30)
+        assert wait_for(lambda: teacher.stats()["students"] == 1)
+        source.close()
+        assert wait_for(lambda: teacher.stats()["students"] == 0)
+        teacher.start(timeout=5)  # before: waited the 5 s, then PantheonTimeoutError
+        with pytest.raises(PantheonTimeoutError, match="no student connected"):
+            teacher.start(timeout=0.2)

@@ -109,6 +109,8 @@ class TeacherServer:
         self._peers: dict[int, Peer] = {}
         self._early = EarlyRequests()
         self._next_cid = 0
+        self._arrivals = 0  # students that connected and authenticated, ever
+        self._arrivals_waited = 0  # of them, those a wait_for_student already returned for
         self._runner: CursorRunner | None = None
         self._caller_sends = CallerSends()
         self._run_deferring = self._caller_sends.deferring(self._run)
@@ -153,6 +155,7 @@ class TeacherServer:
                 heartbeat=self._heartbeat,
             )
             self._peers[cid] = peer
+            self._arrivals += hello.role == "student"
             machine = self._machine
             if machine is None:
                 actions = self._idle_welcome(cid, hello)
@@ -424,11 +427,15 @@ class TeacherServer:
             self._batcher = None
 
     def wait_for_student(self, timeout: float) -> None:
-        """Block until a student has connected and authenticated (at most ``timeout`` s)."""
+        """Block until a student has connected and authenticated (at most ``timeout`` s): one
+        is connected now, or one came since the last wait returned (a student may connect,
+        say it is done and leave before the teacher's program gets here)."""
 
         def student() -> bool:
             self._check_open()
-            return any(p.hello.role == "student" for p in self._peers.values())
+            return self._arrivals > self._arrivals_waited or any(
+                p.hello.role == "student" for p in self._peers.values()
+            )
 
         with self._cond:
             if not wait_until(self._cond, student, Deadline(timeout)):
@@ -436,6 +443,7 @@ class TeacherServer:
                     f"no student connected to the teacher at {self.address} within {timeout:g} s; "
                     "start the student with register_teacher(in_address=...) pointing here"
                 )
+            self._arrivals_waited = self._arrivals
 
     def _check_open(self) -> None:
         if self._closed:
