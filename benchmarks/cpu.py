@@ -48,6 +48,11 @@ class Window:
     batches: int
     seconds: float
 
+    def cpu_seconds(self) -> float:
+        """CPU time all the threads used in the window, seconds."""
+        ticks = sum(u + s - sum(self.before.get(k, (0, 0))) for k, (u, s) in self.after.items())
+        return ticks / TICK
+
 
 def family(pid: int) -> list[int]:
     """``pid`` and its descendants now (read from ``/proc/<pid>/task/*/children``)."""
@@ -110,12 +115,15 @@ class Probe:
             self.names = {t.native_id or 0: t.name for t in threading.enumerate()}
 
 
-def read_names(folder: str) -> dict[int, str]:
-    """Thread names by native id, as the spawned children wrote them into ``folder``."""
+def read_names(folder: str) -> tuple[dict[int, str], set[int]]:
+    """Thread names by native id, as the spawned children wrote them into ``folder``, and
+    the pids of those children."""
     names: dict[int, str] = {}
+    pids: set[int] = set()
     for path in Path(folder).glob("*.json"):
         names |= {int(k): v for k, v in json.loads(path.read_text()).items()}
-    return names
+        pids.add(int(path.stem))
+    return names, pids
 
 
 def rows(
@@ -168,8 +176,7 @@ def measure(method: str, size: str, warmup: float, window: float) -> str:
         PROBES.append(probe)
         try:
             online.run_method(method, online.SIZES[size], warmup + window + 1.0)
-            names = read_names(folder) | probe.names
-            senders = {int(p.stem) for p in Path(folder).glob("*.json")}
+            names, senders = read_names(folder)
         finally:
             PROBES.remove(probe)
             del os.environ[NAMES_DIR]
@@ -179,8 +186,8 @@ def measure(method: str, size: str, warmup: float, window: float) -> str:
             f"{method}: the stream ended before the window of {warmup:g} + {window:g} s was "
             "over; the method's sender stopped early (see its output above)"
         )
-    body = rows(w, names, senders)
-    busy = float(body[-1][-1]) * w.batches / w.seconds / 1e6
+    body = rows(w, names | probe.names, senders)
+    busy = w.cpu_seconds() / w.seconds
     head = (
         f"{size}, {method}: {w.batches / w.seconds:,.0f} batches/s over {w.seconds:.1f} s "
         f"({w.batches:,} batches), {busy:.2f} of {os.cpu_count()} CPUs busy; "

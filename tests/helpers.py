@@ -126,6 +126,20 @@ def load_script(path: Path, name: str) -> ModuleType:
     return module
 
 
+def run_script(path: Path, *args: str, timeout: float = 120) -> list[str]:
+    """Run the script at ``path`` with ``args`` in a new interpreter; its stdout's lines
+    (fails the test, with the script's stderr, unless it exits with 0)."""
+    proc = subprocess.run(
+        [sys.executable, str(path), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.splitlines()
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0) -> bool:
     """Poll ``predicate`` (a state of another process or thread, with nothing to wait on)
     every 20 ms until it is true; False if ``timeout`` s passed first."""

@@ -4,15 +4,13 @@ stream of batches, and a short real run (figures checked for form, never for spe
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from tests.helpers import load_script
+from tests.helpers import load_script, run_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "cpu.py"
 
@@ -94,14 +92,7 @@ def test_the_probe_measures_between_its_warm_up_and_the_end_of_its_window(cpu):
 
 def test_a_short_real_run_names_the_service_threads():
     args = ["--methods", "service", "--sizes", "small", "--warmup", "0.2", "--window", "0.5"]
-    out = subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
+    lines = run_script(SCRIPT, *args)
     assert lines[0].split()[0] == "service"  # the method's description
     head = next(line for line in lines if line.startswith("small, service: "))
     assert "batches/s over" in head and "CPUs busy; µs of CPU per batch" in head

@@ -11,7 +11,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from tests.helpers import load_script
+from tests.helpers import load_script, run_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "device.py"
 
@@ -62,15 +62,7 @@ SMALL = ["--features", "8", "--hidden", "16", "--classes", "10", "--batch-size",
 
 
 def test_a_short_run_on_the_cpu_prints_the_table():
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *SMALL, "--batches", "6", "--repeats", "1", "--pin"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    lines = run_script(SCRIPT, *SMALL, "--batches", "6", "--repeats", "1", "--pin")
     assert lines[0].startswith("torch ")
     offset = 2 if lines[1].startswith("note: --pin has no effect without CUDA") else 1
     title, *rest = lines[offset:]

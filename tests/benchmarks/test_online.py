@@ -3,14 +3,12 @@ that prints the table (its figures are checked for form, never for speed)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from tests.helpers import load_script
+from tests.helpers import load_script, run_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "online.py"
 
@@ -77,15 +75,7 @@ def test_verdicts_read_each_target_on_the_ratio_of_the_medians(online):
 def test_a_short_run_prints_the_table_and_the_targets():
     methods = ["raw", "manager", "service", "service-shm"]
     args = ["--repeats", "1", "--seconds", "0.2", "--warmup", "0.05", "--sizes", "small"]
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), *args, "--methods", ",".join(methods)],
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    lines = run_script(SCRIPT, *args, "--methods", ",".join(methods), timeout=100)
     assert lines[0].startswith("online transport, 1 runs of 0.2 s each, medians")
     assert [line.split()[0] for line in lines[1:5]] == methods  # one line saying what each is
     assert lines[5].split() == [

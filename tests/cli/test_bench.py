@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from tests.helpers import load_script
+from tests.helpers import load_script, run_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "offline.py"
 READERS = ["student", "pyarrow", "pickle"]
@@ -22,15 +22,7 @@ def _number(cell: str) -> float:
 
 
 def test_quick_run_prints_the_table_and_verdicts(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--quick", "--dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=100,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    lines = run_script(SCRIPT, "--quick", "--dir", str(tmp_path), timeout=100)
     assert lines[0].startswith("offline read, 64 MiB of 256x1000 float32 logits")
     assert "medians of 3 interleaved runs" in lines[0]
     assert lines[1].split() == ["reader", "MB/s", "batches/s", "x", "pyarrow", "x", "pickle"]
