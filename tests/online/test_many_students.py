@@ -186,6 +186,52 @@ def test_queries_of_four_students_are_batched_and_answered_in_order() -> None:
     assert max(sizes) > 4, f"queries of several students were merged: {sizes}"
 
 
+def test_a_query_that_comes_as_the_serving_starts_is_computed_once(monkeypatch) -> None:
+    """A query that arrives once the query batcher exists but before the serving machine
+    does is held for the machine's start and submitted then: not also at once (which
+    computed it twice, and sent its answer twice)."""
+    from pantheon._online.early import EarlyRequests
+    from pantheon._online.server import TeacherServer
+
+    held = threading.Event()
+    hold, serve_ = EarlyRequests.hold, TeacherServer._serve
+
+    def hold_and_tell(self: Any, *args: Any) -> None:
+        hold(self, *args)
+        held.set()
+
+    def serve_after_a_query(self: Any, machine: Any) -> None:
+        if machine.queries:  # the batcher is up, the machine not yet: wait for a query
+            assert held.wait(30), "no query came"
+        serve_(self, machine)
+
+    monkeypatch.setattr(EarlyRequests, "hold", hold_and_tell)
+    monkeypatch.setattr(TeacherServer, "_serve", serve_after_a_query)
+    sizes: list[int] = []
+
+    def program(x: np.ndarray) -> dict[str, np.ndarray]:
+        sizes.append(len(x))
+        return {"double": 2 * x}
+
+    teacher = Teacher(out_port=0, timeout=60)
+    runner = Runner(
+        lambda: teacher.start_knowledge_service(
+            feed_list=["x"], schema={"double": "double"}, program=program, reader_config=None
+        )
+    )
+    queries = [{"x": np.arange(i, i + 4).reshape(-1, 1)} for i in range(0, 40, 4)]
+    try:
+        with Student(timeout=60) as student:
+            student.register_teacher(in_address=teacher.address)
+            got = [b["double"] for b in student.get_knowledge_generator(4, queries=queries)()]
+        runner.join(60)
+    finally:
+        teacher.close()
+    assert held.is_set()
+    assert np.array_equal(np.concatenate(got).ravel(), 2 * np.arange(40))
+    assert sizes == [4] * 10, f"each query computed once, in order: {sizes}"
+
+
 def test_the_write_through_cache_replays_later_rounds(spawn, tmp_path) -> None:
     reader = CountingReader()
     cache = tmp_path / "cache"

@@ -204,8 +204,8 @@ class TeacherServer:
             self._inbox.put(msg)
             return
         event = parse(t, msg.header)  # ProtocolError: the session logs it and closes
-        if t == MsgType.QUERY:
-            self._on_query(peer, msg, decode_plain(msg.header, msg.frames))
+        # a query's feeds are decoded (and so checked) whatever the teacher serves
+        feeds = decode_plain(msg.header, msg.frames) if t == MsgType.QUERY else None
         if isinstance(event, StatusRequest) and self._machine is None:
             peer.send(MsgType.STATUS_INFO, {"status": self.status()})
             return
@@ -215,7 +215,7 @@ class TeacherServer:
                 if self._failed is not None and isinstance(event, (Subscribe, Query)):
                     self._run([Send(peer.cid, *header(Fail(self._failed, ErrorCode.FAILED)))])
                     return
-                self._early.hold(peer, msg, event)
+                self._early.hold(peer, msg, event)  # the next serve call submits it
                 return
             try:
                 actions = machine.receive(peer.cid, event, time.monotonic())
@@ -224,16 +224,19 @@ class TeacherServer:
             log_round(peer, event, machine, self._acks)
             self._run_deferring(actions)
             self._cond.notify_all()
+            answers_queries = machine.queries  # otherwise the machine refused the query
         self._caller_sends.drain()
+        if feeds is not None and answers_queries:
+            self._on_query(peer, msg, feeds)
 
     def _on_query(self, peer: Peer, msg: Message, feeds: Chunk) -> None:
-        """A QUERY whose feeds were decoded (and so checked) whatever the teacher serves."""
+        """A QUERY that came while queries are served: to the batcher, once (one held
+        before the serving started is submitted by its replay instead); if the batcher is
+        gone or stopped meanwhile, the student is told that this query failed."""
         batcher = self._batcher
-        if batcher is None:
-            return  # not serving queries: the machine answers with an error
         qid = msg.header["qid"]
         query = PendingQuery(peer.cid, qid, feeds)
-        if not batcher.submit(query, timeout=self._heartbeat.timeout):
+        if batcher is None or not batcher.submit(query, timeout=self._heartbeat.timeout):
             fail = Fail(f"query {qid}: the teacher stopped answering", ErrorCode.FAILED, qid)
             peer.send(*header(fail))
 
