@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from pantheon._service import ServiceSpec, make_query_handler, make_round_factory
+from pantheon._util import Deadline
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -143,9 +144,9 @@ def run_script(path: Path, *args: str, timeout: float = 120) -> list[str]:
 def wait_for(predicate: Callable[[], Any], timeout: float = 30.0) -> bool:
     """Poll ``predicate`` (a state of another process or thread, with nothing to wait on)
     every 20 ms until it is true; False if ``timeout`` s passed first."""
-    deadline = time.monotonic() + timeout
+    deadline = Deadline(timeout)
     while not predicate():
-        if time.monotonic() >= deadline:
+        if deadline.expired:
             return False
         time.sleep(0.02)
     return True

@@ -140,7 +140,9 @@ def test_offline_ranks_read_their_shards(tmp_path) -> None:
     assert sorted(union) == list(range(SAMPLES))
 
 
-def test_queries_of_four_students_are_batched_and_answered_in_order() -> None:
+def doubling_service(**kwargs: Any) -> tuple[Teacher, Runner, list[int]]:
+    """A knowledge service in query mode answering ``2 * x``, serving in a thread, and the
+    samples of each of its program calls."""
     sizes: list[int] = []
 
     def program(x: np.ndarray) -> dict[str, np.ndarray]:
@@ -154,10 +156,14 @@ def test_queries_of_four_students_are_batched_and_answered_in_order() -> None:
             schema={"double": "double"},
             program=program,
             reader_config=None,
-            max_batch=64,
-            max_delay=0.05,
+            **kwargs,
         )
     )
+    return teacher, runner, sizes
+
+
+def test_queries_of_four_students_are_batched_and_answered_in_order() -> None:
+    teacher, runner, sizes = doubling_service(max_batch=64, max_delay=0.05)
     results: dict[int, list[int]] = {}
 
     def ask(s: int) -> None:
@@ -207,18 +213,7 @@ def test_a_query_that_comes_as_the_serving_starts_is_computed_once(monkeypatch) 
 
     monkeypatch.setattr(EarlyRequests, "hold", hold_and_tell)
     monkeypatch.setattr(TeacherServer, "_serve", serve_after_a_query)
-    sizes: list[int] = []
-
-    def program(x: np.ndarray) -> dict[str, np.ndarray]:
-        sizes.append(len(x))
-        return {"double": 2 * x}
-
-    teacher = Teacher(out_port=0, timeout=60)
-    runner = Runner(
-        lambda: teacher.start_knowledge_service(
-            feed_list=["x"], schema={"double": "double"}, program=program, reader_config=None
-        )
-    )
+    teacher, runner, sizes = doubling_service()
     queries = [{"x": np.arange(i, i + 4).reshape(-1, 1)} for i in range(0, 40, 4)]
     try:
         with Student(timeout=60) as student:
