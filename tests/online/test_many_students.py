@@ -192,39 +192,72 @@ def test_queries_of_four_students_are_batched_and_answered_in_order() -> None:
     assert max(sizes) > 4, f"queries of several students were merged: {sizes}"
 
 
-def test_a_query_that_comes_as_the_serving_starts_is_computed_once(monkeypatch) -> None:
-    """A query that arrives once the query batcher exists but before the serving machine
-    does is held for the machine's start and submitted then: not also at once (which
-    computed it twice, and sent its answer twice)."""
+def serve_after_held_queries(monkeypatch: Any, count: int) -> threading.Event:
+    """Make the next query serving wait until ``count`` queries were held for its start
+    (they came once the query batcher existed but before the serving machine did); the
+    event is set when they were."""
     from pantheon._online.early import EarlyRequests
     from pantheon._online.server import TeacherServer
 
     held = threading.Event()
+    seen = [0]
     hold, serve_ = EarlyRequests.hold, TeacherServer._serve
 
     def hold_and_tell(self: Any, *args: Any) -> None:
         hold(self, *args)
-        held.set()
+        seen[0] += 1
+        if seen[0] >= count:
+            held.set()
 
-    def serve_after_a_query(self: Any, machine: Any) -> None:
-        if machine.queries:  # the batcher is up, the machine not yet: wait for a query
-            assert held.wait(30), "no query came"
+    def serve_after_queries(self: Any, machine: Any) -> None:
+        if machine.queries:  # the batcher is up, the machine not yet: wait for the queries
+            assert held.wait(30), f"{seen[0]} queries came, not {count}"
         serve_(self, machine)
 
     monkeypatch.setattr(EarlyRequests, "hold", hold_and_tell)
-    monkeypatch.setattr(TeacherServer, "_serve", serve_after_a_query)
+    monkeypatch.setattr(TeacherServer, "_serve", serve_after_queries)
+    return held
+
+
+def ask_queries_of_four(n: int) -> None:
+    """A student asks ``n`` queries of 4 samples (8 in flight) of a doubling service: each is
+    answered right and computed once, in order."""
     teacher, runner, sizes = doubling_service()
-    queries = [{"x": np.arange(i, i + 4).reshape(-1, 1)} for i in range(0, 40, 4)]
+    queries = [{"x": np.arange(i, i + 4).reshape(-1, 1)} for i in range(0, 4 * n, 4)]
     try:
-        with Student(timeout=60) as student:
+        with Student(timeout=30, read_ahead=8) as student:
             student.register_teacher(in_address=teacher.address)
             got = [b["double"] for b in student.get_knowledge_generator(4, queries=queries)()]
-        runner.join(60)
+        runner.join(30)
     finally:
         teacher.close()
+    assert np.array_equal(np.concatenate(got).ravel(), 2 * np.arange(4 * n))
+    assert sizes == [4] * n, f"each query computed once, in order: {sizes}"
+
+
+def test_a_query_that_comes_as_the_serving_starts_is_computed_once(monkeypatch) -> None:
+    """A query that arrives once the query batcher exists but before the serving machine
+    does is held for the machine's start and submitted then: not also at once (which
+    computed it twice, and sent its answer twice)."""
+    held = serve_after_held_queries(monkeypatch, 1)
+    ask_queries_of_four(10)
     assert held.is_set()
-    assert np.array_equal(np.concatenate(got).ravel(), 2 * np.arange(40))
-    assert sizes == [4] * 10, f"each query computed once, in order: {sizes}"
+
+
+@pytest.mark.timeout(40)
+def test_more_held_queries_than_the_batcher_queues_are_all_answered(monkeypatch) -> None:
+    """The queries held for the serving's start go to the batcher at once, even past its
+    ``max_queued``: waiting for room there under the teacher's lock, which answering takes,
+    stalled the teacher for its heartbeat timeout per query and then dropped them."""
+    import functools
+
+    from pantheon._online import server
+    from pantheon._online.queries import QueryBatcher
+
+    monkeypatch.setattr(server, "QueryBatcher", functools.partial(QueryBatcher, max_queued=2))
+    held = serve_after_held_queries(monkeypatch, 8)  # the student's 8 queries in flight
+    ask_queries_of_four(20)
+    assert held.is_set()
 
 
 def test_the_write_through_cache_replays_later_rounds(spawn, tmp_path) -> None:

@@ -10,11 +10,11 @@ import time
 
 from .._errors import ProtocolError
 from .._wire import Message, MsgType
-from .fanout import Action, ProtocolViolation
-from .messages import Bye, Event, RoundDone
+from .fanout import Action, ProtocolViolation, Send
+from .messages import Bye, Event, RoundDone, header
 from .payload import decode_plain
 from .peer import Peer, log_round
-from .queries import PendingQuery, QueryBatcher
+from .queries import PendingQuery, QueryBatcher, stopped_answering
 from .teacher_machine import TeacherMachine
 
 __all__ = ["EarlyRequests"]
@@ -60,26 +60,34 @@ class EarlyRequests:
         machine: TeacherMachine,
         peers: dict[int, Peer],
         batcher: QueryBatcher | None,
-        timeout: float,
         acks: set[tuple[str, int]],
     ) -> list[Action]:
         """Hand ``machine`` the clients connected now and what they sent, then the
         acknowledgements of those that left (each round logged as :func:`.peer.log_round`
-        does, ``acks`` the rounds logged already); returns the machine's actions."""
+        does, ``acks`` the rounds logged already); returns the machine's actions.
+
+        The held queries go to ``batcher`` together, in their order, after the machine took
+        them: :meth:`.QueryBatcher.submit_held` never waits, since this runs under the
+        teacher's lock, which answering a query takes. If the batcher stopped, each of
+        their students is told its query failed."""
         actions: list[Action] = []
+        queries: list[PendingQuery] = []
         now = time.monotonic()
         for cid, peer in list(peers.items()):
             actions += machine.connect(cid, peer.hello, peer.peer)
             for msg, event in self._held.pop(cid, []):
-                if msg.type == MsgType.QUERY and batcher is not None:
-                    feeds = decode_plain(msg.header, msg.frames)
-                    batcher.submit(PendingQuery(cid, msg.header["qid"], feeds), timeout=timeout)
                 try:
                     actions += machine.receive(cid, event, now)
                     log_round(peer, event, machine, acks)
                 except ProtocolViolation as exc:
                     log.warning("closing %s: %s", peer.name, exc)
                     peer.close()
+                    continue
+                if msg.type == MsgType.QUERY and batcher is not None:
+                    feeds = decode_plain(msg.header, msg.frames)
+                    queries.append(PendingQuery(cid, msg.header["qid"], feeds))
+        if batcher is not None and queries and not batcher.submit_held(queries):
+            actions += [Send(q.cid, *header(stopped_answering(q.qid))) for q in queries]
         for peer, gone_acks in self._gone:
             actions += machine.connect(peer.cid, peer.hello, peer.peer)
             for _, event in gone_acks:

@@ -28,7 +28,7 @@ from .messages import ErrorCode, Fail, header
 from .payload import encode_chunks
 from .peer import Peer
 
-__all__ = ["PendingQuery", "QueryBatcher", "send_answer"]
+__all__ = ["PendingQuery", "QueryBatcher", "send_answer", "stopped_answering"]
 
 log = logging.getLogger("pantheon")
 
@@ -43,6 +43,11 @@ class PendingQuery:
     cid: int
     qid: int
     feeds: Chunk
+
+
+def stopped_answering(qid: int) -> Fail:
+    """The ERROR a student gets for query ``qid`` when the batcher stopped before taking it."""
+    return Fail(f"query {qid}: the teacher stopped answering", ErrorCode.FAILED, qid)
 
 
 class QueryBatcher:
@@ -88,6 +93,19 @@ class QueryBatcher:
             if self._stopped or not room:
                 return False
             self._queue.append(query)
+            self._cond.notify_all()
+            return True
+
+    def submit_held(self, queries: list[PendingQuery]) -> bool:
+        """Queue the queries held before the serving started, in their order, at once: this
+        never waits (it is called under the teacher's lock, which answering takes), so the
+        queue may go past ``max_queued`` by what was held (bounded by the early requests of
+        each client); later :meth:`submit` calls wait until it is back under. False, and
+        nothing queued, if the batcher stopped."""
+        with self._cond:
+            if self._stopped:
+                return False
+            self._queue.extend(queries)
             self._cond.notify_all()
             return True
 

@@ -51,7 +51,7 @@ from .options import ServeOptions
 from .payload import EncodedData, decode_plain
 from .peer import CallerSends, Peer, log_round, replaced
 from .producer import CursorRunner, RoundFactory
-from .queries import PendingQuery, QueryBatcher, send_answer
+from .queries import PendingQuery, QueryBatcher, send_answer, stopped_answering
 from .teacher_machine import TeacherMachine
 
 __all__ = ["ServeOptions", "TeacherServer"]
@@ -237,8 +237,7 @@ class TeacherServer:
         qid = msg.header["qid"]
         query = PendingQuery(peer.cid, qid, feeds)
         if batcher is None or not batcher.submit(query, timeout=self._heartbeat.timeout):
-            fail = Fail(f"query {qid}: the teacher stopped answering", ErrorCode.FAILED, qid)
-            peer.send(*header(fail))
+            peer.send(*header(stopped_answering(qid)))
 
     # ------------------------------------------------------------------ actions
 
@@ -328,9 +327,7 @@ class TeacherServer:
         self._machine = machine
         if self.described.desc is not None:
             machine.desc = self.described.event(machine.times)
-        return self._early.replay(
-            machine, self._peers, self._batcher, self._heartbeat.timeout, self._acks
-        )
+        return self._early.replay(machine, self._peers, self._batcher, self._acks)
 
     def _serve(self, machine: TeacherMachine) -> None:
         """The serving loop: until the machine is done, failed, abandoned or starved."""

@@ -1,0 +1,79 @@
+"""The query batcher in memory: a real batcher thread, a handler and a reply that records."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pantheon._knowledge import Chunk
+from pantheon._online.queries import PendingQuery, QueryBatcher
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Recorder:
+    """The replies a batcher made, in order; ``gate`` holds the handler until it is set."""
+
+    def __init__(self) -> None:
+        self.replies: list[tuple[int, list[int] | None, str | None]] = []
+        self.gate = threading.Event()
+        self.cond = threading.Condition()
+
+    def handler(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        assert self.gate.wait(20), "the test never opened the gate"
+        return {"double": 2 * np.asarray(feeds["x"])}
+
+    def reply(self, query: PendingQuery, answer: Chunk | None, error: str | None) -> None:
+        got = None if answer is None else answer.data["double"].ravel().tolist()
+        with self.cond:
+            self.replies.append((query.qid, got, error))
+            self.cond.notify_all()
+
+    def wait_for(self, n: int) -> None:
+        with self.cond:
+            assert self.cond.wait_for(lambda: len(self.replies) >= n, 20), self.replies
+
+
+def query(qid: int) -> PendingQuery:
+    return PendingQuery(0, qid, Chunk(np.array([qid]), {"x": np.array([[qid]])}))
+
+
+def test_held_queries_go_past_max_queued_at_once_and_in_order() -> None:
+    rec = Recorder()
+    batcher = QueryBatcher(rec.handler, rec.reply, max_queued=2)
+    try:
+        assert batcher.submit_held([query(i) for i in range(10)])  # does not wait for room
+        full = batcher.submit(query(10), timeout=0.05)  # over max_queued: waits, and times out
+        assert not full
+        rec.gate.set()
+        rec.wait_for(10)
+        assert batcher.submit(query(11), timeout=5)  # back under max_queued
+        rec.wait_for(11)
+    finally:
+        batcher.stop()
+    assert rec.replies == [(i, [2 * i], None) for i in [*range(10), 11]]
+
+
+def test_a_stopped_batcher_takes_no_held_queries() -> None:
+    rec = Recorder()
+    batcher = QueryBatcher(rec.handler, rec.reply)
+    batcher.stop()
+    assert not batcher.submit_held([query(0)])
+    assert not batcher.submit(query(1), timeout=1)
+    assert rec.replies == []
+
+
+def test_merged_held_queries_are_answered_each_with_its_own_part() -> None:
+    rec = Recorder()
+    rec.gate.set()
+    batcher = QueryBatcher(rec.handler, rec.reply, max_batch=4, max_delay=0.5)
+    try:
+        assert batcher.submit_held([query(i) for i in range(6)])
+        rec.wait_for(6)
+    finally:
+        batcher.stop()
+    assert rec.replies == [(i, [2 * i], None) for i in range(6)]
+    assert sum(batcher.calls) == 6 and max(batcher.calls) > 1, batcher.calls
