@@ -60,7 +60,8 @@ class Student(Resumable):
             (default 16): the student's receive buffer.
         window_bytes: online: bytes of knowledge a teacher may have in flight to this
             student, at most (counted as the teacher produced them, before codecs; one batch
-            may pass it); default None: credits alone bound them, up to ``credits`` x the
+            may pass it, or the ~256 KiB a teacher merges a fast reader's small batches
+            into); default None: credits alone bound them, up to ``credits`` x the
             teacher's ``coalesce_bytes`` (4 MiB). Messages are cut to fit the window.
         transport: online: ``"auto"`` (default) gets knowledge through shared memory from a
             teacher on the same host (Linux; the knowledge arrays are views of it, valid as
