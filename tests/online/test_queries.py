@@ -20,9 +20,11 @@ class Recorder:
     def __init__(self) -> None:
         self.replies: list[tuple[int, list[int] | None, str | None]] = []
         self.gate = threading.Event()
+        self.entered = threading.Event()  # set when the handler is first called
         self.cond = threading.Condition()
 
     def handler(self, feeds: dict[str, Any]) -> dict[str, Any]:
+        self.entered.set()
         assert self.gate.wait(20), "the test never opened the gate"
         return {"double": 2 * np.asarray(feeds["x"])}
 
@@ -77,3 +79,46 @@ def test_merged_held_queries_are_answered_each_with_its_own_part() -> None:
         batcher.stop()
     assert rec.replies == [(i, [2 * i], None) for i in range(6)]
     assert sum(batcher.calls) == 6 and max(batcher.calls) > 1, batcher.calls
+
+
+def test_an_answer_that_cannot_be_sent_fails_that_query_and_the_batcher_goes_on() -> None:
+    """The reply raises for an answer (its knowledge does not fit the teacher's codecs):
+    that query is told why, and the batcher thread lives on to answer the next ones."""
+    rec = Recorder()
+    rec.gate.set()
+
+    def reply(q: PendingQuery, answer: Chunk | None, error: str | None) -> None:
+        if q.qid == 1 and answer is not None:
+            raise KeyError("codec names key 'logits', which the answer does not have")
+        rec.reply(q, answer, error)
+
+    batcher = QueryBatcher(rec.handler, reply)
+    try:
+        for i in range(3):
+            assert batcher.submit(query(i), timeout=5)
+        rec.wait_for(3)
+    finally:
+        batcher.stop()
+    assert rec.replies[0] == (0, [0], None)
+    qid, got, error = rec.replies[1]
+    assert (qid, got) == (1, None)
+    assert error is not None and "query 1 failed on the teacher: KeyError" in error
+    assert "'logits'" in error
+    assert rec.replies[2] == (2, [4], None)
+
+
+def test_stopping_tells_each_query_still_queued_it_will_not_be_answered() -> None:
+    rec = Recorder()
+    batcher = QueryBatcher(rec.handler, rec.reply)
+    assert batcher.submit_held([query(i) for i in range(4)])
+    assert rec.entered.wait(20)  # 0 is taken, 1-3 wait
+    stopper = threading.Thread(target=batcher.stop)
+    stopper.start()
+    rec.gate.set()  # the call in progress ends; the queued ones are never taken
+    stopper.join(20)
+    assert not stopper.is_alive()
+    assert rec.replies[0] == (0, [0], None)
+    assert len(rec.replies) == 4, rec.replies
+    for qid, (got_qid, got, error) in zip(range(1, 4), rec.replies[1:], strict=True):
+        assert (got_qid, got) == (qid, None)
+        assert error == f"query {qid}: the teacher stopped answering"

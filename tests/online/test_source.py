@@ -56,3 +56,33 @@ def test_start_returns_for_a_student_that_came_and_left_before_it():
         teacher.start(timeout=5)  # before: waited the 5 s, then PantheonTimeoutError
         with pytest.raises(PantheonTimeoutError, match="no student connected"):
             teacher.start(timeout=0.2)
+
+
+@pytest.mark.timeout(60)
+def test_a_send_that_fails_with_more_waiting_does_not_hang_the_flush():
+    """A failed send closes the session, and its ``on_close`` flushes again in the same
+    thread, which holds the link's send lock: with more messages waiting behind the failed
+    one, that flush waited for the lock its own thread held, forever (and ``close()`` after
+    it)."""
+    with Teacher(out_port=0, timeout=30) as teacher:
+        source = OnlineSource(0, teacher.address, token=None, timeout=30)
+        source.start(30)
+        link = source.links[0]
+        assert link.session is not None
+
+        def broken(*args: Any, **kwargs: Any) -> None:
+            raise OSError("the network went away")
+
+        link.session.conn.send = broken  # type: ignore[method-assign]
+        with source.cond:  # two messages waiting: the first send fails, the second waits
+            actions = source.machine.ack_round(0)
+            source.queue(actions + actions)
+        assert len(link.pending) >= 2
+        flusher = threading.Thread(target=source.flush, daemon=True)
+        flusher.start()
+        flusher.join(10)
+        hung = flusher.is_alive()
+        if not hung:
+            source.close()
+        assert not hung, "flush waited for the send lock its own thread held"
+        assert not link.pending

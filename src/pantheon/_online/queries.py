@@ -55,7 +55,8 @@ class QueryBatcher:
 
     Args:
         handler: the knowledge service's query handler.
-        reply: called with each query and its answer (``None`` and a message on failure).
+        reply: called with each query and its answer (``None`` and a message on failure); when
+            it raises for an answer, it is called again with that error as the message.
         max_batch: samples per program call at most when merging (``None``: never merge).
         max_delay: seconds to wait for more queries to merge behind the first (default 0.002).
         max_queued: queries waiting at most; a student sending more waits (backpressure).
@@ -117,7 +118,8 @@ class QueryBatcher:
             self._queue.extend(kept)
 
     def stop(self) -> None:
-        """Stop after the call in progress (idempotent)."""
+        """Stop after the call in progress (idempotent); each query still queued is replied
+        to with the error that the teacher stopped answering."""
         with self._cond:
             self._stopped = True
             self._cond.notify_all()
@@ -154,10 +156,31 @@ class QueryBatcher:
             with self._cond:
                 wait_until(self._cond, lambda: bool(self._queue) or self._stopped, Deadline(None))
                 if self._stopped:
-                    return
+                    left = list(self._queue)
+                    self._queue.clear()
+                    break
                 batch = self._take()
                 self._cond.notify_all()
-            self._answer(batch)
+            try:
+                self._answer(batch)
+            except Exception:  # a bug must not leave queries queued behind a dead thread
+                log.exception("answering a query batch of %d queries failed", len(batch))
+        for q in left:  # never taken: each student hears its query will not be answered
+            self._send_reply(q, None, stopped_answering(q.qid).message)
+
+    def _send_reply(self, q: PendingQuery, answer: Chunk | None, error: str | None) -> None:
+        """Reply to ``q``; an answer that cannot be sent (its knowledge does not fit the
+        teacher's codecs, say) is replied to with the error instead."""
+        try:
+            self._reply(q, answer, error)
+            return
+        except Exception as exc:
+            if answer is None:
+                log.exception("could not tell query %d of student %d it failed", q.qid, q.cid)
+                return
+            what = str(exc) if isinstance(exc, PantheonError) else f"{type(exc).__name__}: {exc}"
+        log.error("the answer to query %d could not be sent: %s", q.qid, what)
+        self._send_reply(q, None, f"query {q.qid} failed on the teacher: {what}")
 
     def _answer(self, batch: list[PendingQuery]) -> None:
         sizes = [len(q.feeds.ids) for q in batch]
@@ -178,7 +201,7 @@ class QueryBatcher:
         except Exception as exc:  # the query's own fault or the program's: it answers them
             what = str(exc) if isinstance(exc, PantheonError) else f"{type(exc).__name__}: {exc}"
             for q in batch:
-                self._reply(q, None, f"query {q.qid} failed on the teacher: {what}")
+                self._send_reply(q, None, f"query {q.qid} failed on the teacher: {what}")
             log.error("a query batch of %d samples failed: %s", total, what)
             return
         self.calls.append(total)
@@ -193,7 +216,7 @@ class QueryBatcher:
             part: Knowledge = {
                 k: slice_value(v, offset, offset + size) for k, v in knowledge.items()
             }
-            self._reply(q, Chunk(np.asarray(q.feeds.ids), part), None)
+            self._send_reply(q, Chunk(np.asarray(q.feeds.ids), part), None)
             offset += size
 
 

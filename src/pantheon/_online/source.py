@@ -154,12 +154,19 @@ class OnlineSource:
                 self.links[action.link].pending.append(action)
 
     def flush(self) -> None:
-        """Send what waits on every link, in order (one thread at a time per link)."""
+        """Send what waits on every link, in order (one thread at a time per link).
+
+        Never waits for the link's lock: a thread that holds it sends what was queued, and
+        looks again after releasing it. A failed send closes the session and calls
+        :meth:`on_close` in the sending thread, which flushes again while that thread holds
+        the lock; waiting for it there would wait for itself forever.
+        """
         for link in self.links:
-            if not link.pending:
-                continue
-            with link.send_lock:
-                self._drain(link)
+            while link.pending and link.send_lock.acquire(blocking=False):
+                try:
+                    self._drain(link)
+                finally:
+                    link.send_lock.release()
 
     def _drain(self, link: Link) -> None:
         """With ``link.send_lock`` held: send what waits on ``link``, in order."""

@@ -165,7 +165,14 @@ class ShmReceiver(_Wrapper):
             if not n or (n < self.return_batch and 2 * (self.ring.lent + n) < self.ring.slots):
                 return
             freed, self._freed = self._freed, []
-        self.inner.send(MsgType.SHM_FREE, {"slots": freed}, timeout=self._send_timeout)
+        try:
+            self.inner.send(MsgType.SHM_FREE, {"slots": freed}, timeout=self._send_timeout)
+        except BaseException:
+            # not sent (other threads held the connection past the timeout, say): the next
+            # call tells them, or the teacher would never lend these slots again
+            with self._freed_lock:
+                self._freed[:0] = freed
+            raise
 
     def send(
         self,
