@@ -140,7 +140,9 @@ def test_offline_ranks_read_their_shards(tmp_path) -> None:
     assert sorted(union) == list(range(SAMPLES))
 
 
-def doubling_service(**kwargs: Any) -> tuple[Teacher, Runner, list[int]]:
+def doubling_service(
+    codecs: dict[str, Any] | None = None, **kwargs: Any
+) -> tuple[Teacher, Runner, list[int]]:
     """A knowledge service in query mode answering ``2 * x``, serving in a thread, and the
     samples of each of its program calls."""
     sizes: list[int] = []
@@ -149,7 +151,7 @@ def doubling_service(**kwargs: Any) -> tuple[Teacher, Runner, list[int]]:
         sizes.append(len(x))
         return {"double": 2 * x}
 
-    teacher = Teacher(out_port=0, timeout=60)
+    teacher = Teacher(out_port=0, timeout=60, codecs=codecs)
     runner = Runner(
         lambda: teacher.start_knowledge_service(
             feed_list=["x"],
@@ -190,6 +192,28 @@ def test_queries_of_four_students_are_batched_and_answered_in_order() -> None:
         assert results[s] == list(range(s * 1000, s * 1000 + 100))
     assert sum(sizes) == 400
     assert max(sizes) > 4, f"queries of several students were merged: {sizes}"
+
+
+def test_an_answer_its_codec_refuses_fails_that_query_and_the_service_answers_on() -> None:
+    """An answer out of its int16 codec's range cannot be sent: that query fails with the
+    reason, and the service answers the next queries (its query thread died, and every
+    later query waited out the student's timeout)."""
+    teacher, runner, _sizes = doubling_service(codecs={"double": "int16"})
+    queries = [{"x": np.arange(start, start + 4).reshape(-1, 1)} for start in (0, 40_000, 8)]
+    try:
+        with Student(timeout=30, read_ahead=1) as student:
+            student.register_teacher(in_address=teacher.address)
+            gen = student.get_knowledge_generator(4, queries=queries)()
+            assert next(gen)["double"].ravel().tolist() == [0, 2, 4, 6]
+            with pytest.raises(TeacherError, match=r"query 1 failed on the teacher: .*int16"):
+                next(gen)
+            gen.close()
+            again = [{"x": np.arange(20, 24).reshape(-1, 1)}]
+            got = [b["double"] for b in student.get_knowledge_generator(4, queries=again)()]
+            assert np.concatenate(got).ravel().tolist() == [40, 42, 44, 46]
+        runner.join(30)
+    finally:
+        teacher.close()
 
 
 def serve_after_held_queries(monkeypatch: Any, count: int) -> threading.Event:
