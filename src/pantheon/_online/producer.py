@@ -9,9 +9,11 @@ students as the teacher's error instead of reaching a training loop.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -22,6 +24,8 @@ from .fanout import Action, StartCursor, StopCursor
 from .teacher_machine import TeacherMachine
 
 __all__ = ["CursorRunner", "RoundFactory", "check_chunk"]
+
+log = logging.getLogger("pantheon")
 
 RoundFactory = Callable[[int, int], Iterator[Chunk]]
 """``make_round(round_index, start_sample)``: a round's chunks from ``start_sample`` on."""
@@ -113,11 +117,11 @@ class CursorRunner:
         ).start()
 
     def stop_all(self) -> None:
-        """Stop every producer (they end at their next chunk)."""
-        for stop in self._stops.values():
-            stop.set()
-        self._stops.clear()
-        with self._cond:
+        """Stop every producer (they end at their next chunk); any thread may call it."""
+        with self._cond:  # apply() adds to the stops under it
+            stops, self._stops = self._stops, {}
+            for stop in stops.values():
+                stop.set()
             self._cond.notify_all()
 
     def _go_on(self, cid: int, stop: threading.Event) -> bool:
@@ -136,9 +140,10 @@ class CursorRunner:
     def _produce(self, action: StartCursor, stop: threading.Event) -> None:
         cid, machine = action.id, self._machine
         expected = action.start
-        it = self._make_round(action.round, action.start)
-        ready = getattr(it, "ready", None)  # chunks the round holds read ahead (a few at most)
+        it: Any = None
         try:
+            it = self._make_round(action.round, action.start)  # the user's code: it may raise
+            ready = getattr(it, "ready", None)  # chunks the round holds read ahead (a few)
             for chunk in it:
                 group = [chunk]
                 while callable(ready) and ready() > 0:  # ready together: one message
@@ -168,7 +173,10 @@ class CursorRunner:
             self._drain()
             close = getattr(it, "close", None)
             if callable(close):
-                close()
+                try:
+                    close()
+                except Exception:  # the round's own cleanup: what it produced stands
+                    log.exception("closing round %d's reader failed", action.round)
 
     def _fail(self, exc: BaseException, action: StartCursor) -> None:
         what = str(exc) if isinstance(exc, PantheonError) else f"{type(exc).__name__}: {exc}"
