@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from pantheon import Student, Teacher, TeacherError
-from tests.helpers import TESTS, Runner
+from tests.helpers import TESTS, Runner, wait_for
 
 SAMPLES = 300
 
@@ -211,6 +211,31 @@ def test_an_answer_its_codec_refuses_fails_that_query_and_the_service_answers_on
             again = [{"x": np.arange(20, 24).reshape(-1, 1)}]
             got = [b["double"] for b in student.get_knowledge_generator(4, queries=again)()]
             assert np.concatenate(got).ravel().tolist() == [40, 42, 44, 46]
+        runner.join(30)
+    finally:
+        teacher.close()
+
+
+def test_a_query_generator_left_early_leaves_no_answers_to_the_next() -> None:
+    """A training loop leaves its query generator with queries in flight, and starts
+    another: each query id was taken again from 0, so the next generator got the answers
+    to the old generator's queries, paired with its own inputs, and stayed shifted."""
+    teacher, runner, _sizes = doubling_service()
+    first = [{"x": np.full((4, 1), 100 + i)} for i in range(30)]
+    second = [{"x": np.full((4, 1), 900 + i)} for i in range(30)]
+    try:
+        with Student(timeout=30, read_ahead=4) as student:
+            student.register_teacher(in_address=teacher.address)
+            for i, _batch in enumerate(student.get_knowledge_generator(4, queries=first)()):
+                if i == 1:
+                    break  # a fixed number of steps, with queries in flight
+            machine = student._sources[0].machine
+            assert wait_for(lambda: not any(lk.outstanding for lk in machine.links))
+            got = list(student.get_knowledge_generator(4, queries=second)())
+            assert [b["x"][0, 0] for b in got] == [900 + i for i in range(30)]
+            for batch in got:
+                assert np.array_equal(batch["double"], 2 * batch["x"]), batch
+            assert not machine.answers, "the left generator's answers were kept"
         runner.join(30)
     finally:
         teacher.close()

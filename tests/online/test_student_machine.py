@@ -544,6 +544,23 @@ def test_a_failed_query_fails_only_that_query() -> None:
     assert isinstance(d.m.answers[2], Chunk)
 
 
+def test_forgotten_queries_are_neither_kept_nor_sent_again() -> None:
+    """A query generator left early forgets its queries in flight: their answers, come or
+    to come, are dropped, and a fail-over does not send them again."""
+    d = machine(links=2, up=2)
+    d.submit(1, 0)
+    d.submit(2, 1)
+    d.submit(3, 2)
+    d.answer(1, 2, 1)  # came before the generator was left
+    d.m.forget([1, 2, 3])
+    assert d.m.answers == {}
+    d.answer(0, 1, 0)  # late: nobody asks for it any more
+    assert d.m.answers == {}
+    acts = d.down(0)  # queries 1 and 3 were in flight there: nothing to send again
+    assert not [a for a in acts if isinstance(a, Transmit)]
+    assert d.m.links[0].outstanding == {} and d.m.links[1].outstanding == {}
+
+
 def test_the_queries_of_a_dead_link_are_sent_again_elsewhere() -> None:
     d = machine(links=2, up=2)
     d.submit(1, 0)

@@ -235,6 +235,9 @@ class PoolSource:
     def answer(self, qid: int, timeout: float, stop: threading.Event | None = None) -> Chunk:
         return self._opened()[0].answer(qid, timeout, stop)
 
+    def forget(self, qids: list[int]) -> None:
+        self._opened()[0].forget(qids)
+
     def send_user(self, data: Any, timeout: float) -> None:
         """Send a user message to every replica."""
         for source in self._opened():

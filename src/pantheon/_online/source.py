@@ -386,6 +386,11 @@ class OnlineSource:
             self.delivered(result)
         return result
 
+    def forget(self, qids: list[int]) -> None:
+        """Drop queries whose answers nobody will take; their late answers are ignored."""
+        with self.cond:
+            self.machine.forget(qids)
+
     # ------------------------------------------------------------------ user messages
 
     def send_user(self, data: Any, timeout: float) -> None:

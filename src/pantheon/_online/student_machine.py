@@ -399,6 +399,14 @@ class StudentMachine:
             raise self.error
         return self._send_query(qid, query)
 
+    def forget(self, qids: list[int]) -> None:
+        """Drop queries ``qids`` (their generator was left): not sent again after a
+        fail-over, their answers, come or to come, dropped."""
+        for qid in qids:
+            for lk in self.links:
+                lk.outstanding.pop(qid, None)
+            self.answers.pop(qid, None)
+
     def _reconnect_all(self) -> list[Action]:
         return [
             self._reconnect(i)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -390,6 +390,8 @@ class QueryAssembler(Assembler):
         window: queries in flight at most.
         maxsize: finished batches waiting at most.
         timeout: seconds to wait for an answer.
+        qids: the query ids to use, shared by the student's query generators: an answer in
+            flight for a generator left early must never answer a later one's query.
     """
 
     def __init__(
@@ -404,6 +406,7 @@ class QueryAssembler(Assembler):
         window: int,
         maxsize: int,
         timeout: float,
+        qids: Iterator[int],
     ) -> None:
         self._sources = list(sources)
         self._names = list(names)
@@ -413,6 +416,7 @@ class QueryAssembler(Assembler):
         self._drop_last = drop_last
         self._window = max(1, window)
         self._timeout = timeout
+        self._qids = qids
         super().__init__(maxsize)
         self._thread.start()
 
@@ -431,8 +435,17 @@ class QueryAssembler(Assembler):
 
     def _assemble(self) -> None:
         pending: collections.deque[tuple[int, Chunk]] = collections.deque()
+        try:
+            self._answer_in_order(pending)
+        finally:  # left early: the answers still to come are for nobody
+            if pending:
+                for source in self._sources:
+                    source.forget([q for q, _ in pending])
+
+    def _answer_in_order(self, pending: collections.deque[tuple[int, Chunk]]) -> None:
+        """Keep up to ``window`` queries in flight; hand out their answers in query order
+        (``pending``: the queries sent and not yet handed out)."""
         batches = iter(self._batches())
-        qid = 0
         exhausted = False
         while not self._stop.is_set():
             while not exhausted and len(pending) < self._window:
@@ -440,14 +453,15 @@ class QueryAssembler(Assembler):
                 if query is None:
                     exhausted = True
                     break
+                qid = next(self._qids)
+                pending.append((qid, query))
                 for source in self._sources:
                     source.submit(qid, query)
-                pending.append((qid, query))
-                qid += 1
             if not pending:
                 return
-            q, query = pending.popleft()
+            q, query = pending[0]
             answers = [s.answer(q, self._timeout, self._stop) for s in self._sources]
+            pending.popleft()
             plan = self._plan_for()
             self._check(query, answers)
             merged = merge_batches(plan, [a.data for a in answers], self._names)

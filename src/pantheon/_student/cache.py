@@ -271,6 +271,9 @@ class CachedSource:
     def answer(self, qid: int, timeout: float, stop: threading.Event | None = None) -> Chunk:
         return self._online.answer(qid, timeout, stop)
 
+    def forget(self, qids: list[int]) -> None:
+        self._online.forget(qids)
+
     def send_user(self, data: Any, timeout: float) -> None:
         self._online.send_user(data, timeout)
 

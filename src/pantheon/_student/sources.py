@@ -90,6 +90,11 @@ class OnlineCapable(Source, Protocol):
         set, within half a second with :class:`~pantheon.ClosedError`)."""
         ...
 
+    def forget(self, qids: list[int]) -> None:
+        """Drop queries ``qids`` whose answers nobody will take (their generator was left):
+        answers still to come for them are ignored."""
+        ...
+
     def ack_round(self, round_index: int) -> None:
         """Tell the teacher that the training loop holds every sample of ``round_index``."""
         ...

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import itertools
 import logging
 import os
 import threading
@@ -113,6 +114,7 @@ class Student(Resumable):
         self._token = token
         self._timeout = seconds
         self._read_ahead = check_int("read_ahead", read_ahead, unit="batches")
+        self._qids = itertools.count()  # query ids, never reused by a later generator
         self._sparse_topk = bool(sparse_topk)
         self._heartbeat = Heartbeat(heartbeat_interval, heartbeat_timeout)
         self._group, self._rank, self._world = check_shard(group, rank, world_size)
@@ -409,7 +411,7 @@ class Student(Resumable):
             return QueryAssembler(
                 self._sources, names, plan_for, queries, batch_size=batch_size,
                 drop_last=drop_last, window=self._read_ahead, maxsize=self._read_ahead,
-                timeout=timeout,
+                timeout=timeout, qids=self._qids,
             )  # fmt: skip
 
         return self._drain(self._replace_assembler(make), ragged, timeout, in_round=False)
