@@ -60,6 +60,26 @@ def test_stream_two_rounds_with_send_recv_in_threads():
     teacher.close()
 
 
+def test_a_user_message_too_big_for_its_header_is_refused_at_once_on_both_sides():
+    """Over the header's 1 MiB cap nothing was sent, but the student took it for a lost
+    connection: it reconnected and sent it again, hundreds of times a second, and ended with
+    "is not connected"; the teacher closed its student instead. Both now raise at once."""
+    with Teacher(out_port=0, timeout=30) as teacher, Student(timeout=30) as student:
+        student.register_teacher(in_address=teacher.address)
+        student.start()
+        teacher.start(timeout=30)
+        with pytest.raises(ConfigError, match=r"at most \d+ bytes outside numpy arrays"):
+            student.send(b"x" * (2 << 20))
+        with pytest.raises(ConfigError, match=r"np\.frombuffer"):
+            teacher.send({"blob": b"x" * (2 << 20)})
+        blob = np.frombuffer(b"x" * (2 << 20), np.uint8)  # as an array it goes
+        student.send({"blob": blob})
+        assert np.array_equal(teacher.recv(timeout=30)["blob"], blob)
+        teacher.send("still connected")
+        assert student.recv(0, timeout=30) == "still connected"
+        assert student.stats()["reconnects"] == 0
+
+
 def test_abandoned_generator_is_continued_without_loss(teacher_proc):
     proc = teacher_proc("--samples", "500", "--batch", "16", "--times", "1")
     with Student(timeout=30) as student:

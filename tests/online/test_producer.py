@@ -1,5 +1,6 @@
-"""The teacher's producers: a round factory's failure reaches the students and the serve
-call, and stopping the producers is safe from any thread. Real sockets on 127.0.0.1."""
+"""The teacher's producers: a round factory's failure, or knowledge that cannot be sent,
+reaches the students and the serve call, and stopping the producers is safe from any thread.
+Real sockets on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 import threading
 from typing import Any
 
+import numpy as np
 import pytest
 
 from pantheon import Student, Teacher, TeacherError
@@ -33,6 +35,28 @@ def test_a_round_factory_that_raises_when_called_fails_the_serving() -> None:
             with pytest.raises(TeacherError, match=r"FileNotFoundError: data\.bin"):
                 student.get_knowledge_desc()
         with pytest.raises(FileNotFoundError, match=r"data\.bin"):
+            runner.join(30)
+
+
+def test_knowledge_its_codec_refuses_fails_the_serving_instead_of_reconnecting() -> None:
+    """A batch after the first holds a value out of its int16 codec's range: it fails when
+    it is encoded for the student, after the description was checked. Only that student's
+    connection was closed: it reconnected, resumed at the same sample and was closed again,
+    hundreds of times a second, until it ended with "sent no knowledge"."""
+
+    def reader() -> Any:
+        for i in range(3):
+            yield {"double": np.full((4, 1), 10**6 if i == 1 else 1, dtype=np.int64)}
+
+    with Teacher(out_port=0, timeout=30, codecs={"double": "int16"}) as teacher:
+        runner = Runner(lambda: teacher.serve(reader))
+        with Student(timeout=30) as student:
+            student.register_teacher(in_address=teacher.address)
+            with pytest.raises(TeacherError, match=r"could not be sent: .*does not fit in int16"):
+                for _ in student.get_knowledge_generator(4)():
+                    pass
+            assert student.stats()["reconnects"] == 0
+        with pytest.raises(TeacherError, match=r"does not fit in int16"):
             runner.join(30)
 
 

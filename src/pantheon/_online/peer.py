@@ -6,16 +6,17 @@ log lines of its rounds."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .._errors import ConnectionLostError
+from .._errors import ConnectionLostError, PantheonError
 from .._util import Deadline, wait_until
 from .._wire import Connection, Heartbeat, Message, MsgType, Session, ShmSender
 from .fanout import Close
-from .messages import Hello, RoundDone, Subscribe
+from .messages import ErrorCode, Fail, Hello, RoundDone, Subscribe, header
 
 if TYPE_CHECKING:
     from .teacher_machine import TeacherMachine
@@ -58,6 +59,7 @@ class Peer:
         who = "monitor" if hello.role == "monitor" else f"{hello.group!r} rank {hello.rank}"
         self.name = f"student {who} ({conn.peer})"
         self.close_reason = ""  # why the teacher closed it (logged once it is gone)
+        self.unsendable = ""  # why its knowledge could not be sent (it was closed for it)
         self._outbox: collections.deque[_Item] = collections.deque()
         self._max_outbox = max_outbox
         self._cond = threading.Condition()
@@ -199,8 +201,17 @@ class Peer:
                 return False  # the session closed itself and called on_close
             except Exception as exc:  # encoding failed: this student cannot be served
                 log.error("closing %s: its knowledge could not be sent: %s", self.name, exc)
+                self.unsendable = unsendable(exc)
+                with contextlib.suppress(ConnectionLostError):  # told why, not to come back
+                    self.session.send(*header(Fail(self.unsendable, ErrorCode.FAILED)))
                 self.session.close(exc)
                 return False
+
+
+def unsendable(exc: BaseException) -> str:
+    """What a student is told when the teacher's knowledge could not be encoded for it."""
+    what = str(exc) if isinstance(exc, PantheonError) else f"{type(exc).__name__}: {exc}"
+    return f"the teacher's knowledge could not be sent: {what}"
 
 
 class CallerSends:

@@ -28,9 +28,9 @@ from .._wire import (
     ShmSender,
     UserInbox,
     check_bind,
-    encode_value,
     listen,
     resolve_token,
+    user_message,
 )
 from .acceptor import Acceptor
 from .described import Described
@@ -189,6 +189,9 @@ class TeacherServer:
             machine = self._machine
             self._early.gone(peer, serving=machine is not None)
             actions = machine.disconnect(peer.cid) if machine is not None else []
+            if machine is not None and peer.unsendable and machine.failure is None:
+                # the knowledge itself cannot be sent (a codec refuses it): to any student
+                actions += machine.fail(peer.unsendable)
             if self._batcher is not None:
                 self._batcher.drop(peer.cid)
             self._run(actions)
@@ -453,12 +456,12 @@ class TeacherServer:
 
     def send_user(self, data: Any, timeout: float) -> None:
         """Send one user message to every connected student (waits for one up to ``timeout`` s)."""
-        value, frames = encode_value(data)
+        head, frames = user_message(data)
         self.wait_for_student(timeout)
         with self._cond:
             peers = [p for p in self._peers.values() if p.hello.role == "student"]
         for peer in peers:
-            peer.send(MsgType.USER, {"value": value}, frames)
+            peer.send(MsgType.USER, head, frames)
 
     def recv_user(self, timeout: float) -> Any:
         """The next user message from a student."""

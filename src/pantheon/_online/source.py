@@ -34,9 +34,9 @@ from .._wire import (
     MsgType,
     Session,
     UserInbox,
-    encode_value,
     parse_address,
     resolve_token,
+    user_message,
 )
 from .link import Link, check_transport
 from .members import Follow
@@ -395,7 +395,7 @@ class OnlineSource:
 
     def send_user(self, data: Any, timeout: float) -> None:
         """Send one user message to the teacher (waits for a connection)."""
-        value, frames = encode_value(data)
+        head, frames = user_message(data)
         m = self.machine
 
         def ready() -> bool:
@@ -416,7 +416,7 @@ class OnlineSource:
             if session is None:
                 continue
             try:
-                session.send(MsgType.USER, {"value": value}, frames)
+                session.send(MsgType.USER, head, frames)
                 return
             except ConnectionLostError:
                 continue

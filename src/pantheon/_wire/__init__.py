@@ -54,6 +54,7 @@ from .session import (
     Session,
     UserInbox,
     take_message,
+    user_message,
 )
 from .shm import ShmReceiver, ShmSender, accept_offer, is_local, read_ready
 from .tcp import (
@@ -132,4 +133,5 @@ __all__ = [
     "server_handshake",
     "shm_unavailable",
     "take_message",
+    "user_message",
 ]

@@ -17,9 +17,15 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .._errors import ConnectionLostError, PantheonError, PantheonTimeoutError, ProtocolError
-from .core import Connection, Message, MsgType
-from .values import decode_value
+from .._errors import (
+    ConfigError,
+    ConnectionLostError,
+    PantheonError,
+    PantheonTimeoutError,
+    ProtocolError,
+)
+from .core import DEFAULT_MAX_HEADER_BYTES, Connection, Message, MsgType
+from .values import decode_value, encode_value
 
 __all__ = [
     "USER_INBOX_BYTES",
@@ -28,6 +34,7 @@ __all__ = [
     "Session",
     "UserInbox",
     "take_message",
+    "user_message",
 ]
 
 log = logging.getLogger("pantheon")
@@ -117,6 +124,8 @@ class Session:
             raise ConnectionLostError(f"connection to {self.name} is closed")
         try:
             self.conn.send(type, header or {}, frames, timeout=self._heartbeat.timeout)
+        except ConfigError:
+            raise  # refused before a byte left (over the wire's caps): the connection is fine
         except (OSError, PantheonError) as exc:
             err = ConnectionLostError(f"lost connection to {self.name} while sending: {exc}")
             self.close(err)
@@ -197,6 +206,28 @@ USER_INBOX_BYTES = 256 << 20
 """Bytes of unread user messages a side holds at most (256 MiB; one message always fits)."""
 
 
+USER_VALUE_BYTES = DEFAULT_MAX_HEADER_BYTES - 1024
+"""Bytes of a user message outside its arrays at most (the rest of the header's 1 MiB cap)."""
+
+
+def user_message(data: Any) -> tuple[dict[str, Any], list[Any]]:
+    """The header and frames of a USER message carrying ``data``.
+
+    Raises:
+        ConfigError: a value of a type that cannot be sent, or more than
+            :data:`USER_VALUE_BYTES` outside numpy arrays (arrays travel as frames, outside
+            the header, up to the message's 4 GiB cap).
+    """
+    value, frames = encode_value(data)
+    if len(value) > USER_VALUE_BYTES:
+        raise ConfigError(
+            f"a user message may hold at most {USER_VALUE_BYTES} bytes outside numpy arrays, "
+            f"this one holds {len(value)}; send big data as numpy arrays (bytes as "
+            "np.frombuffer(data, np.uint8)), which travel outside the message's header"
+        )
+    return {"value": value}, frames
+
+
 class UserInbox:
     """Unread user messages of one peer, bounded in count and in bytes.
 
@@ -229,7 +260,13 @@ class UserInbox:
         Raises:
             ProtocolError: a malformed value, or the inbox is full (the sender is flooding).
         """
-        size = len(msg.header.get("value") or b"") + sum(memoryview(f).nbytes for f in msg.frames)
+        payload = msg.header.get("value")
+        if not isinstance(payload, bytes):
+            raise ProtocolError(
+                f"{self._what}: a USER message's 'value' must be msgpack bytes, got "
+                f"{type(payload).__name__}"
+            )
+        size = len(payload) + sum(memoryview(f).nbytes for f in msg.frames)
         with self._lock:
             count = self._items.qsize()
             if count >= self._max or (count and self._bytes + size > self._max_bytes):
