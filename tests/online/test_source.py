@@ -8,9 +8,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pantheon import PantheonTimeoutError, Teacher
+from pantheon import ConnectionLostError, PantheonTimeoutError, Student, Teacher, TeacherError
 from pantheon._online.source import OnlineSource
-from tests.helpers import wait_for
+from pantheon._util import Deadline
+from pantheon._wire import listen, server_handshake
+from tests.helpers import Runner, free_port, wait_for
 
 
 def test_a_goodbye_goes_after_what_the_machine_queued_before_it():
@@ -86,3 +88,70 @@ def test_a_send_that_fails_with_more_waiting_does_not_hang_the_flush():
             source.close()
         assert not hung, "flush waited for the send lock its own thread held"
         assert not link.pending
+
+
+@pytest.mark.timeout(60)
+def test_a_reconnection_that_finishes_after_close_is_closed() -> None:
+    """``close()`` while a reconnection was in its handshake saw no session and returned;
+    the handshake then finished and started a session nobody closed: its threads, its
+    socket and the teacher's view of a connected student lived on."""
+    listener = listen("127.0.0.1", 0)
+    accepted = threading.Event()
+    go_on = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def teacher() -> None:
+        first = listener.accept(timeout=20)
+        server_handshake(first, None, timeout=10)
+        first.close()  # the teacher drops the first connection: the student reconnects
+        second = listener.accept(timeout=20)
+        accepted.set()
+        assert go_on.wait(20)  # a slow handshake: the student closes meanwhile
+        server_handshake(second, None, timeout=10)
+        deadline = Deadline(10)
+        try:
+            while not deadline.expired:  # the student's heartbeats, until it closes
+                second.recv(timeout=max(deadline.left(), 0.01))
+            outcome["end"] = "still connected 10 s after the student closed"
+        except (ConnectionLostError, PantheonTimeoutError) as exc:
+            outcome["end"] = type(exc).__name__
+        finally:
+            second.close()
+
+    runner = Runner(teacher)
+    source = OnlineSource(0, listener.address, token=None, timeout=30, transport="tcp")
+    try:
+        source.start(10)
+        assert accepted.wait(20)
+        source.close()
+        go_on.set()
+        runner.join(30)
+    finally:
+        go_on.set()
+        source.close()
+        listener.close()
+    assert outcome["end"] == "ConnectionLostError"
+    assert source.links[0].session is None
+
+
+@pytest.mark.timeout(60)
+def test_starting_again_after_one_teacher_was_not_up_keeps_the_others_connected() -> None:
+    """``Student.start()`` failed on a teacher not up yet and was called again: the teacher
+    already connected was connected a second time, and the close of the replaced connection
+    took the live one down (``send`` then waited and failed with "not connected")."""
+    port = free_port()
+    with Teacher(out_port=0, timeout=30) as first:
+        student = Student(timeout=30, transport="tcp")
+        try:
+            student.register_teacher(in_address=first.address)
+            student.register_teacher(in_address=f"127.0.0.1:{port}")
+            with pytest.raises(TeacherError, match="could not connect"):
+                student.start(timeout=1)
+            with Teacher(out_port=port, timeout=30):
+                student.start(timeout=10)
+                student.send("hello", teacher_ids=0, timeout=10)
+                assert first.recv(timeout=10) == "hello"
+                assert first.stats()["students"] == 1
+                assert student.stats()["reconnects"] == 0
+        finally:
+            student.close()

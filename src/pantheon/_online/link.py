@@ -180,6 +180,10 @@ class Link:
             heartbeat=src.heartbeat,
             alloc=BufferPool(max_buffers=2 * src.credits + 4),
         )
-        self.session = session
+        with self.send_lock:  # close() looks at the session under it
+            if src.stopped.is_set():  # it closed during the handshake, and saw no session
+                session.conn.close()
+                raise ClosedError(f"{src.name} is closed")
+            self.session = session
         session.start()
         return session

@@ -194,6 +194,8 @@ class OnlineSource:
         deadline = Deadline(timeout)
         errors: list[BaseException] = []
         for link in self.links:
+            if link.session is not None and link.session.alive:
+                continue  # connected by an earlier start() that failed on another teacher
             try:
                 link.connect(deadline if not errors else Deadline(1.0))
             except TeacherError as exc:  # not reachable in time; a replica may be
@@ -259,8 +261,9 @@ class OnlineSource:
     def on_close(self, link: Link, session: Session, reason: BaseException | None) -> None:
         """A link's session closed (its reader thread, or this side)."""
         with self.cond:
-            if link.session is session:
-                link.session = None
+            if link.session is not None and link.session is not session:
+                return  # an older connection of this link, replaced: the link is up
+            link.session = None
             actions = self.machine.link_down(link.index, reason)
             if any(isinstance(a, Reconnect) for a in actions) and self._down_since is None:
                 self._down_since = time.monotonic()
