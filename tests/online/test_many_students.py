@@ -6,6 +6,7 @@ Real sockets on 127.0.0.1; students run as separate processes where one is kille
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 
 from pantheon import Student, Teacher, TeacherError
+from pantheon._online.queries import QueryBatcher
 from tests.helpers import TESTS, Runner, wait_for
 
 SAMPLES = 300
@@ -213,6 +215,75 @@ def test_an_answer_its_codec_refuses_fails_that_query_and_the_service_answers_on
             assert np.concatenate(got).ravel().tolist() == [40, 42, 44, 46]
         runner.join(30)
     finally:
+        teacher.close()
+
+
+def test_an_answer_of_another_shape_fails_that_query_and_the_service_answers_on() -> None:
+    """Answers were not checked against the description the first one set: one of another
+    trailing shape reached the student, whose reader refused it as a protocol error and
+    closed the connection, ending the whole generator."""
+    teacher = Teacher(out_port=0, timeout=60)
+    runner = Runner(
+        lambda: teacher.start_knowledge_service(
+            feed_list=["x"],
+            schema={"y": "y"},
+            program=lambda x: {"y": np.repeat(x, x[0, 0], axis=1)},  # width: the first value
+            reader_config=None,
+        )
+    )
+    widths = [{"x": np.full((2, 1), w)} for w in (1, 2, 1)]
+    try:
+        with Student(timeout=30, read_ahead=1) as student:
+            student.register_teacher(in_address=teacher.address)
+            gen = student.get_knowledge_generator(2, queries=widths)()
+            assert next(gen)["y"].shape == (2, 1)
+            with pytest.raises(TeacherError, match=r"query 1 failed on the teacher: .*shape"):
+                next(gen)
+            gen.close()
+            again = [{"x": np.full((2, 1), 1)}]
+            assert [b["y"].shape for b in student.get_knowledge_generator(2, queries=again)()] == [
+                (2, 1)
+            ]
+        runner.join(30)
+    finally:
+        teacher.close()
+
+
+def test_a_query_whose_queue_stayed_full_is_told_so(monkeypatch) -> None:
+    """A query that waited past the heartbeat timeout for room in the teacher's query queue
+    failed with "the teacher stopped answering", while it was answering."""
+    from pantheon._online import server
+
+    monkeypatch.setattr(server, "QueryBatcher", functools.partial(QueryBatcher, max_queued=1))
+    gate = threading.Event()
+
+    def program(x: np.ndarray) -> dict[str, np.ndarray]:
+        assert gate.wait(20)
+        return {"double": 2 * x}
+
+    teacher = Teacher(out_port=0, timeout=60, heartbeat_interval=0.3, heartbeat_timeout=1.5)
+    runner = Runner(
+        lambda: teacher.start_knowledge_service(
+            feed_list=["x"], schema={"double": "double"}, program=program, reader_config=None
+        )
+    )
+    queries = [{"x": np.arange(i, i + 4).reshape(-1, 1)} for i in range(0, 16, 4)]
+    try:
+        with Student(timeout=30, read_ahead=4) as student:
+            student.register_teacher(in_address=teacher.address)
+            gen = student.get_knowledge_generator(4, queries=queries)()
+            # query 0 in the program, 1 queued, 2 waits for room and gives up
+            machine = student._sources[0].machine
+            asked = Runner(lambda: [next(gen), next(gen)])
+            assert wait_for(lambda: 2 in machine.answers)
+            gate.set()
+            assert [b["double"].ravel()[0] for b in asked.join(30)] == [0, 8]
+            with pytest.raises(TeacherError, match=r"query 2: the teacher's query queue stayed"):
+                next(gen)
+            gen.close()
+        runner.join(30)
+    finally:
+        gate.set()
         teacher.close()
 
 

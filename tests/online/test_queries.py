@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pantheon._knowledge import Chunk
-from pantheon._online.queries import PendingQuery, QueryBatcher
+from pantheon._online.queries import CALLS_KEPT, PendingQuery, QueryBatcher
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -122,3 +122,17 @@ def test_stopping_tells_each_query_still_queued_it_will_not_be_answered() -> Non
     for qid, (got_qid, got, error) in zip(range(1, 4), rec.replies[1:], strict=True):
         assert (got_qid, got) == (qid, None)
         assert error == f"query {qid}: the teacher stopped answering"
+
+
+def test_the_sizes_of_only_the_last_calls_are_kept() -> None:
+    """One size per program call, for the service's whole life, grew without bound."""
+    rec = Recorder()
+    rec.gate.set()
+    batcher = QueryBatcher(rec.handler, rec.reply)
+    try:
+        n = CALLS_KEPT + 10
+        assert batcher.submit_held([query(i) for i in range(n)])
+        rec.wait_for(n)
+    finally:
+        batcher.stop()
+    assert len(batcher.calls) == CALLS_KEPT

@@ -28,9 +28,12 @@ from .messages import ErrorCode, Fail, header
 from .payload import encode_chunks
 from .peer import Peer
 
-__all__ = ["PendingQuery", "QueryBatcher", "send_answer", "stopped_answering"]
+__all__ = ["CALLS_KEPT", "PendingQuery", "QueryBatcher", "queue_full", "send_answer", "stopped_answering"]
 
 log = logging.getLogger("pantheon")
+
+CALLS_KEPT = 1024
+"""Program calls whose sizes :attr:`QueryBatcher.calls` keeps (the last ones)."""
 
 Handler = Callable[[dict[str, Any]], Mapping[str, Any]]
 Reply = Callable[["PendingQuery", Chunk | None, str | None], None]
@@ -48,6 +51,17 @@ class PendingQuery:
 def stopped_answering(qid: int) -> Fail:
     """The ERROR a student gets for query ``qid`` when the batcher stopped before taking it."""
     return Fail(f"query {qid}: the teacher stopped answering", ErrorCode.FAILED, qid)
+
+
+def queue_full(qid: int, seconds: float, queued: int) -> Fail:
+    """The ERROR a student gets for query ``qid`` when the queue stayed full ``seconds``."""
+    return Fail(
+        f"query {qid}: the teacher's query queue stayed full ({queued} queries) for "
+        f"{seconds:g} s; its program answers slower than its students ask: set max_batch to "
+        "answer several queries per call, or serve with more replicas",
+        ErrorCode.FAILED,
+        qid,
+    )
 
 
 class QueryBatcher:
@@ -79,12 +93,24 @@ class QueryBatcher:
         self._queue: collections.deque[PendingQuery] = collections.deque()
         self._cond = threading.Condition()
         self._stopped = False
-        self.calls: list[int] = []  # samples per program call (counters, for tests and benchmarks)
+        # samples of each of the last CALLS_KEPT program calls (for tests and benchmarks)
+        self.calls: collections.deque[int] = collections.deque(maxlen=CALLS_KEPT)
         self._thread = threading.Thread(target=self._run, name="pantheon-queries", daemon=True)
         self._thread.start()
 
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` was called."""
+        return self._stopped
+
+    @property
+    def max_queued(self) -> int:
+        """Queries waiting at most."""
+        return self._max_queued
+
     def submit(self, query: PendingQuery, timeout: float) -> bool:
-        """Queue a query (waits while the queue is full); False if the batcher stopped."""
+        """Queue a query (waits while the queue is full, at most ``timeout`` s); False if
+        the batcher stopped (:attr:`stopped`) or the queue stayed full."""
         with self._cond:
             room = wait_until(
                 self._cond,

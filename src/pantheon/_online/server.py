@@ -18,7 +18,7 @@ from typing import Any
 
 from .._chunks import COALESCE_BYTES
 from .._errors import ClosedError, PantheonTimeoutError, ProtocolError, TeacherError
-from .._knowledge import Chunk, Description
+from .._knowledge import Chunk, Description, check_batch
 from .._util import Deadline, wait_until
 from .._wire import (
     Connection,
@@ -51,7 +51,7 @@ from .options import ServeOptions
 from .payload import EncodedData, decode_plain
 from .peer import CallerSends, Peer, log_round, replaced
 from .producer import CursorRunner, RoundFactory
-from .queries import PendingQuery, QueryBatcher, send_answer, stopped_answering
+from .queries import PendingQuery, QueryBatcher, queue_full, send_answer, stopped_answering
 from .teacher_machine import TeacherMachine
 
 __all__ = ["ServeOptions", "TeacherServer"]
@@ -239,8 +239,13 @@ class TeacherServer:
         batcher = self._batcher
         qid = msg.header["qid"]
         query = PendingQuery(peer.cid, qid, feeds)
-        if batcher is None or not batcher.submit(query, timeout=self._heartbeat.timeout):
-            peer.send(*header(stopped_answering(qid)))
+        timeout = self._heartbeat.timeout
+        if batcher is None or not batcher.submit(query, timeout=timeout):
+            if batcher is None or batcher.stopped:
+                fail = stopped_answering(qid)
+            else:
+                fail = queue_full(qid, timeout, batcher.max_queued)
+            peer.send(*header(fail))
 
     # ------------------------------------------------------------------ actions
 
@@ -414,8 +419,11 @@ class TeacherServer:
         def reply(query: PendingQuery, answer: Chunk | None, error: str | None) -> None:
             peer = self._peers.get(query.cid)
             if peer is not None:
-                if answer is not None:
+                if answer is not None:  # an error raised here is the query's answer
                     self._learn_desc(answer)
+                    assert self.described.desc is not None
+                    where = f"the answer to query {query.qid}"
+                    check_batch(answer.data, self.described.desc, where=where)
                 send_answer(peer, query, answer, error, self.described.codecs, self._stats)
 
         self._batcher = QueryBatcher(
@@ -426,7 +434,6 @@ class TeacherServer:
             self._serve(machine)
         finally:
             self._batcher.stop()
-            self.query_calls = list(self._batcher.calls)
             self._batcher = None
 
     def wait_for_student(self, timeout: float) -> None:
