@@ -28,7 +28,14 @@ from .messages import ErrorCode, Fail, header
 from .payload import encode_chunks
 from .peer import Peer
 
-__all__ = ["CALLS_KEPT", "PendingQuery", "QueryBatcher", "queue_full", "send_answer", "stopped_answering"]
+__all__ = [
+    "CALLS_KEPT",
+    "PendingQuery",
+    "QueryBatcher",
+    "queue_full",
+    "send_answer",
+    "stopped_answering",
+]
 
 log = logging.getLogger("pantheon")
 
