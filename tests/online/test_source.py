@@ -155,3 +155,16 @@ def test_starting_again_after_one_teacher_was_not_up_keeps_the_others_connected(
                 assert student.stats()["reconnects"] == 0
         finally:
             student.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_replica_not_up_at_the_start_is_connected_once_it_is() -> None:
+    """A replica that was not up when the student started was never connected later, so a
+    fail-over to it found no link."""
+    port = free_port()
+    with Teacher(out_port=0, timeout=30) as first, Student(timeout=30) as student:
+        student.register_teacher(in_address=[first.address, f"127.0.0.1:{port}"])
+        student.start(timeout=10)
+        with Teacher(out_port=port, timeout=30) as second:
+            assert wait_for(lambda: second.stats()["students"] == 1)
+            assert first.stats()["students"] == 1

@@ -561,6 +561,26 @@ def test_forgotten_queries_are_neither_kept_nor_sent_again() -> None:
     assert d.m.links[0].outstanding == {} and d.m.links[1].outstanding == {}
 
 
+def test_a_replica_not_reached_at_the_start_is_connected_in_the_background() -> None:
+    d = machine(links=2, up=1)
+    assert d.m.not_reached(1) == [Reconnect(1)]
+    assert d.m.not_reached(1) == []  # it is being connected already
+    assert d.m.not_reached(0) == []  # up
+
+
+def test_when_the_last_link_goes_down_mid_round_the_replicas_given_up_on_are_tried() -> None:
+    """A replica whose reconnection gave up (or that was never reached) was never tried
+    again: with the link in use gone mid-round, the teacher was declared gone although
+    the replica was running again."""
+    d = machine(links=2, up=2)
+    d.down(1)
+    d.m.reconnect_failed(1, TeacherError("not reachable"))
+    assert d.m.error is None  # link 0 is up
+    d.run(d.m.open_round(0, 0))
+    acts = d.down(0)
+    assert Reconnect(0) in acts and Reconnect(1) in acts
+
+
 def test_the_queries_of_a_dead_link_are_sent_again_elsewhere() -> None:
     d = machine(links=2, up=2)
     d.submit(1, 0)

@@ -190,20 +190,30 @@ class OnlineSource:
     # ------------------------------------------------------------------ connecting
 
     def start(self, timeout: float) -> None:
-        """Connect every link (the first within ``timeout``, the others within 1 s more)."""
+        """Connect every link: the first within ``timeout``, each other within 1 s more;
+        replicas not reached then (while one was) are connected in the background."""
         deadline = Deadline(timeout)
         errors: list[BaseException] = []
         for link in self.links:
-            if link.session is not None and link.session.alive:
-                continue  # connected by an earlier start() that failed on another teacher
+            budget = deadline if link is self.links[0] else Deadline(1.0)
+            if (link.session is not None and link.session.alive) or (
+                self.machine.links[link.index].reconnecting
+            ):
+                continue  # an earlier start() that failed on another teacher connected it,
+                # or it is being connected in the background since
             try:
-                link.connect(deadline if not errors else Deadline(1.0))
+                link.connect(budget)
             except TeacherError as exc:  # not reachable in time; a replica may be
                 errors.append(exc)
                 continue
             self.up(link)
         if len(errors) == len(self.links):
             raise errors[0]
+        if errors:  # replicas not up yet: connected in the background
+            with self.cond:
+                for link in self.links:
+                    if link.session is None:
+                        self.queue(self.machine.not_reached(link.index))
         errors.clear()  # their tracebacks would keep this call's frames, and the Student, alive
         if self.follow is not None:
             self.follow.start(self)

@@ -183,9 +183,23 @@ class StudentMachine:
         actions: list[Action] = []
         if not lk.retired and not (lk.said_bye and not busy):
             actions.append(self._reconnect(link))
+        if busy and self.live() is None:  # replicas given up on, or never reached: try them
+            actions += [
+                self._reconnect(i)
+                for i, other in enumerate(self.links)
+                if i != link and not other.reconnecting and not other.retired
+            ]
         for qid in sorted(lost):
             actions += self._send_query(qid, lost[qid])
         return actions + self._resume(None)
+
+    def not_reached(self, link: int) -> list[Action]:
+        """Link ``link`` could not connect at the start (its replica was not up yet, while
+        another was): it is connected in the background, to be there for a fail-over."""
+        lk = self.links[link]
+        if lk.up or lk.reconnecting or lk.retired or self.closed:
+            return []
+        return [self._reconnect(link)]
 
     def reconnect_failed(self, link: int, error: BaseException) -> None:
         """A reconnection gave up; the teacher is gone once no link is left."""
