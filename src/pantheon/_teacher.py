@@ -45,7 +45,7 @@ class Teacher:
         max_shard_samples: offline: start a new shard file after this many samples.
         timeout: seconds any single wait may last (default 300).
         heartbeat_interval: online: seconds of silence after which a PING is sent (default 1).
-        heartbeat_timeout: online: seconds without any message after which a student is
+        heartbeat_timeout: online: seconds without a byte received after which a student is
             declared dead or frozen and its connection closed (default 10).
         coalesce_bytes: online: knowledge batches that are ready together are sent as one
             message of up to about this many bytes (default 4 MiB; a message may pass it by

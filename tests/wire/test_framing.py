@@ -6,6 +6,7 @@ import pickle
 import socket
 import struct
 import threading
+import time
 import tracemalloc
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +26,7 @@ from pantheon import (
 from pantheon._wire import (
     FRAME_ALIGN,
     MAGIC,
+    PREFIX_SIZE,
     BufferPool,
     Connection,
     Listener,
@@ -415,6 +417,30 @@ def test_send_timeout_over_tcp(listener: Listener) -> None:
         a.send(MsgType.DATA, {}, [np.zeros(64 * MIB, np.uint8)], timeout=0.2)
     assert a.closed
     b.close()
+
+
+def test_a_send_to_a_slow_reader_times_out_per_stall_not_per_message(
+    raw: tuple[socket.socket, Connection],
+) -> None:
+    """The timeout bounded the whole message: a big message to a peer reading it slowly,
+    but reading, failed (and cut the connection) once the whole took longer than it."""
+    sock, conn = raw
+    size = 32 * MIB
+    want = PREFIX_SIZE + 8 + size
+
+    def read_slowly() -> int:  # 16 MB/s at most: the 32 MiB take over 2 s, in short pauses
+        got = 0
+        while got < want:
+            chunk = sock.recv(1 << 20)
+            assert chunk, "the sender closed the connection"
+            got += len(chunk)
+            time.sleep(len(chunk) / 16e6)
+        return got
+
+    reader = Runner(read_slowly)
+    conn.send(MsgType.DATA, {}, [np.zeros(size, np.uint8)], timeout=1.0)
+    assert reader.join(30) == want
+    assert not conn.closed
 
 
 def test_send_checks_own_caps_and_inputs(pair: tuple[Connection, Connection]) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import socket
+import struct
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ import pytest
 from pantheon._errors import ConfigError, ProtocolError
 from pantheon._wire import (
     DEFAULT_MAX_HEADER_BYTES,
+    MAGIC,
     Heartbeat,
     Message,
     MsgType,
@@ -17,8 +21,11 @@ from pantheon._wire import (
     UserInbox,
     decode_value,
     inproc_pair,
+    listen,
+    parse_address,
     user_message,
 )
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -66,3 +73,37 @@ def test_a_user_message_whose_value_is_not_bytes_is_a_protocol_error() -> None:
         inbox.put(Message(MsgType.USER, {"value": 5}, []))
     with pytest.raises(ProtocolError, match="got NoneType"):
         inbox.put(Message(MsgType.USER, {}, []))
+
+
+def test_a_message_that_keeps_coming_slowly_is_not_taken_for_a_dead_peer() -> None:
+    """Liveness counted whole messages: one that kept arriving (a slice every few ms) but
+    took longer than the heartbeat timeout in all closed the session as "sent nothing",
+    and the same message came again after the reconnection, forever."""
+    body = b"\\0" * (2 << 20)
+    head = struct.pack("<4sBBHII", MAGIC, 1, 0, int(MsgType.DATA), 0, 1)
+    msg = head + struct.pack("<Q", len(body)) + body
+    with listen() as listener:
+        host, port = parse_address(listener.address)
+        sock = socket.create_connection((host, port), timeout=10)
+        conn = listener.accept(timeout=10)
+    got: list[Message] = []
+    closed = threading.Event()
+    session = Session(
+        conn,
+        name="the teacher",
+        on_message=lambda s, m: got.append(m),
+        on_close=lambda s, r: closed.set(),
+        heartbeat=Heartbeat(interval=0.2, timeout=0.5),
+    )
+    session.start()
+    try:
+        for i in range(0, len(msg), 64 * 1024):  # ~1.6 s in all, a slice every 50 ms
+            sock.sendall(msg[i : i + 64 * 1024])
+            time.sleep(0.05)
+        assert wait_for(lambda: got or closed.is_set())
+        assert [m.type for m in got] == [MsgType.DATA]
+        assert len(got[0].frames[0]) == len(body)
+        assert closed.wait(10), "silent afterwards: the peer is taken for dead"
+    finally:
+        session.close()
+        sock.close()

@@ -49,7 +49,7 @@ class Student(Resumable):
             :func:`pantheon.torch.topk_kl`) instead of densifying it (default False). Sparse
             keys cannot be merged across teachers.
         heartbeat_interval: online: seconds of silence after which a PING is sent (default 1).
-        heartbeat_timeout: online: seconds without any message after which a teacher is
+        heartbeat_timeout: online: seconds without a byte received after which a teacher is
             declared dead or frozen and reconnected to (default 10).
         group: the training job this student belongs to (default ``"default"``); an online
             teacher serves several groups at once, each the whole round.

@@ -178,7 +178,10 @@ class Connection(ABC):
         max_header_bytes: cap on a received header, bytes (default 1 MiB).
         max_frames: cap on a received message's frames (default 4096).
         max_message_bytes: cap on a whole received message, bytes (default 4 GiB).
-        bytes_sent, bytes_received, messages_sent, messages_received: counters.
+        bytes_sent, bytes_received, messages_sent, messages_received: counters (of whole
+            messages).
+        bytes_read: bytes read from the peer so far, the message in progress included: a
+            reader whose ``recv`` timed out tells a slow message from a silent peer by it.
     """
 
     peer: str = "?"
@@ -190,6 +193,7 @@ class Connection(ABC):
     bytes_received: int = 0
     messages_sent: int = 0
     messages_received: int = 0
+    bytes_read: int = 0
 
     @abstractmethod
     def send(
@@ -206,14 +210,16 @@ class Connection(ABC):
             type: the message type (a :class:`MsgType`).
             header: a map of msgpack-native values (``None`` or empty: no header bytes).
             frames: C-contiguous buffers sent as they are, without copies.
-            timeout: seconds to wait for the peer to make room (``None``: no limit).
+            timeout: seconds to wait for the peer to make room (``None``: no limit): for
+                other threads' sends to end, then for each stall (a message that keeps
+                leaving, however slowly, does not time out).
 
         Raises:
             ConfigError: a header msgpack cannot encode, a non-contiguous frame, or a message
                 over this connection's own caps.
             ConnectionLostError: the connection is closed or broke.
-            PantheonTimeoutError: ``timeout`` passed; if part of the message had left, the
-                connection is closed.
+            PantheonTimeoutError: ``timeout`` passed without progress; if part of the message
+                had left, the connection is closed.
         """
 
     @abstractmethod

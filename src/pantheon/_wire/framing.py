@@ -203,8 +203,8 @@ class StreamConnection(Connection):
                 "the connection was closed (a message was cut)" if exc.sent else "nothing was sent"
             )
             raise PantheonTimeoutError(
-                f"sending a message of {size} bytes to {self.peer} took over {timeout:g} s "
-                f"(the peer is not reading); {state}"
+                f"sending a message of {size} bytes to {self.peer}: no byte left for "
+                f"{timeout:g} s (the peer is not reading); {state}"
             ) from None
         except ConnectionLostError:
             self._closed = True
@@ -283,6 +283,7 @@ class StreamConnection(Connection):
             if k == 0:
                 raise self._eof(self._end - self._start)
             self._end += k
+            self.bytes_read += k
 
     def _eof(self, partial: int) -> ConnectionLostError:
         """The stream ended. Inside a message too, it is a lost connection (a peer killed
@@ -433,6 +434,7 @@ class StreamConnection(Connection):
                         if k == 0:
                             p.index, p.offset = i, off  # for the error's byte count
                             raise self._eof(0)
+                        self.bytes_read += k
                     off += k
                 i += 1
                 off = 0

@@ -40,9 +40,11 @@ class PipeStream(ByteStream):
         self._closed = False
 
     def send_all(self, buffers: list[memoryview], deadline: float | None) -> None:
-        """Copy the buffers into the pipe, waiting for room when it is full."""
+        """Copy the buffers into the pipe, waiting for room when it is full (``deadline``
+        bounds a stall: each time bytes go in, the time left starts again)."""
         tx = self._tx
         sent = 0
+        span = None if deadline is None else deadline - time.monotonic()
         with tx.cond:
             for buf in buffers:
                 data = buf.cast("B") if buf.format != "B" else buf
@@ -67,6 +69,8 @@ class PipeStream(ByteStream):
                     tx.size += piece.nbytes
                     pos += piece.nbytes
                     sent += piece.nbytes
+                    if span is not None:
+                        deadline = time.monotonic() + span
                     tx.cond.notify_all()
 
     def recv_into(self, view: memoryview, deadline: float | None) -> int:

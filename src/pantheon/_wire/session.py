@@ -46,7 +46,7 @@ class Heartbeat:
 
     Attributes:
         interval: seconds of silence after which a PING is sent (default 1.0).
-        timeout: seconds without any message after which the peer is declared lost (default 10.0).
+        timeout: seconds without a byte received after which the peer is declared lost (default 10.0).
     """
 
     interval: float = 1.0
@@ -146,10 +146,14 @@ class Session:
     # -- threads --------------------------------------------------------------------------
 
     def _read_loop(self) -> None:
+        read = self.conn.bytes_read
         while not self._closed.is_set():
             try:
                 msg = self.conn.recv(timeout=self._heartbeat.timeout, alloc=self._alloc)
             except PantheonTimeoutError:
+                if self.conn.bytes_read != read:  # a message still coming: the peer is alive
+                    read = self.conn.bytes_read
+                    continue
                 self.close(
                     ConnectionLostError(
                         f"{self.name} sent nothing for {self._heartbeat.timeout:g} s (no heartbeat): "
@@ -165,6 +169,7 @@ class Session:
                 if not self._closed.is_set():
                     self.close(ConnectionLostError(f"lost connection to {self.name}: {exc}"))
                 return
+            read = self.conn.bytes_read
             if msg.type in (MsgType.PING, MsgType.PONG):
                 continue
             try:

@@ -102,6 +102,10 @@ class _Wrapper(Connection):
         return self.inner.messages_received
 
     @property
+    def bytes_read(self) -> int:  # type: ignore[override]
+        return self.inner.bytes_read
+
+    @property
     def closed(self) -> bool:
         return self.inner.closed
 

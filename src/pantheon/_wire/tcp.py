@@ -101,12 +101,16 @@ class SocketStream(ByteStream):
         return ConnectionLostError(f"lost the connection to {self.peer}: {exc}")
 
     def send_all(self, buffers: list[memoryview], deadline: float | None) -> None:
-        """Write all buffers with ``sendmsg``, looping on partial sends (no concatenation)."""
+        """Write all buffers with ``sendmsg``, looping on partial sends (no concatenation).
+
+        ``deadline`` bounds a stall, not the whole send: each time bytes leave, the time left
+        starts again (a big message to a slow but reading peer goes on)."""
         sock = self._sock
         bufs = buffers
         i = 0
         sent = 0
         n_bufs = len(bufs)
+        span = None if deadline is None else deadline - time.monotonic()
         while i < n_bufs:
             batch = bufs[i : i + _IOV_MAX]
             try:
@@ -117,6 +121,8 @@ class SocketStream(ByteStream):
                 raise self._lost(exc) from None
             if n:
                 sent += n
+                if span is not None:
+                    deadline = time.monotonic() + span
                 start = i
                 while i < n_bufs and n >= bufs[i].nbytes:
                     n -= bufs[i].nbytes
