@@ -228,6 +228,21 @@ def test_credits_go_back_in_groups_of_half_the_window() -> None:
     assert d.take() is None and len(d.sent(0, Credit)) == 2
 
 
+def test_a_teacher_that_sends_past_its_credits_breaks_the_protocol() -> None:
+    """The student appended whatever came: a teacher ignoring credits (a bug, or a hostile
+    peer) grew the student's memory without bound (40 MB from 1000 chunks with 16
+    credits)."""
+    d = machine(credits=4)
+    d.open()
+    for i in range(4):
+        d.data(0, i)
+    assert d.take() == [0] and d.take() == [1]  # two credits back
+    d.data(0, 4)
+    d.data(0, 5)
+    with pytest.raises(ProtocolError, match="7 knowledge messages .* credit for 6"):
+        d.data(0, 6)
+
+
 def test_a_window_of_one_returns_each_credit_at_once() -> None:
     d = machine(credits=1)
     d.open()

@@ -79,6 +79,8 @@ class RoundState:
     frontier: int = 0  # samples of the round the teacher has produced, as far as known
     taken: int = 0  # chunks taken since the last CREDIT
     taken_bytes: int = 0  # their bytes
+    granted: int = 0  # DATA messages the subscription may carry: its room and the CREDITs since
+    received: int = 0  # DATA messages it carried
     closed: bool = False
     first: int = 0  # the sample id the round was opened at
     error: BaseException | None = None  # why the round cannot be read (raised to the loop)
@@ -268,6 +270,13 @@ class StudentMachine:
             raise ProtocolError(
                 f"{self.name} sent knowledge of round {rnd.round} after it ended the round"
             )
+        rnd.received += 1
+        if rnd.received > rnd.granted:  # the student's memory is bounded by its credits
+            raise ProtocolError(
+                f"{self.name} sent {rnd.received} knowledge messages in round {rnd.round} "
+                f"where this student gave it credit for {rnd.granted}: a teacher must wait "
+                "for credits"
+            )
         ids = chunk.ids
         n = len(ids)
         want = np.arange(rnd.next, rnd.next + n * self.world, self.world, dtype=np.int64)
@@ -349,6 +358,7 @@ class StudentMachine:
     def _subscribe(self, rnd: RoundState, link: int) -> list[Action]:
         rnd.sub, rnd.link, rnd.taken, rnd.taken_bytes = next(_SUBS), link, 0, 0
         room = max(1, self.credits - len(rnd.chunks))
+        rnd.granted, rnd.received = room, 0
         held = sum(chunk_nbytes(c) for c in rnd.chunks) if self.window else 0
         window = max(1, self.window - held) if self.window else 0
         return [Transmit(link, Subscribe(rnd.sub, rnd.round, rnd.next, room, window))]
@@ -379,6 +389,7 @@ class StudentMachine:
         if not due or rnd.link is None or not self.links[rnd.link].up:
             return chunk, []
         n, rnd.taken, rnd.taken_bytes = rnd.taken, 0, 0
+        rnd.granted += n
         return chunk, [Transmit(rnd.link, Credit(rnd.sub, n))]
 
     def close_round(self, rnd: RoundState) -> None:
