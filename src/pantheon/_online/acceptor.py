@@ -104,9 +104,16 @@ class Acceptor:
                 )
                 conn.close()
                 continue
-            threading.Thread(
-                target=self._handshake, args=(conn,), name="pantheon-handshake", daemon=True
-            ).start()
+            try:
+                threading.Thread(
+                    target=self._handshake, args=(conn,), name="pantheon-handshake", daemon=True
+                ).start()
+            except RuntimeError as exc:  # no thread to be had (a process at its limit)
+                with self._lock:
+                    self._pending -= 1
+                self.warn.warning("thread", "refused a connection from %s: %s", conn.peer, exc)
+                conn.close()
+                backoff.sleep(Deadline(1.0))
 
     def _handshake(self, conn: Connection) -> None:
         try:

@@ -13,7 +13,7 @@ from .._errors import ProtocolError
 from .._knowledge import Chunk, Description, Knowledge
 from .._wire import Frame, MsgType, decode_parts, encode_joined, encode_parts, frames_nbytes
 
-__all__ = ["EncodedData", "decode_payload", "decode_plain", "encode_chunks"]
+__all__ = ["Counters", "EncodedData", "decode_payload", "decode_plain", "encode_chunks"]
 
 
 def encode_chunks(
@@ -94,6 +94,26 @@ def decode_plain(header: Mapping[str, Any], frames: Sequence[Any]) -> Chunk:
     return Chunk(ids, data)
 
 
+class Counters(dict[str, float]):
+    """The teacher's counters (``Teacher.stats()``), added to from many threads at once:
+    ``stats[key] += n`` from two sender threads can lose one of the two."""
+
+    def __init__(self, *keys: str) -> None:
+        super().__init__(dict.fromkeys(keys, 0))
+        self._lock = threading.Lock()
+
+    def add(self, **amounts: float) -> None:
+        """Add each amount to its counter."""
+        with self._lock:
+            for key, amount in amounts.items():
+                self[key] += amount
+
+    def snapshot(self) -> dict[str, float]:
+        """A copy, all counters of one moment."""
+        with self._lock:
+            return dict(self)
+
+
 class EncodedData:
     """One DATA message's chunks, encoded once (by the first sender thread that needs them)
     for every student it goes to; counted in ``stats`` (batches, samples, messages, bytes).
@@ -101,7 +121,7 @@ class EncodedData:
     Args:
         chunks: consecutive chunks, coalesced into one message.
         codecs: the teacher's codecs.
-        stats: the teacher's counters, updated under this object's lock.
+        stats: the teacher's counters.
         observe: called once with the encoded parts (the teacher's top-k mass metric).
     """
 
@@ -109,7 +129,7 @@ class EncodedData:
         self,
         chunks: Sequence[Chunk],
         codecs: Mapping[str, Any],
-        stats: dict[str, Any],
+        stats: Counters,
         observe: Callable[[StoredParts, Mapping[str, Any]], None] | None = None,
     ):
         self._chunks: Sequence[Chunk] | None = chunks
@@ -126,10 +146,9 @@ class EncodedData:
                 assert self._chunks is not None
                 self._done = encode_chunks(self._chunks, self._codecs, self._observe)
                 self._nbytes = frames_nbytes(self._done[1])
-                self._stats["batches"] += len(self._chunks)
-                self._stats["samples"] += sum(len(c.ids) for c in self._chunks)
+                samples = sum(len(c.ids) for c in self._chunks)
+                self._stats.add(batches=len(self._chunks), samples=samples)
                 self._chunks = None
             head, frames = self._done
-            self._stats["messages"] += 1
-            self._stats["bytes"] += self._nbytes
+        self._stats.add(messages=1, bytes=self._nbytes)
         return MsgType.DATA, {**head, **extra}, frames

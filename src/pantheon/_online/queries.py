@@ -25,7 +25,7 @@ from .._knowledge import Chunk, Knowledge, concat_values, describe, normalize_ba
 from .._util import Deadline, wait_until
 from .._wire import MsgType, frames_nbytes
 from .messages import ErrorCode, Fail, header
-from .payload import encode_chunks
+from .payload import Counters, encode_chunks
 from .peer import Peer
 
 __all__ = [
@@ -259,7 +259,7 @@ def send_answer(
     answer: Chunk | None,
     error: str | None,
     codecs: Mapping[str, Any],
-    stats: dict[str, Any],
+    stats: Counters,
 ) -> None:
     """Send ``peer`` the ANSWER to ``query`` (counted in the teacher's ``stats``), or the
     ERROR saying why it failed."""
@@ -269,6 +269,4 @@ def send_answer(
     head, frames = encode_chunks([answer], codecs)
     head["qid"] = query.qid
     peer.send(MsgType.ANSWER, head, frames)
-    stats["bytes"] += frames_nbytes(frames)
-    stats["batches"] += 1
-    stats["samples"] += len(answer.ids)
+    stats.add(bytes=frames_nbytes(frames), batches=1, samples=len(answer.ids))

@@ -48,7 +48,7 @@ from .messages import (
 )
 from .metrics import TeacherMeters
 from .options import ServeOptions
-from .payload import EncodedData, decode_plain
+from .payload import Counters, EncodedData, decode_plain
 from .peer import CallerSends, Peer, log_round, replaced
 from .producer import CursorRunner, RoundFactory
 from .queries import PendingQuery, QueryBatcher, queue_full, send_answer, stopped_answering
@@ -121,8 +121,7 @@ class TeacherServer:
         self._batcher: QueryBatcher | None = None
         self._inbox = UserInbox("the student (Teacher.recv)")
         self._closed = False
-        counters = ("batches", "samples", "bytes", "messages", "backpressure_seconds")
-        self._stats: dict[str, float] = dict.fromkeys(counters, 0)
+        self._stats = Counters("batches", "samples", "bytes", "messages", "backpressure_seconds")
         self.meters = TeacherMeters()
         self._began = time.monotonic()
         self._listener = listen(host, port)
@@ -369,7 +368,8 @@ class TeacherServer:
                     self._run(machine.tick(time.monotonic()))
         except BaseException as exc:
             with self._cond:
-                self._failed = machine.failure or f"the teacher stopped: {exc}"
+                why = str(exc) or type(exc).__name__  # KeyboardInterrupt says nothing
+                self._failed = machine.failure or f"the teacher stopped: {why}"
             raise
         finally:
             with self._cond:
@@ -378,7 +378,7 @@ class TeacherServer:
                 self._cond.notify_all()
             if runner is not None:
                 runner.stop_all()
-                self._stats["backpressure_seconds"] += runner.wait_seconds
+                self._stats.add(backpressure_seconds=runner.wait_seconds)
 
     def serve_rounds(
         self, make_round: RoundFactory, times: int, options: ServeOptions | None = None
@@ -476,7 +476,7 @@ class TeacherServer:
 
     def stats(self) -> dict[str, Any]:
         """Counters: batches, samples, messages and bytes sent, chunks predicted."""
-        out: dict[str, Any] = dict(self._stats)
+        out: dict[str, Any] = self._stats.snapshot()
         with self._cond:
             if self._runner is not None:
                 out["backpressure_seconds"] += self._runner.wait_seconds
