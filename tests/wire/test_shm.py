@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from pantheon._errors import ConfigError, PantheonTimeoutError, ProtocolError
+from pantheon._errors import ConfigError, ConnectionLostError, PantheonTimeoutError, ProtocolError
 from pantheon._wire import (
     FRAME_ALIGN,
     MsgType,
@@ -99,6 +99,16 @@ def test_collecting_after_the_ring_closed_gives_nothing_back(pair) -> None:
     ring.close()
     assert ring.lent == 1
     assert ring.collect() == []
+
+
+def test_a_message_placed_in_a_ring_closed_meanwhile_is_a_lost_connection(pair) -> None:
+    """Not a protocol error, which fails the teacher for good on the student's side: the
+    connection closed while the message came, and reconnecting mends that."""
+    ring, mapping = pair
+    where = mapping.place([np.ones(10, np.float64)])
+    ring.close()
+    with pytest.raises(ConnectionLostError, match="ring is closed"):
+        ring.frames(where, 16)
 
 
 def test_no_free_slot_or_a_message_bigger_than_a_slot_falls_back(pair) -> None:

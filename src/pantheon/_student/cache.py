@@ -166,7 +166,10 @@ class CachedSource:
     def finish(self, writer: KnowledgeWriter, samples: int) -> None:
         """Round 0 is complete: close the run's file and mark the cache complete."""
         writer.close()
-        cached = sum(KnowledgeFile(p).num_samples for p in self._parts())
+        cached = 0
+        for part in self._parts():
+            with KnowledgeFile(part) as kf:  # its mapping goes now, not with the collector
+                cached += kf.num_samples
         info = {
             "complete": True,
             "samples": samples,

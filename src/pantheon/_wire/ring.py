@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import ConfigError, ProtocolError
+from .._errors import ConfigError, ConnectionLostError, ProtocolError
 from .core import FRAME_ALIGN, Frame, Pieces, byte_view
 
 __all__ = [
@@ -183,6 +183,7 @@ class Ring:
         Raises:
             ProtocolError: a malformed field, a slot out of range or still lent, or a frame
                 outside its slot or not aligned to :data:`~pantheon._wire.FRAME_ALIGN`.
+            ConnectionLostError: the ring is closed (its connection closed meanwhile).
         """
         if (
             not isinstance(where, list)
@@ -196,7 +197,9 @@ class Ring:
             )
         slot = where[0]
         with self._lock:
-            if not 0 <= slot < self.slots or slot in self._lent or self._mm is None:
+            if self._mm is None:
+                raise ConnectionLostError("this student's ring is closed (its connection ended)")
+            if not 0 <= slot < self.slots or slot in self._lent:
                 state = "lent" if slot in self._lent else "out of range"
                 raise ProtocolError(
                     f"the teacher placed a message in slot {slot} of this student's ring, which "
