@@ -99,6 +99,23 @@ class Link:
         """Messages that came through shared memory, over all connections of this link."""
         return self._shm_before + (self._shm.received if self._shm is not None else 0)
 
+    def where(self, several: bool) -> str:
+        """`` to ADDRESS`` for a teacher of ``several`` replicas (the name holds a single
+        one)."""
+        return f" to {self.address}" if several else ""
+
+    def why_down(self, reason: BaseException | None, several: bool) -> str:
+        """Why this link went down, naming neither the teacher nor a single address again
+        (the log line starts with the teacher's name)."""
+        where = self.where(several)
+        if reason is None:
+            return f"lost the connection{where}"
+        session = f"{self.source.name} at {self.address}"
+        text = str(reason).removeprefix(f"lost connection to {session}: ")
+        text = text.replace(session, "the teacher")
+        text = text.replace(f" to {self.address}", where)
+        return text if several else text.replace(self.address, "the teacher")
+
     def _offer_ring(self, conn: Connection) -> Ring | None:
         """A fresh ring to offer on this connection, or None (TCP only)."""
         mode = self.source.transport

@@ -223,7 +223,7 @@ class OnlineSource:
             if link.session is None or not link.session.alive or self.closed:
                 return  # it closed already (its on_close took care of it), or this student did
             self.queue(self.machine.link_up(link.index))
-            where = self._where(link)
+            where = link.where(len(self.links) > 1)
             if self._down_since is not None:
                 gone = time.monotonic() - self._down_since
                 log.info("%s: reconnected%s after %.1f s", self.name, where, gone)
@@ -232,21 +232,6 @@ class OnlineSource:
                 log.info("%s: connected%s (%s)", self.name, where, link.described)
             self.cond.notify_all()
         self.flush()
-
-    def _where(self, link: Link) -> str:
-        """`` to ADDRESS`` for a teacher of several replicas (the name holds a single one)."""
-        return f" to {link.address}" if len(self.links) > 1 else ""
-
-    def _why(self, link: Link, reason: BaseException | None) -> str:
-        """Why ``link`` went down, naming neither the teacher nor a single address again
-        (the log line starts with the teacher's name)."""
-        if reason is None:
-            return f"lost the connection{self._where(link)}"
-        session = f"{self.name} at {link.address}"
-        text = str(reason).removeprefix(f"lost connection to {session}: ")
-        text = text.replace(session, "the teacher")
-        text = text.replace(f" to {link.address}", self._where(link))
-        return text if len(self.links) > 1 else text.replace(link.address, "the teacher")
 
     def _reconnect(self, index: int) -> None:
         if self.follow is not None:
@@ -280,7 +265,9 @@ class OnlineSource:
             self.queue(actions)
             self.cond.notify_all()
         if actions:
-            log.warning("%s: %s; reconnecting", self.name, self._why(link, reason))
+            log.warning(
+                "%s: %s; reconnecting", self.name, link.why_down(reason, len(self.links) > 1)
+            )
         self.flush()
 
     # ------------------------------------------------------------------ messages

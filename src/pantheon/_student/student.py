@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import functools
 import itertools
 import logging
 import os
@@ -11,6 +10,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from typing import Any
 
 from .._errors import ClosedError, ConfigError
@@ -406,8 +406,7 @@ class Student(Resumable):
         only_online(self._sources)
 
         def make() -> Assembler:
-            names = [s.name for s in self._sources]
-            plan_for = functools.partial(self._ensure_plan, timeout)
+            names, plan_for = [s.name for s in self._sources], partial(self._ensure_plan, timeout)
             return QueryAssembler(
                 self._sources, names, plan_for, queries, batch_size=batch_size,
                 drop_last=drop_last, window=self._read_ahead, maxsize=self._read_ahead,
