@@ -637,6 +637,48 @@ def test_columns_that_do_not_match_the_metadata_are_refused(tmp_path):
         KnowledgeFile(tmp_path / "bad.arrow")
 
 
+def _crafted(tmp_path, column, desc_shape=None):
+    """A float16-cast file of ``x`` whose stored column is renamed to part ``column``, or
+    whose description claims another shape: what a hand-made or corrupt file may hold."""
+    src = tmp_path / "k.arrow"
+    with KnowledgeWriter(src, codecs={"x": "float16"}) as w:
+        w.write({"x": np.ones((4, 3), np.float32)})
+    with pa.memory_map(str(src)) as m:
+        table = pa.ipc.open_file(m).read_all()
+    meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+    storage, desc = json.loads(meta["pantheon.storage"]), json.loads(meta["pantheon.desc"])
+    name = f"x@{column}" if column else "x"
+    storage["x"]["columns"][0].update(part=column, name=name)
+    if desc_shape is not None:
+        desc["x"]["shape"] = desc_shape
+    meta.update({"pantheon.storage": json.dumps(storage), "pantheon.desc": json.dumps(desc)})
+    table = pa.table({"__sample_id__": table.column(0), name: table.column(1)})
+    table = table.replace_schema_metadata(meta)
+    bad = tmp_path / "bad.arrow"
+    with pa.OSFile(str(bad), "wb") as sink, pa.ipc.new_file(sink, table.schema) as w:
+        w.write_table(table)
+    return bad
+
+
+def test_a_part_its_codec_does_not_know_is_a_file_format_error(tmp_path):
+    """The float16 cast reads part ``""``: a column of another part name gave a bare
+    ``KeyError`` when read."""
+    with KnowledgeFile(_crafted(tmp_path, "foo")) as kf:
+        with pytest.raises(FileFormatError, match="no stored part '' for its codec"):
+            next(kf.iter_chunks())
+        with pytest.raises(FileFormatError, match="no stored part"):
+            kf.take([0])
+
+
+def test_a_stored_column_of_another_shape_than_described_is_a_file_format_error(tmp_path):
+    """The description said [-1, 7] and the float16 column held 3 values per sample: the
+    values came back (4, 3), silently, under a description of 7."""
+    with KnowledgeFile(_crafted(tmp_path, "", desc_shape=[-1, 7])) as kf:
+        assert kf.desc["x"]["shape"] == [-1, 7]
+        with pytest.raises(FileFormatError, match=r"shape \[-1, 3\], expected \[-1, 7\]"):
+            next(kf.iter_chunks())
+
+
 def test_reading_after_close_raises(tmp_path):
     write_batches(tmp_path / "k.arrow", _toy_batches(2))
     kf = KnowledgeFile(tmp_path / "k.arrow")

@@ -406,6 +406,34 @@ def test_the_write_through_cache_replays_later_rounds(spawn, tmp_path) -> None:
         assert pa.ipc.open_file(m).schema.names[:2] == ["__sample_id__", "x"]
 
 
+def test_a_cache_added_on_resume_holds_the_whole_round(tmp_path) -> None:
+    """A student resumed in round 0 past what its cache holds (the cache was added on the
+    restart, or removed) had the teacher start at its position: the samples before it never
+    reached the cache, which was still marked complete, and every later round replayed a
+    short cache."""
+    cache = tmp_path / "cache"
+    with Teacher(out_port=0, timeout=60) as teacher:
+        runner = serve(teacher, CountingReader(), times=1)
+        student = Student(timeout=30)
+        student.register_teacher(in_address=teacher.address)
+        seen = []
+        for i, batch in enumerate(student.get_knowledge_generator(50)()):
+            seen += batch["x"].ravel().tolist()
+            if i == 1:
+                state = student.state_dict()
+                break
+        student.close(resume=True)  # the teacher waits for it to come back
+        with Student(timeout=30) as student:
+            student.register_teacher(in_address=teacher.address, cache_path=cache)
+            student.load_state_dict(state)
+            gen = student.get_knowledge_generator(50)
+            seen += [int(x) for b in gen() for x in b["x"].ravel()]
+            runner.join(60)  # the teacher served its one round and is done
+            replayed = [int(x) for b in gen() for x in b["x"].ravel()]
+    assert seen == list(range(SAMPLES))
+    assert replayed == list(range(SAMPLES)), "round 1 from the cache"
+
+
 def test_a_cache_of_another_teacher_is_refused(tmp_path) -> None:
     cache = tmp_path / "cache"
     with Teacher(out_port=0, timeout=30) as teacher:

@@ -25,8 +25,8 @@ import pyarrow as pa
 
 from .._chunks import slice_chunk
 from .._codecs import PartKey, StoredParts, decode_batch
-from .._errors import ClosedError, FileFormatError, TruncatedFileError
-from .._knowledge import Chunk, Description, Knowledge, Value
+from .._errors import ClosedError, FileFormatError, KnowledgeError, TruncatedFileError
+from .._knowledge import Chunk, Description, Knowledge, Value, check_batch
 from .._util import check_int
 from .decoders import decode_ids, decoder
 from .ipc import Located, direct_plan, locate
@@ -384,16 +384,21 @@ class KnowledgeFile:
 
     def _decode_parts(self, parts: StoredParts, rows: int, what: str, where: Path) -> Knowledge:
         """The knowledge of ``rows`` samples from their stored parts (codecs decoded)."""
+        desc, codecs = self._layout.desc, self._layout.codecs
         try:
-            data = decode_batch(
-                parts, self._layout.desc, self._layout.codecs, sparse=self.sparse_topk
-            )
+            data = decode_batch(parts, desc, codecs, sparse=self.sparse_topk)
             for key, value in data.items():
                 if len(value) != rows:
                     raise ValueError(f"{key!r} holds {len(value)} samples, not {rows}")
+            # what a codec decoded must be what the description says (a stored column of
+            # another shape came out as it was): the sparse forms are not arrays
+            plain = {k: v for k, v in data.items() if not self.sparse_topk or k not in codecs}
+            check_batch(plain, {k: desc[k] for k in plain}, where=f"the file's {what}")
         except FileFormatError:
             raise
-        except (*READ_ERRORS, TypeError, IndexError) as exc:
+        except KeyError as exc:  # a part its codec needs is not stored
+            raise self._corrupt(what, where, f"no stored part {exc} for its codec") from None
+        except (*READ_ERRORS, TypeError, IndexError, KnowledgeError) as exc:
             raise self._corrupt(what, where, exc) from None
         return data
 

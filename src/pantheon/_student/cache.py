@@ -23,6 +23,9 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from .._chunks import slice_chunk
 from .._codecs import SparseSamples, SparseTopK
 from .._errors import ConfigError, FileFormatError, TeacherError
 from .._files import KnowledgeFile, KnowledgeWriter, repair, shard_paths
@@ -52,7 +55,7 @@ class _CachingRound:
         self._replay: Iterator[Chunk] | None = replay
         self._online = online
         self._writer = writer
-        self._skip_below = skip_below  # samples the cache lacked but the student had
+        self._skip_below = skip_below  # sample ids the cache lacked but the student had
 
     def next_chunk(self, timeout: float, stop: threading.Event | None = None) -> Chunk | None:
         if self._replay is not None:
@@ -65,16 +68,21 @@ class _CachingRound:
             if chunk is None:
                 self._source.finish(self._writer, self._online.known_samples())
                 return None
-            self._source.write(self._writer, chunk)
-            if int(chunk.ids[-1]) >= self._skip_below:
+            self._source.write(self._writer, chunk)  # every sample: the cache has no gap
+            if int(chunk.ids[0]) >= self._skip_below:
                 return chunk
+            if int(chunk.ids[-1]) >= self._skip_below:  # the student's position falls inside
+                first = int(np.searchsorted(chunk.ids, self._skip_below))
+                return slice_chunk(chunk, first, len(chunk.ids))
 
     def known_samples(self) -> int:
         return self._online.known_samples()
 
     def close(self) -> None:
-        self._online.close()
-        self._writer.close()
+        try:
+            self._online.close()
+        finally:
+            self._writer.close()
 
 
 class _Replay:
@@ -242,7 +250,10 @@ class CachedSource:
             if cache is not None and start_sample < cached
             else iter(())
         )
-        online = self._online.open_round(0, max(start_sample, cached))
+        # from the end of the cache, even for a student further on (it resumed past what the
+        # cache holds: added later, or cut short), so that the cache has no gap; the samples
+        # it already had are written, not handed out again
+        online = self._online.open_round(0, cached)
         writer = KnowledgeWriter(
             self.dir / _PART.format(len(self._parts())), codecs=self._codec_specs()
         )
