@@ -133,3 +133,9 @@ def missing_extra(package: str, extra: str, *, feature: str) -> MissingDependenc
         f"{feature} needs the package {package!r}, which is not installed. "
         f"Install it with: pip install 'pantheon-kd[{extra}]'"
     )
+
+
+def error_text(exc: BaseException) -> str:
+    """How an error reads inside another message: a Pantheon error in its own words (they
+    name what failed), anything else with its type (``KeyError: 'x'``)."""
+    return str(exc) if isinstance(exc, PantheonError) else f"{type(exc).__name__}: {exc}"

@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .._errors import ConnectionLostError, PantheonError
+from .._errors import ConnectionLostError, error_text
 from .._util import Deadline, wait_until
 from .._wire import Connection, Heartbeat, Message, MsgType, Session, ShmSender
 from .fanout import Close
@@ -201,17 +201,12 @@ class Peer:
                 return False  # the session closed itself and called on_close
             except Exception as exc:  # encoding failed: this student cannot be served
                 log.error("closing %s: its knowledge could not be sent: %s", self.name, exc)
-                self.unsendable = unsendable(exc)
+                what = error_text(exc)
+                self.unsendable = f"the teacher's knowledge could not be sent: {what}"
                 with contextlib.suppress(ConnectionLostError):  # told why, not to come back
                     self.session.send(*header(Fail(self.unsendable, ErrorCode.FAILED)))
                 self.session.close(exc)
                 return False
-
-
-def unsendable(exc: BaseException) -> str:
-    """What a student is told when the teacher's knowledge could not be encoded for it."""
-    what = str(exc) if isinstance(exc, PantheonError) else f"{type(exc).__name__}: {exc}"
-    return f"the teacher's knowledge could not be sent: {what}"
 
 
 class CallerSends:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import KnowledgeError, PantheonError
+from .._errors import KnowledgeError, error_text
 from .._knowledge import Chunk, Description, check_batch
 from .._util import Deadline, wait_until
 from .fanout import Action, StartCursor, StopCursor
@@ -179,7 +179,7 @@ class CursorRunner:
                     log.exception("closing round %d's reader failed", action.round)
 
     def _fail(self, exc: BaseException, action: StartCursor) -> None:
-        what = str(exc) if isinstance(exc, PantheonError) else f"{type(exc).__name__}: {exc}"
+        what = error_text(exc)
         message = f"the teacher failed while producing round {action.round}: {what}"
         with self._cond:
             if self.failure is None:

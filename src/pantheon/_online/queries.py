@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import KnowledgeError, PantheonError
+from .._errors import KnowledgeError, error_text
 from .._knowledge import Chunk, Knowledge, concat_values, describe, normalize_batch, slice_value
 from .._util import Deadline, wait_until
 from .._wire import MsgType, frames_nbytes
@@ -32,7 +32,6 @@ __all__ = [
     "CALLS_KEPT",
     "PendingQuery",
     "QueryBatcher",
-    "queue_full",
     "send_answer",
     "stopped_answering",
 ]
@@ -58,17 +57,6 @@ class PendingQuery:
 def stopped_answering(qid: int) -> Fail:
     """The ERROR a student gets for query ``qid`` when the batcher stopped before taking it."""
     return Fail(f"query {qid}: the teacher stopped answering", ErrorCode.FAILED, qid)
-
-
-def queue_full(qid: int, seconds: float, queued: int) -> Fail:
-    """The ERROR a student gets for query ``qid`` when the queue stayed full ``seconds``."""
-    return Fail(
-        f"query {qid}: the teacher's query queue stayed full ({queued} queries) for "
-        f"{seconds:g} s; its program answers slower than its students ask: set max_batch to "
-        "answer several queries per call, or serve with more replicas",
-        ErrorCode.FAILED,
-        qid,
-    )
 
 
 class QueryBatcher:
@@ -105,19 +93,9 @@ class QueryBatcher:
         self._thread = threading.Thread(target=self._run, name="pantheon-queries", daemon=True)
         self._thread.start()
 
-    @property
-    def stopped(self) -> bool:
-        """Whether :meth:`stop` was called."""
-        return self._stopped
-
-    @property
-    def max_queued(self) -> int:
-        """Queries waiting at most."""
-        return self._max_queued
-
     def submit(self, query: PendingQuery, timeout: float) -> bool:
         """Queue a query (waits while the queue is full, at most ``timeout`` s); False if
-        the batcher stopped (:attr:`stopped`) or the queue stayed full."""
+        the batcher stopped or the queue stayed full (:meth:`refusal` says which)."""
         with self._cond:
             room = wait_until(
                 self._cond,
@@ -129,6 +107,18 @@ class QueryBatcher:
             self._queue.append(query)
             self._cond.notify_all()
             return True
+
+    def refusal(self, qid: int, timeout: float) -> Fail:
+        """The ERROR for query ``qid``, which :meth:`submit` (waiting ``timeout`` s) refused."""
+        if self._stopped:
+            return stopped_answering(qid)
+        return Fail(
+            f"query {qid}: the teacher's query queue stayed full ({self._max_queued} queries) "
+            f"for {timeout:g} s; its program answers slower than its students ask: set "
+            "max_batch to answer several queries per call, or serve with more replicas",
+            ErrorCode.FAILED,
+            qid,
+        )
 
     def submit_held(self, queries: list[PendingQuery]) -> bool:
         """Queue the queries held before the serving started, in their order, at once: this
@@ -211,7 +201,7 @@ class QueryBatcher:
             if answer is None:
                 log.exception("could not tell query %d of student %d it failed", q.qid, q.cid)
                 return
-            what = str(exc) if isinstance(exc, PantheonError) else f"{type(exc).__name__}: {exc}"
+            what = error_text(exc)
         log.error("the answer to query %d could not be sent: %s", q.qid, what)
         self._send_reply(q, None, f"query {q.qid} failed on the teacher: {what}")
 
@@ -232,7 +222,7 @@ class QueryBatcher:
                     "output must keep the batch dimension first"
                 )
         except Exception as exc:  # the query's own fault or the program's: it answers them
-            what = str(exc) if isinstance(exc, PantheonError) else f"{type(exc).__name__}: {exc}"
+            what = error_text(exc)
             for q in batch:
                 self._send_reply(q, None, f"query {q.qid} failed on the teacher: {what}")
             log.error("a query batch of %d samples failed: %s", total, what)

@@ -51,7 +51,7 @@ from .options import ServeOptions
 from .payload import Counters, EncodedData, decode_plain
 from .peer import CallerSends, Peer, log_round, replaced
 from .producer import CursorRunner, RoundFactory
-from .queries import PendingQuery, QueryBatcher, queue_full, send_answer, stopped_answering
+from .queries import PendingQuery, QueryBatcher, send_answer, stopped_answering
 from .teacher_machine import TeacherMachine
 
 __all__ = ["ServeOptions", "TeacherServer"]
@@ -239,12 +239,10 @@ class TeacherServer:
         qid = msg.header["qid"]
         query = PendingQuery(peer.cid, qid, feeds)
         timeout = self._heartbeat.timeout
-        if batcher is None or not batcher.submit(query, timeout=timeout):
-            if batcher is None or batcher.stopped:
-                fail = stopped_answering(qid)
-            else:
-                fail = queue_full(qid, timeout, batcher.max_queued)
-            peer.send(*header(fail))
+        if batcher is None:
+            peer.send(*header(stopped_answering(qid)))
+        elif not batcher.submit(query, timeout=timeout):
+            peer.send(*header(batcher.refusal(qid, timeout)))
 
     # ------------------------------------------------------------------ actions
 

@@ -186,11 +186,7 @@ class StudentMachine:
         if not lk.retired and not (lk.said_bye and not busy):
             actions.append(self._reconnect(link))
         if busy and self.live() is None:  # replicas given up on, or never reached: try them
-            actions += [
-                self._reconnect(i)
-                for i, other in enumerate(self.links)
-                if i != link and not other.reconnecting and not other.retired
-            ]
+            actions += self._reconnect_all()
         for qid in sorted(lost):
             actions += self._send_query(qid, lost[qid])
         return actions + self._resume(None)

@@ -44,7 +44,13 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .._errors import ConfigError, KnowledgeError, PantheonError, WorkerError, missing_extra
+from .._errors import (
+    ConfigError,
+    KnowledgeError,
+    WorkerError,
+    error_text,
+    missing_extra,
+)
 from .._knowledge import Knowledge, Value, normalize_batch, num_samples
 from .._metrics import Histogram
 from .._util import check_int
@@ -343,7 +349,7 @@ def worker_error(exc: BaseException, worker: Worker, where: str | None) -> BaseE
     None: before its first batch), the original as ``__cause__``."""
     if isinstance(exc, ConfigError):
         return exc
-    what = str(exc) if isinstance(exc, PantheonError) else f"{type(exc).__name__}: {exc}"
+    what = error_text(exc)
     err = WorkerError(
         f"knowledge service {worker.name} on device {worker.device!r} failed on "
         f"{where or 'before its first batch'}: {what}"

@@ -69,11 +69,9 @@ class _CachingRound:
                 self._source.finish(self._writer, self._online.known_samples())
                 return None
             self._source.write(self._writer, chunk)  # every sample: the cache has no gap
-            if int(chunk.ids[0]) >= self._skip_below:
-                return chunk
-            if int(chunk.ids[-1]) >= self._skip_below:  # the student's position falls inside
+            if int(chunk.ids[-1]) >= self._skip_below:  # from the student's position on
                 first = int(np.searchsorted(chunk.ids, self._skip_below))
-                return slice_chunk(chunk, first, len(chunk.ids))
+                return slice_chunk(chunk, first, len(chunk.ids))  # the chunk itself from 0
 
     def known_samples(self) -> int:
         return self._online.known_samples()
